@@ -1,0 +1,595 @@
+"""``clawvm``: the command line, a thin layer over :class:`clawvm_store.Store`.
+
+Every command takes ``--db`` (env ``CLAWVM_DB``, default ``./clawvm.db``) and ``--json``. Bad input
+ends in one line on stderr and a non-zero exit code, never a traceback: library errors exit 1,
+usage errors 2 (Click's convention), and anything unexpected 3 with a one-line description
+(set ``CLAWVM_DEBUG=1`` to see the traceback of such a bug).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ClawVMError, InvalidInput
+from .pages import POLICIES, Fidelity, PageType, Pin
+from .store import DEFAULT_PROJECT, Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1
+EXIT_BUG = 3
+
+
+class Context:
+    """What the group options leave for the commands."""
+
+    def __init__(self, db: str, as_json: bool) -> None:
+        self.db = db
+        self.as_json = as_json
+
+    def open(self, *, create: bool = False) -> Store:
+        """Open the store at ``--db``; only ``init`` may create a new database."""
+        return Store.open(self.db, create=create)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, enums and containers as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(to_jsonable(k)): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Print ``value`` as JSON on stdout."""
+    click.echo(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, sort_keys=True))
+
+
+def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A Rich table on a terminal; tab-separated lines with a header when piped."""
+    materialized = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    if sys.stdout.isatty():
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in materialized:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    click.echo("\t".join(columns))
+    for row in materialized:
+        click.echo("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row))
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print one line on stderr and exit with ``code``."""
+    first_line = " ".join(str(message).split("\n")[0].split()) or "failed"
+    click.echo(f"error: {first_line}", err=True)
+    sys.exit(code)
+
+
+class SafeGroup(click.Group):
+    """A Click group that turns every error into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClawVMError as exc:
+            fail(str(exc))
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        except Exception as exc:
+            if os.environ.get("CLAWVM_DEBUG"):
+                raise
+            fail(f"internal error ({type(exc).__name__}): {exc}", EXIT_BUG)
+
+
+def enum_choice(enum: type[Enum]) -> click.Choice[str]:
+    """A case-insensitive Click choice over an enum's values."""
+    return click.Choice([str(member.value) for member in enum], case_sensitive=False)
+
+
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    envvar="CLAWVM_DB",
+    default="./clawvm.db",
+    show_default=True,
+    help="Database path or SQLAlchemy URL (env CLAWVM_DB).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.version_option(package_name="clawvm-store", message="clawvm-store %(version)s")
+@click.pass_context
+def app(ctx: click.Context, db: str, as_json: bool) -> None:
+    """clawvm: durable, typed, token-budgeted state for LLM agents.
+
+    \b
+    Example:
+      clawvm --db agent.db init
+      echo "Never push to main." | clawvm --db agent.db put rules/git --type constraint
+      clawvm --db agent.db show rules/git --fidelity structured
+    """
+    ctx.obj = Context(db, as_json)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def common_options(function: F) -> F:
+    """``--json`` accepted after the command name too (``clawvm pages --json``)."""
+
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
+
+    return click.option(
+        "--json",
+        "as_json_local",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        help="Machine-readable JSON output.",
+    )(function)
+
+
+@app.command()
+@common_options
+@pass_context
+def init(obj: Context) -> None:
+    """Create the database (or migrate an existing one) and report its schema revision.
+
+    \b
+    Example:
+      clawvm --db agent.db init
+    """
+    with obj.open(create=True) as store:
+        info = store.info()
+    if obj.as_json:
+        emit_json(
+            {"db": obj.db, "schema_revision": info.schema_revision, "encoding": info.encoding}
+        )
+    else:
+        click.echo(f"initialized {obj.db} (schema {info.schema_revision}, tokens {info.encoding})")
+
+
+@app.command()
+@common_options
+@pass_context
+def info(obj: Context) -> None:
+    """Package version, schema revision, SQLite version, pragmas in force and row counts.
+
+    \b
+    Example:
+      clawvm --db agent.db info --json
+    """
+    with obj.open() as store:
+        report = store.info()
+    if obj.as_json:
+        emit_json(report)
+        return
+    rows: list[tuple[str, Any]] = [
+        ("clawvm-store", report.package_version),
+        ("schema revision", f"{report.schema_revision} (head {report.head_revision})"),
+        ("sqlite", report.sqlite_version),
+        ("database", report.url),
+        ("file bytes", report.file_bytes),
+        ("token encoding", report.encoding),
+        ("durability", report.durability),
+    ]
+    rows += [(f"pragma {name}", value) for name, value in report.pragmas.items()]
+    rows += [(f"rows {name}", value) for name, value in report.counts.items()]
+    emit_table("clawvm info", ["what", "value"], rows)
+
+
+def read_content(file: str | None) -> str:
+    """Content from ``--file`` or stdin, decoded strictly as UTF-8."""
+    if file is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InvalidInput("no content: pass --file F or pipe the content on stdin")
+        data = (
+            sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        )
+        source = "stdin"
+    else:
+        path = Path(file)
+        if not path.exists():
+            raise InvalidInput(f"no such file: {file}")
+        if path.is_dir():
+            raise InvalidInput(f"{file} is a directory, not a file")
+        data = path.read_bytes()
+        source = file
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{source} is not valid UTF-8 (bad byte at offset {exc.start})"
+        ) from None
+    if not content.strip():
+        raise InvalidInput(f"empty content from {source}")
+    return content
+
+
+def parse_json_object(value: str | None, option: str) -> dict[str, Any] | None:
+    """Parse an option's JSON object, or fail with one line naming the option."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{option} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(f"{option} must be a JSON object")
+    return parsed
+
+
+def page_json(page: Any) -> dict[str, Any]:
+    """A page as the JSON the CLI prints."""
+    result: dict[str, Any] = to_jsonable(page)
+    return result
+
+
+@app.command()
+@click.argument("key")
+@click.option("--type", "page_type", required=True, type=enum_choice(PageType), help="Page type.")
+@click.option(
+    "--file", "file", type=str, default=None, help="Read content from this file (else stdin)."
+)
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True)
+@click.option("--session", default=None, help="Make it this session's page.")
+@click.option("--pin", type=enum_choice(Pin), default=None, help="Pin class (default: the type's).")
+@click.option("--priority", type=float, default=None)
+@click.option("--expected-version", type=int, default=None, help="Required to overwrite a page.")
+@click.option("--structured", default=None, help="Structured fields as a JSON object.")
+@click.option(
+    "--provenance", default=None, help='Provenance as JSON, e.g. {"uri": "file:///a.py"}.'
+)
+@common_options
+@pass_context
+def put(
+    obj: Context,
+    key: str,
+    page_type: str,
+    file: str | None,
+    project: str,
+    session: str | None,
+    pin: str | None,
+    priority: float | None,
+    expected_version: int | None,
+    structured: str | None,
+    provenance: str | None,
+) -> None:
+    """Write a page directly (an explicit boundary) from --file or stdin.
+
+    \b
+    Example:
+      clawvm put policy/agents --type bootstrap --file AGENTS.md --project web
+      echo "Prefers pytest" | clawvm put pref/tests --type preference
+    """
+    content = read_content(file)
+    fields = parse_json_object(structured, "--structured")
+    source = parse_json_object(provenance, "--provenance")
+    with obj.open() as store:
+        page = store.put(
+            key,
+            type=page_type,
+            content=content,
+            project=project,
+            session=session,
+            expected_version=expected_version,
+            pin=pin,
+            priority=priority,
+            structured=fields,
+            provenance=source,
+        )
+    if obj.as_json:
+        emit_json(
+            {"key": page.key, "version": page.version, "type": page.type, "tokens": page.tokens}
+        )
+    else:
+        click.echo(f"{page.key} v{page.version} ({page.type.value}, {page.tokens} tokens)")
+
+
+@app.command()
+@click.argument("key")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True)
+@click.option("--session", default=None)
+@click.option("--fidelity", type=enum_choice(Fidelity), default="full", show_default=True)
+@click.option(
+    "--version", "version", type=int, default=None, help="A past version (default: latest)."
+)
+@common_options
+@pass_context
+def show(
+    obj: Context, key: str, project: str, session: str | None, fidelity: str, version: int | None
+) -> None:
+    """Print a page at one fidelity.
+
+    \b
+    Example:
+      clawvm show policy/agents --fidelity structured
+      clawvm show evidence/read_file --session s-1 --version 2 --json
+    """
+    with obj.open() as store:
+        page = store.page(key, project=project, session=session, fidelity=fidelity, version=version)
+    if obj.as_json:
+        emit_json(page_json(page))
+    else:
+        click.echo(page.content)
+
+
+@app.command()
+@click.argument("key")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True)
+@click.option("--session", default=None)
+@common_options
+@pass_context
+def history(obj: Context, key: str, project: str, session: str | None) -> None:
+    """Every committed version of a page, oldest first, with tokens per fidelity.
+
+    \b
+    Example:
+      clawvm history plan/main --session s-1
+    """
+    with obj.open() as store:
+        versions = store.history(key, project=project, session=session)
+    if obj.as_json:
+        emit_json(versions)
+        return
+    emit_table(
+        f"history of {key}",
+        ["version", "op", "lsn", "committed_at", "deleted", *[f.value for f in Fidelity]],
+        [
+            (
+                v.version,
+                v.op.value,
+                v.lsn,
+                v.committed_at,
+                "yes" if v.deleted else "",
+                *[v.tokens.get(f, "") for f in Fidelity],
+            )
+            for v in versions
+        ],
+    )
+
+
+@app.command()
+@click.option("--type", "page_type", type=enum_choice(PageType), default=None)
+@click.option("--project", default=None, help="Only this project (default: all).")
+@click.option("--session", default=None, help="Only this session's pages.")
+@common_options
+@pass_context
+def pages(obj: Context, page_type: str | None, project: str | None, session: str | None) -> None:
+    """List current pages with their versions and token counts per fidelity.
+
+    \b
+    Example:
+      clawvm pages --type evidence --project web
+    """
+    with obj.open() as store:
+        listing = store.pages(project=project, type=page_type, session=session)
+    if obj.as_json:
+        emit_json(listing)
+        return
+    emit_table(
+        "pages",
+        [
+            "key",
+            "project",
+            "session",
+            "type",
+            "version",
+            "pin",
+            "priority",
+            *[f.value for f in Fidelity],
+        ],
+        [
+            (
+                p.key,
+                p.project,
+                p.session or "",
+                p.type.value,
+                p.version,
+                p.pin.value,
+                p.priority,
+                *[p.tokens.get(f, "") for f in Fidelity],
+            )
+            for p in listing
+        ],
+    )
+
+
+@app.command()
+@click.option("--no-recount", is_flag=True, help="Skip re-counting every stored token count.")
+@common_options
+@pass_context
+def check(obj: Context, no_recount: bool) -> None:
+    """Verify integrity, fidelities, pointers, token counts and the journal; exit 1 on findings.
+
+    \b
+    Example:
+      clawvm --db agent.db check
+    """
+    with obj.open() as store:
+        report = store.check(recount_tokens=not no_recount)
+    if obj.as_json:
+        emit_json(report)
+    elif report.ok:
+        checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+        click.echo(f"ok ({checked})")
+    else:
+        emit_table(
+            "check findings", ["code", "message"], [(f.code, f.message) for f in report.findings]
+        )
+    if not report.ok:
+        sys.exit(EXIT_ERROR)
+
+
+DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (
+    (
+        "bootstrap/agents-md",
+        PageType.BOOTSTRAP,
+        "# Repository rules\n"
+        "You are a coding agent working in the `billing` service.\n"
+        "- Always run `make test` before proposing a commit.\n"
+        "- Never edit files under `vendor/`.\n"
+        "- Keep functions under 50 lines; prefer small pure helpers.\n"
+        "- Write commit messages in the imperative mood.\n"
+        "The service talks to Postgres 15 and exposes a REST API documented in docs/api.md.",
+        None,
+    ),
+    (
+        "constraint/no-force-push",
+        PageType.CONSTRAINT,
+        "Never force-push to a shared branch. Never rewrite published history; if a commit "
+        "must be undone, add a revert commit instead and say so in the pull request.",
+        None,
+    ),
+    (
+        "plan/main",
+        PageType.PLAN,
+        "Goal: add idempotency keys to the payments endpoint\n"
+        "- [x] read the current handler and its tests\n"
+        "- [ ] add an idempotency_key column with a unique index\n"
+        "- [ ] return the stored response for a repeated key\n"
+        "- [ ] document the header in docs/api.md",
+        None,
+    ),
+    (
+        "preference/test-style",
+        PageType.PREFERENCE,
+        "The user prefers pytest with plain asserts and parametrized cases over unittest "
+        "classes, and wants every new test to assert exact values rather than truthiness.",
+        {"uri": "chat://turn/3"},
+    ),
+    (
+        "evidence/read_file/payments.py",
+        PageType.EVIDENCE,
+        "def create_payment(request):\n"
+        + "".join(
+            f"    # step {i}: validate field_{i} and normalise its value before storing it\n"
+            f"    value_{i} = normalise(request.json['field_{i}'])\n"
+            for i in range(12)
+        )
+        + "    return store_payment(request.user, "
+        + ", ".join(f"value_{i}" for i in range(12))
+        + ")\n",
+        {"uri": "file:///srv/billing/payments.py"},
+    ),
+    (
+        "conversation/turns-1-4",
+        PageType.CONVERSATION,
+        "user: Can you add idempotency keys to the payments endpoint?\n"
+        "assistant: Yes. I'll read the handler first, then add a column and a unique index.\n"
+        "user: Keep the migration reversible, please, and don't touch vendor/.\n"
+        "assistant: Understood: a reversible Alembic migration, vendor/ untouched. Reading "
+        "payments.py now.",
+        None,
+    ),
+)
+
+
+@app.command()
+@click.option("--project", default="demo", show_default=True)
+@common_options
+@pass_context
+def demo(obj: Context, project: str) -> None:
+    """Write one page of each type and show every fidelity with its exact token count.
+
+    \b
+    Example:
+      clawvm --db demo.db demo
+    """
+    shown: list[dict[str, Any]] = []
+    with obj.open(create=True) as store:
+        for key, page_type, content, provenance in DEMO_PAGES:
+            session = (
+                "demo-session" if POLICIES[page_type].default_scope.value == "session" else None
+            )
+            try:
+                head = store.page(key, project=project, session=session)
+                store.put(
+                    key,
+                    type=page_type,
+                    content=content,
+                    project=project,
+                    session=session,
+                    provenance=provenance,
+                    expected_version=head.version,
+                )
+            except ClawVMError as exc:
+                if "no page" not in str(exc):
+                    raise
+                store.put(
+                    key,
+                    type=page_type,
+                    content=content,
+                    project=project,
+                    session=session,
+                    provenance=provenance,
+                )
+            for fidelity in POLICIES[page_type].ladder:
+                page = store.page(key, project=project, session=session, fidelity=fidelity)
+                shown.append(
+                    {
+                        "key": key,
+                        "type": page_type.value,
+                        "version": page.version,
+                        "fidelity": fidelity.value,
+                        "tokens": page.tokens,
+                        "text": page.content,
+                    }
+                )
+        report = store.check()
+    if obj.as_json:
+        emit_json({"pages": shown, "check_ok": report.ok})
+        return
+    emit_table(
+        f"one page of each type, at every fidelity on its ladder (project {project!r})",
+        ["key", "type", "v", "fidelity", "tokens", "text"],
+        [
+            (
+                row["key"],
+                row["type"],
+                row["version"],
+                row["fidelity"],
+                row["tokens"],
+                _clip(row["text"], 90),
+            )
+            for row in shown
+        ],
+    )
+    click.echo(f"check: {'ok' if report.ok else 'FAILED'}")
+
+
+def _clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``clawvm`` console script."""
+    app.main(args=list(argv) if argv is not None else None, prog_name="clawvm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Engine, per-connection settings, the one transaction primitive, and programmatic migrations.
+
+SQLite's Python driver, left alone, opens transactions lazily and only before DML, so DDL runs
+outside any transaction and a writer can fail half-way when it upgrades a shared lock. We take
+the transaction boundaries away from the driver (SQLAlchemy's documented pysqlite recipe):
+autocommit at the driver, and ``BEGIN IMMEDIATE`` (writers) or ``BEGIN`` (readers) emitted by us.
+Every connection gets the same pragmas in :func:`_on_connect`, and every transaction goes
+through :meth:`Database.transaction`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .errors import (
+    ClawVMError,
+    DatabaseError,
+    MigrationError,
+    NotADatabase,
+    SchemaTooNew,
+    translate_driver_error,
+)
+
+Durability = Literal["full", "normal"]
+Sync = Literal["full", "normal"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT_MS = 5_000
+
+
+def database_url(target: str | os.PathLike[str]) -> str:
+    """An SQLAlchemy URL for a filesystem path or a URL that is already one."""
+    text = os.fspath(target)
+    if "://" in text:
+        return text
+    return f"sqlite+pysqlite:///{text}"
+
+
+def _prepare_sqlite_file(path: str, *, create: bool) -> None:
+    """Refuse unusable paths with a clear error; create a new database file with mode 0600."""
+    if path in ("", ":memory:"):
+        return
+    file_path = Path(path)
+    if file_path.is_dir():
+        raise DatabaseError(f"cannot open database {path!r}: it is a directory")
+    if file_path.exists():
+        if not os.access(file_path, os.R_OK):
+            raise DatabaseError(f"cannot open database {path!r}: permission denied")
+        with file_path.open("rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise NotADatabase(f"{path!r} is not an SQLite database")
+        return
+    if not create:
+        raise DatabaseError(f"no database at {path!r} (create one with `clawvm init`)")
+    parent = file_path.parent
+    if not parent.is_dir():
+        raise DatabaseError(
+            f"cannot create database {path!r}: directory {str(parent)!r} does not exist"
+        )
+    try:
+        fd = os.open(file_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot create database {path!r}: {exc.strerror}") from None
+    os.close(fd)
+
+
+class Database:
+    """An engine with clawvm-store's connection settings and its single transaction primitive."""
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        durability: Durability = "full",
+        create: bool = True,
+    ):
+        if durability not in ("full", "normal"):
+            raise DatabaseError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.url = database_url(target)
+        self.durability: Durability = durability
+        url = make_url(self.url)
+        self.dialect = url.get_backend_name()
+        self.path: str | None = url.database if self.dialect == "sqlite" else None
+        if self.dialect == "sqlite":
+            _prepare_sqlite_file(self.path or "", create=create)
+        try:
+            self.engine: Engine = create_engine(self.url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise DatabaseError(f"cannot open {self.url!r}: {exc}") from None
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
+
+    # -- connection settings, applied to every new DBAPI connection in this one place ---------
+
+    def _on_connect(self, dbapi_connection: sqlite3.Connection, record: Any) -> None:
+        # Take transaction control away from the driver; we emit BEGIN ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA mmap_size = 0")
+            cursor.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        finally:
+            cursor.close()
+        record.info["synchronous"] = self.durability
+
+    def _on_begin(self, conn: Connection) -> None:
+        options = conn.get_execution_options()
+        wanted: Sync = options.get("clawvm_sync", self.durability)
+        if self.durability == "normal":
+            wanted = "normal"  # the caller opted out of FULL for every commit
+        info = conn.connection.info
+        if info.get("synchronous") != wanted:
+            conn.exec_driver_sql(f"PRAGMA synchronous = {wanted.upper()}")
+            info["synchronous"] = wanted
+        conn.exec_driver_sql("BEGIN" if options.get("clawvm_read") else "BEGIN IMMEDIATE")
+
+    # -- the transaction primitive -------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, *, write: bool = True, sync: Sync = "full") -> Iterator[Connection]:
+        """Run the block in one transaction: ``BEGIN IMMEDIATE`` for writers, ``BEGIN`` for readers.
+
+        Commits when the block returns, rolls back on any exception (and never commits in a
+        ``finally``). ``sync="normal"`` lets a small write skip the fsync: its WAL frames already
+        survive a process crash, and the next FULL commit makes them durable against power loss.
+        Driver errors leave as :class:`ClawVMError` subclasses.
+        """
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(clawvm_read=not write, clawvm_sync=sync)
+                txn = conn.begin()
+                try:
+                    yield conn
+                except BaseException:
+                    txn.rollback()
+                    raise
+                txn.commit()
+        except ClawVMError:
+            raise
+        except (DBAPIError, SQLAlchemyError, sqlite3.Error) as exc:
+            raise translate_driver_error(exc) from exc
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def sqlite_version(self) -> str:
+        """The SQLite library version the driver is linked against."""
+        return sqlite3.sqlite_version
+
+    # -- migrations ------------------------------------------------------------------------------
+
+    def _alembic_config(self, script_location: Path | None = None) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(script_location or MIGRATIONS_DIR))
+        return config
+
+    def current_revision(self) -> str | None:
+        """The schema revision recorded in the database, or ``None`` for a blank database."""
+        with self.transaction(write=False) as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+        return heads[0] if heads else None
+
+    def head_revision(self, script_location: Path | None = None) -> str:
+        """The newest schema revision this code knows."""
+        script = ScriptDirectory.from_config(self._alembic_config(script_location))
+        head = script.get_current_head()
+        assert head is not None
+        return head
+
+    def migrate(self, script_location: Path | None = None) -> None:
+        """Bring the schema to the head revision, one atomic transaction per revision.
+
+        A blank database is created from scratch; a database from a newer clawvm-store raises
+        :class:`SchemaTooNew`; an SQLite file holding someone else's tables raises
+        :class:`NotADatabase` rather than mixing our tables into it.
+        """
+        config = self._alembic_config(script_location)
+        script = ScriptDirectory.from_config(config)
+        with self.transaction(write=False) as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+            foreign = [
+                name
+                for name in inspect(conn).get_table_names()
+                if name != "alembic_version" and not name.startswith("sqlite_")
+            ]
+        for revision in current:
+            try:
+                known = script.get_revision(revision)
+            except Exception:
+                known = None
+            if known is None:
+                raise SchemaTooNew(
+                    f"the database schema is at revision {revision!r}, which this clawvm-store "
+                    f"does not know (its newest is {script.get_current_head()!r}); upgrade clawvm-store"
+                )
+        if not current and foreign:
+            raise NotADatabase(
+                "the database holds tables that are not clawvm-store's "
+                f"({', '.join(sorted(foreign)[:5])}); refusing to add ours to it"
+            )
+        if list(current) == [script.get_current_head()]:
+            return
+        try:
+            with self.engine.connect() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except ClawVMError:
+            raise
+        except (DBAPIError, sqlite3.Error) as exc:
+            raise translate_driver_error(exc, context="migration") from exc
+        except Exception as exc:
+            raise MigrationError(f"schema migration failed and was rolled back: {exc}") from exc

@@ -1,0 +1,842 @@
+"""The write-ahead journal: stage, validate, commit, apply.
+
+Every change to durable state is first a journal entry. Its life:
+
+``staged`` (appended, checksummed, not yet applied) → ``committed`` or ``rejected`` (validated at a
+lifecycle boundary, with a reason code when rejected) → ``applied`` (materialized into a page
+version with every fidelity). A corrupt entry found by recovery becomes ``quarantined`` and is never
+applied.
+
+Validation and apply of one boundary run in a single transaction, entry by entry in LSN order, so
+a later entry in the same boundary validates against the effect of the earlier ones, and a crash
+anywhere leaves either all of the boundary or none of it.
+
+Merge rules (deterministic, non-destructive), for ``op="merge"`` on a page's structured fields:
+
+* a key absent from the page is added;
+* two objects under the same key are merged recursively by these same rules;
+* a list is extended by the new items not already in it, in their given order;
+* an equal scalar is a no-op; a *different* scalar is a conflict: it is rejected with
+  ``DESTRUCTIVE_OP`` unless the update carries ``expected_version`` equal to the page's last
+  committed version, in which case the new scalar wins;
+* content given with a merge is appended to the page's content, as ``append`` does.
+
+``append`` adds the new content after the old (separated by a newline) and never needs a version.
+``set`` and ``delete`` need ``expected_version`` equal to the last committed version, or a key
+that does not exist yet (``expected_version=None``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from . import schema as t
+from .errors import InvalidInput, NotFound, SchemaInvalid
+from .pages import POLICIES, Boundary, Op, PageType, Pin, ReasonCode, Scope
+from .representations import (
+    Compressor,
+    ContentRepresentations,
+    build_content_representations,
+    canonical_json,
+    validate_fields,
+    with_pointer,
+)
+from .tokens import TokenCounter
+
+DEFAULT_MAX_CONTENT_BYTES = 8 * 1024 * 1024
+MAX_KEY_CHARS = 512
+_KEY_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S")
+_PROVENANCE_REFS = ("tool_call", "page", "uri")
+
+Clock = Callable[[], str]
+
+
+def check_key(key: object) -> str:
+    """Validate a page key: a non-empty string without whitespace or control characters."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput("a page key must be a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidInput(f"a page key must be at most {MAX_KEY_CHARS} characters")
+    if _KEY_FORBIDDEN.search(key):
+        raise InvalidInput(f"a page key must not contain whitespace or control characters: {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class Update:
+    """One staged change to one page: the tuple of DESIGN 1.4 plus what the page needs."""
+
+    key: str
+    op: Op
+    page_type: PageType | None
+    content: str | None = None
+    structured: Mapping[str, Any] | None = None
+    pin: Pin | None = None
+    priority: float | None = None
+    scope: Scope = Scope.SESSION
+    provenance: Mapping[str, Any] | None = None
+    expected_version: int | None = None
+    idempotency_key: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON-able body written to the journal and covered by its checksum."""
+        return {
+            "content": self.content,
+            "structured": dict(self.structured) if self.structured is not None else None,
+            "pin": self.pin.value if self.pin else None,
+            "priority": self.priority,
+            "provenance": dict(self.provenance) if self.provenance is not None else None,
+            "expected_version": self.expected_version,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A journal row as the engine works with it."""
+
+    lsn: int
+    session_id: str
+    project: str
+    principal: str | None
+    key: str
+    op: Op
+    page_type: PageType | None
+    scope: Scope
+    payload: dict[str, Any]
+    checksum: str
+    state: str
+    idempotency_key: str | None
+
+    @property
+    def page_session(self) -> str:
+        """The ``session_id`` column of the page this entry writes ('' for project scope)."""
+        return self.session_id if self.scope is Scope.SESSION else ""
+
+
+def entry_checksum(
+    *,
+    project: str,
+    session_id: str,
+    key: str,
+    op: str,
+    page_type: str | None,
+    scope: str,
+    payload_json: str,
+) -> str:
+    """SHA-256 over the entry's identity and payload, so a flipped key or byte is detected."""
+    body = canonical_json(
+        {
+            "project": project,
+            "session": session_id,
+            "key": key,
+            "op": op,
+            "type": page_type,
+            "scope": scope,
+            "payload": payload_json,
+        }
+    )
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def row_to_entry(row: Any) -> Entry:
+    """Decode a journal row; raises ``ValueError`` when its payload is not valid JSON."""
+    return Entry(
+        lsn=row.lsn,
+        session_id=row.session_id,
+        project=row.project,
+        principal=row.principal,
+        key=row.key,
+        op=Op(row.op),
+        page_type=PageType(row.page_type) if row.page_type else None,
+        scope=Scope(row.scope),
+        payload=json.loads(row.payload),
+        checksum=row.checksum,
+        state=row.state,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def verify_row(row: Any) -> str | None:
+    """Why a journal row cannot be trusted (``None`` when its checksum and payload are sound)."""
+    expected = entry_checksum(
+        project=row.project,
+        session_id=row.session_id,
+        key=row.key,
+        op=row.op,
+        page_type=row.page_type,
+        scope=row.scope,
+        payload_json=row.payload,
+    )
+    if expected != row.checksum:
+        return "checksum mismatch"
+    try:
+        decoded = json.loads(row.payload)
+        Op(row.op)
+        Scope(row.scope)
+        if row.page_type is not None:
+            PageType(row.page_type)
+    except (ValueError, TypeError) as exc:
+        return f"undecodable entry: {exc}"
+    if not isinstance(decoded, dict):
+        return "undecodable entry: payload is not an object"
+    return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of validating one entry: ``reason`` is ``None`` when it may commit."""
+
+    reason: ReasonCode | None
+    detail: str = ""
+
+
+@dataclass
+class WritebackResult:
+    """What one lifecycle boundary did: the LSNs it committed and (LSN, reason) it rejected."""
+
+    boundary: Boundary
+    committed: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    details: dict[int, str] = field(default_factory=dict)
+    versions: dict[int, int] = field(default_factory=dict)
+    event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The current committed head of a page, as validation and apply see it."""
+
+    page_id: int
+    type: PageType
+    version: int
+    pin: Pin
+    priority: float
+    scope: Scope
+    provenance: dict[str, Any] | None
+    deleted: bool
+    content: str | None
+    fields: dict[str, Any] | None
+
+
+def merge_fields(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, may_overwrite: bool, path: str = ""
+) -> tuple[dict[str, Any], str | None]:
+    """Merge ``new`` into ``old`` by the module's merge rules; returns (merged, conflict path)."""
+    merged = dict(old)
+    for name, value in new.items():
+        where = f"{path}.{name}" if path else name
+        if name not in merged:
+            merged[name] = value
+            continue
+        current = merged[name]
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            inner, conflict = merge_fields(current, value, may_overwrite=may_overwrite, path=where)
+            if conflict:
+                return merged, conflict
+            merged[name] = inner
+        elif isinstance(current, list) and isinstance(value, list):
+            merged[name] = current + [item for item in value if item not in current]
+        elif current != value:
+            if not may_overwrite:
+                return merged, where
+            merged[name] = value
+    return merged, None
+
+
+class JournalEngine:
+    """Stages entries and runs validated writeback on a connection the caller's transaction owns."""
+
+    def __init__(
+        self,
+        *,
+        counter: TokenCounter,
+        compressor: Compressor,
+        clock: Clock,
+        max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+    ) -> None:
+        self.counter = counter
+        self.compressor = compressor
+        self.clock = clock
+        self.max_content_bytes = max_content_bytes
+
+    # -- staging ---------------------------------------------------------------------------------
+
+    def stage(
+        self,
+        conn: Connection,
+        *,
+        project: str,
+        session_id: str,
+        principal: str | None,
+        update: Update,
+    ) -> tuple[int, bool]:
+        """Append ``update`` as a staged entry; returns (lsn, whether it already existed).
+
+        With an idempotency key, a retry of the same update (after a crash left the caller unsure
+        whether the first attempt landed) returns the original entry instead of writing twice.
+        """
+        payload = update.payload()
+        content = payload.get("content")
+        if isinstance(content, str) and len(content) > self.max_content_bytes:
+            # Keep the journal row small; the rejection reason says what was too large.
+            payload["content"] = None
+            payload["content_chars"] = len(content)
+        try:
+            payload_json = canonical_json(payload)
+            payload_json.encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            raise InvalidInput(f"the update cannot be journaled: {exc}") from None
+        page_type = update.page_type.value if update.page_type else None
+        checksum = entry_checksum(
+            project=project,
+            session_id=session_id,
+            key=update.key,
+            op=update.op.value,
+            page_type=page_type,
+            scope=update.scope.value,
+            payload_json=payload_json,
+        )
+        if update.idempotency_key is not None:
+            existing = conn.execute(
+                select(t.journal.c.lsn, t.journal.c.checksum).where(
+                    t.journal.c.project == project,
+                    t.journal.c.session_id == session_id,
+                    t.journal.c.idempotency_key == update.idempotency_key,
+                )
+            ).first()
+            if existing is not None:
+                if existing.checksum != checksum:
+                    raise InvalidInput(
+                        f"idempotency key {update.idempotency_key!r} was already used for a "
+                        f"different update (lsn {existing.lsn})"
+                    )
+                return int(existing.lsn), True
+        result = conn.execute(
+            insert(t.journal).values(
+                session_id=session_id,
+                project=project,
+                principal=principal,
+                key=update.key,
+                op=update.op.value,
+                page_type=page_type,
+                scope=update.scope.value,
+                payload=payload_json,
+                checksum=checksum,
+                state="staged",
+                idempotency_key=update.idempotency_key,
+                staged_at=self.clock(),
+            )
+        )
+        return inserted_id(result), False
+
+    # -- reading heads ---------------------------------------------------------------------------
+
+    def head(self, conn: Connection, project: str, page_session: str, key: str) -> Head | None:
+        """The committed head of one page (with its full content), or ``None``."""
+        page = conn.execute(
+            select(t.pages).where(
+                t.pages.c.project == project,
+                t.pages.c.session_id == page_session,
+                t.pages.c.key == key,
+            )
+        ).first()
+        if page is None:
+            return None
+        version_row = conn.execute(
+            select(t.page_versions.c.fields).where(
+                t.page_versions.c.page_id == page.id, t.page_versions.c.version == page.version
+            )
+        ).first()
+        content = conn.execute(
+            select(t.representations.c.content).where(
+                t.representations.c.page_id == page.id,
+                t.representations.c.version == page.version,
+                t.representations.c.fidelity == "full",
+            )
+        ).scalar()
+        fields_json = version_row.fields if version_row is not None else None
+        return Head(
+            page_id=page.id,
+            type=PageType(page.type),
+            version=page.version,
+            pin=Pin(page.pin),
+            priority=page.priority,
+            scope=Scope(page.scope),
+            provenance=json.loads(page.provenance) if page.provenance else None,
+            deleted=bool(page.deleted),
+            content=content,
+            fields=json.loads(fields_json) if fields_json else None,
+        )
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def _check_schema(self, entry: Entry, head: Head | None) -> Verdict | None:
+        payload = entry.payload
+        if entry.op is Op.DELETE:
+            return None
+        page_type = entry.page_type or (head.type if head else None)
+        if page_type is None:
+            return Verdict(ReasonCode.SCHEMA_INVALID, "a new page needs a type")
+        if head is not None and not head.deleted and entry.page_type and entry.op is not Op.SET:
+            if entry.page_type is not head.type:
+                return Verdict(
+                    ReasonCode.SCHEMA_INVALID,
+                    f"{entry.op.value} on a {head.type.value} page cannot change its type "
+                    f"to {entry.page_type.value}",
+                )
+        if "content_chars" in payload:
+            return Verdict(
+                ReasonCode.SCHEMA_INVALID,
+                f"content of {payload['content_chars']} characters exceeds the limit of "
+                f"{self.max_content_bytes} bytes",
+            )
+        content = payload.get("content")
+        structured = payload.get("structured")
+        if content is not None and not isinstance(content, str):
+            return Verdict(ReasonCode.SCHEMA_INVALID, "content must be text")
+        if isinstance(content, str):
+            if not content.strip():
+                return Verdict(ReasonCode.SCHEMA_INVALID, "content is empty")
+            try:
+                size = len(content.encode("utf-8"))
+            except UnicodeEncodeError:
+                return Verdict(ReasonCode.SCHEMA_INVALID, "content is not valid Unicode text")
+            if size > self.max_content_bytes:
+                return Verdict(
+                    ReasonCode.SCHEMA_INVALID,
+                    f"content of {size} bytes exceeds the limit of {self.max_content_bytes}",
+                )
+        if entry.op in (Op.SET, Op.APPEND) and content is None:
+            return Verdict(ReasonCode.SCHEMA_INVALID, f"{entry.op.value} needs content")
+        if entry.op is Op.MERGE:
+            if not isinstance(structured, dict):
+                return Verdict(
+                    ReasonCode.SCHEMA_INVALID, "merge needs structured fields (an object)"
+                )
+            if content is None and (head is None or head.deleted):
+                return Verdict(ReasonCode.SCHEMA_INVALID, "merge into a new page needs content")
+        elif structured is not None and not isinstance(structured, dict):
+            return Verdict(ReasonCode.SCHEMA_INVALID, "structured fields must be an object")
+        priority = payload.get("priority")
+        if priority is not None and (
+            not isinstance(priority, int | float) or priority != priority or abs(priority) > 1e9
+        ):
+            return Verdict(ReasonCode.SCHEMA_INVALID, "priority must be a finite number")
+        if structured is not None and entry.op is not Op.MERGE:
+            try:
+                validate_fields(page_type, structured)
+            except SchemaInvalid as exc:
+                return Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
+        return None
+
+    def _check_scope(self, conn: Connection, entry: Entry) -> Verdict | None:
+        if entry.scope is Scope.SESSION and not entry.session_id:
+            return Verdict(ReasonCode.SCOPE_DENIED, "a session-scoped page needs a session")
+        if entry.scope is Scope.PROJECT and entry.principal is not None:
+            writers = conn.execute(
+                select(t.projects.c.writers).where(t.projects.c.name == entry.project)
+            ).scalar()
+            if writers is not None and entry.principal not in json.loads(writers):
+                return Verdict(
+                    ReasonCode.SCOPE_DENIED,
+                    f"principal {entry.principal!r} may not write project-scoped pages of "
+                    f"project {entry.project!r}",
+                )
+        return None
+
+    def _check_provenance(
+        self, conn: Connection, entry: Entry, page_type: PageType | None
+    ) -> Verdict | None:
+        provenance = entry.payload.get("provenance")
+        if provenance is None:
+            if page_type is PageType.EVIDENCE and entry.op is not Op.DELETE:
+                return Verdict(
+                    ReasonCode.PROVENANCE_UNRESOLVED,
+                    "an evidence page needs provenance: a tool_call, a page or a uri",
+                )
+            return None
+        if not isinstance(provenance, dict):
+            return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, "provenance must be an object")
+        refs = [name for name in _PROVENANCE_REFS if name in provenance]
+        if not refs:
+            if page_type is PageType.EVIDENCE:
+                return Verdict(
+                    ReasonCode.PROVENANCE_UNRESOLVED,
+                    "evidence provenance names no tool_call, page or uri",
+                )
+            return None
+        for name in refs:
+            value = provenance[name]
+            if name == "uri":
+                if not isinstance(value, str) or not _URI.match(value):
+                    return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"not a URI: {value!r}")
+            elif name == "page":
+                verdict = self._resolve_page_ref(conn, entry, value)
+                if verdict is not None:
+                    return verdict
+            elif name == "tool_call" and not self.tool_call_exists(conn, entry, value):
+                return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"no recorded tool call {value!r}")
+        return None
+
+    def tool_call_exists(self, conn: Connection, entry: Entry, ref: object) -> bool:
+        """Whether ``ref`` names a recorded tool call (the ledger arrives with the mediator)."""
+        return False
+
+    def _resolve_page_ref(self, conn: Connection, entry: Entry, ref: object) -> Verdict | None:
+        if not isinstance(ref, str) or not ref:
+            return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"not a page reference: {ref!r}")
+        key, _, version_text = ref.partition("@")
+        version = int(version_text) if version_text.isdigit() else None
+        if version_text and version is None:
+            return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"bad version in {ref!r}")
+        owners = [entry.session_id, ""] if entry.session_id else [""]
+        found = conn.execute(
+            select(t.pages.c.id, t.pages.c.version).where(
+                t.pages.c.project == entry.project,
+                t.pages.c.key == key,
+                t.pages.c.session_id.in_(owners),
+            )
+        ).first()
+        if found is None:
+            other = conn.execute(
+                select(t.pages.c.id).where(t.pages.c.project == entry.project, t.pages.c.key == key)
+            ).first()
+            if other is not None:
+                return Verdict(
+                    ReasonCode.SCOPE_DENIED, f"provenance page {key!r} belongs to another session"
+                )
+            return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"no page {key!r}")
+        if version is not None and not (1 <= version <= found.version):
+            return Verdict(
+                ReasonCode.PROVENANCE_UNRESOLVED, f"page {key!r} has no version {version}"
+            )
+        return None
+
+    def _check_version(self, entry: Entry, head: Head | None) -> Verdict | None:
+        expected = entry.payload.get("expected_version")
+        exists = head is not None and not head.deleted
+        if entry.op in (Op.SET, Op.DELETE):
+            if entry.op is Op.DELETE and not exists:
+                return Verdict(ReasonCode.DESTRUCTIVE_OP, "delete of a page that does not exist")
+            if exists:
+                assert head is not None
+                if expected != head.version:
+                    return Verdict(
+                        ReasonCode.DESTRUCTIVE_OP,
+                        f"{entry.op.value} would overwrite version {head.version} of {entry.key!r} "
+                        f"but expected_version is {expected!r}",
+                    )
+            elif expected not in (None, 0) and (head is None or expected != head.version):
+                return Verdict(
+                    ReasonCode.DESTRUCTIVE_OP,
+                    f"expected version {expected!r} of {entry.key!r}, which does not exist",
+                )
+        elif expected is not None and head is not None and expected != head.version:
+            return Verdict(
+                ReasonCode.DESTRUCTIVE_OP,
+                f"expected version {expected!r} but {entry.key!r} is at version {head.version}",
+            )
+        return None
+
+    def _check_pin(self, entry: Entry, head: Head | None, boundary: Boundary) -> Verdict | None:
+        if head is None or head.deleted or head.pin is not Pin.HARD:
+            return None
+        if entry.op is Op.DELETE:
+            return Verdict(
+                ReasonCode.PIN_VIOLATION, f"{entry.key!r} is hard-pinned; it cannot be deleted"
+            )
+        new_pin = entry.payload.get("pin")
+        if new_pin is not None and new_pin != Pin.HARD.value and boundary is not Boundary.EXPLICIT:
+            return Verdict(
+                ReasonCode.PIN_VIOLATION,
+                f"{entry.key!r} is hard-pinned; only a direct put may lower its pin",
+            )
+        return None
+
+    def validate(
+        self, conn: Connection, entry: Entry, head: Head | None, boundary: Boundary
+    ) -> Verdict:
+        """Run the five checks of DESIGN 1.4 in a fixed order; the first failure decides."""
+        page_type = entry.page_type or (head.type if head else None)
+        for verdict in (
+            self._check_schema(entry, head),
+            self._check_scope(conn, entry),
+            self._check_provenance(conn, entry, page_type),
+            self._check_version(entry, head),
+            self._check_pin(entry, head, boundary),
+        ):
+            if verdict is not None:
+                return verdict
+        if entry.op is Op.MERGE and head is not None and not head.deleted:
+            _, conflict = merge_fields(
+                head.fields or {},
+                entry.payload.get("structured") or {},
+                may_overwrite=entry.payload.get("expected_version") == head.version,
+            )
+            if conflict:
+                return Verdict(
+                    ReasonCode.DESTRUCTIVE_OP,
+                    f"merge would change the scalar {conflict!r} of {entry.key!r} without "
+                    f"expected_version={head.version}",
+                )
+        return Verdict(None)
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    def prepare(self, entry: Entry, head: Head | None) -> ContentRepresentations | None:
+        """Every version-independent fidelity of what ``entry`` will write (``None`` for delete)."""
+        if entry.op is Op.DELETE:
+            return None
+        payload = entry.payload
+        live = head if head is not None and not head.deleted else None
+        page_type = entry.page_type or (live.type if live else None)
+        assert page_type is not None
+        scope = entry.scope
+        provenance = payload.get("provenance") or (live.provenance if live else None)
+        content: str = payload.get("content") or ""
+        structured = payload.get("structured")
+        if entry.op is Op.APPEND and live is not None and live.content is not None:
+            content = f"{live.content}\n{content}"
+        elif entry.op is Op.MERGE:
+            if live is not None:
+                structured, _ = merge_fields(
+                    live.fields or {},
+                    structured or {},
+                    may_overwrite=payload.get("expected_version") == live.version,
+                )
+                if live.content is not None:
+                    content = f"{live.content}\n{content}" if content else live.content
+        return build_content_representations(
+            page_type,
+            content,
+            key=entry.key,
+            scope=scope,
+            provenance=provenance,
+            structured=structured,
+            timestamp=self.clock(),
+            counter=self.counter,
+            compressor=self.compressor,
+        )
+
+    def apply(
+        self,
+        conn: Connection,
+        entry: Entry,
+        head: Head | None,
+        version: int,
+        reps: ContentRepresentations | None,
+    ) -> int:
+        """Materialize ``entry`` as ``version`` of its page; idempotent by (page, version)."""
+        now = self.clock()
+        payload = entry.payload
+        live = head if head is not None and not head.deleted else None
+        page_type = entry.page_type or (head.type if head else None)
+        assert page_type is not None
+        policy = POLICIES[page_type]
+        pin = (
+            Pin(payload["pin"])
+            if payload.get("pin")
+            else (live.pin if live else policy.default_pin)
+        )
+        priority = payload.get("priority")
+        if priority is None:
+            priority = live.priority if live else 0.0
+        provenance = payload.get("provenance")
+        if provenance is None and live is not None:
+            provenance = live.provenance
+        provenance_json = canonical_json(provenance) if provenance is not None else None
+        deleted = entry.op is Op.DELETE
+        if head is None:
+            page_id = inserted_id(
+                conn.execute(
+                    insert(t.pages).values(
+                        project=entry.project,
+                        session_id=entry.page_session,
+                        key=entry.key,
+                        type=page_type.value,
+                        scope=entry.scope.value,
+                        pin=pin.value,
+                        priority=float(priority),
+                        version=version,
+                        provenance=provenance_json,
+                        deleted=int(deleted),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            )
+        else:
+            page_id = head.page_id
+            already = conn.execute(
+                select(t.page_versions.c.version).where(
+                    t.page_versions.c.page_id == page_id, t.page_versions.c.version == version
+                )
+            ).first()
+            if already is not None:
+                return int(page_id)  # applied before: apply is idempotent by (page, version)
+            conn.execute(
+                update(t.pages)
+                .where(t.pages.c.id == page_id)
+                .values(
+                    type=page_type.value,
+                    pin=pin.value,
+                    priority=float(priority),
+                    version=version,
+                    provenance=provenance_json,
+                    deleted=int(deleted),
+                    updated_at=now,
+                )
+            )
+        content_hash = None
+        fields_json = None
+        if reps is not None:
+            content_hash = hashlib.sha256(
+                reps.levels[0].text.encode("utf-8", "surrogatepass")
+            ).hexdigest()
+            fields_json = canonical_json(reps.fields)
+        conn.execute(
+            insert(t.page_versions).values(
+                page_id=page_id,
+                version=version,
+                type=page_type.value,
+                op=entry.op.value,
+                pin=pin.value,
+                priority=float(priority),
+                scope=entry.scope.value,
+                provenance=provenance_json,
+                fields=fields_json,
+                content_hash=content_hash,
+                deleted=int(deleted),
+                lsn=entry.lsn,
+                committed_at=now,
+            )
+        )
+        if reps is not None:
+            levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
+            conn.execute(
+                insert(t.representations),
+                [
+                    {
+                        "page_id": page_id,
+                        "version": version,
+                        "fidelity": level.fidelity.value,
+                        "content": level.text,
+                        "tokens": level.tokens,
+                        "encoding": self.counter.encoding_name,
+                        "source": level.source.value,
+                    }
+                    for level in levels
+                ],
+            )
+        return int(page_id)
+
+    # -- writeback -------------------------------------------------------------------------------
+
+    def load_entries(self, conn: Connection, lsns: Sequence[int]) -> list[Entry]:
+        """Journal entries by LSN, in LSN order."""
+        rows = conn.execute(
+            select(t.journal).where(t.journal.c.lsn.in_(list(lsns))).order_by(t.journal.c.lsn)
+        ).all()
+        return [row_to_entry(row) for row in rows]
+
+    def writeback(
+        self,
+        conn: Connection,
+        *,
+        project: str,
+        session_id: str | None,
+        boundary: Boundary,
+        turn: int,
+        entries: Sequence[Entry],
+        prepared: Mapping[int, ContentRepresentations | None] | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> WritebackResult:
+        """Validate, commit or reject, and apply ``entries`` in LSN order, recording the boundary.
+
+        Runs inside the caller's write transaction; a failure anywhere rolls all of it back, so
+        the entries stay staged and nothing is half-applied.
+        """
+        now = self.clock()
+        event_id = inserted_id(
+            conn.execute(
+                insert(t.lifecycle_events).values(
+                    session_id=session_id,
+                    project=project,
+                    boundary=boundary.value,
+                    turn=turn,
+                    detail=canonical_json(dict(detail)) if detail else None,
+                    at=now,
+                )
+            )
+        )
+        result = WritebackResult(boundary=boundary, event_id=event_id)
+        for entry in sorted(entries, key=lambda e: e.lsn):
+            if entry.state != "staged":
+                continue
+            head = self.head(conn, entry.project, entry.page_session, entry.key)
+            verdict = self.validate(conn, entry, head, boundary)
+            reps: ContentRepresentations | None = None
+            if verdict.reason is None and entry.op is not Op.DELETE:
+                reps = prepared.get(entry.lsn) if prepared and entry.op is Op.SET else None
+                if reps is None:
+                    try:
+                        reps = self.prepare(entry, head)
+                    except SchemaInvalid as exc:
+                        verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
+            if verdict.reason is not None:
+                conn.execute(
+                    update(t.journal)
+                    .where(t.journal.c.lsn == entry.lsn, t.journal.c.state == "staged")
+                    .values(
+                        state="rejected",
+                        reason=verdict.reason.value,
+                        detail=verdict.detail,
+                        event_id=event_id,
+                        resolved_at=now,
+                    )
+                )
+                result.rejected.append((entry.lsn, verdict.reason.value))
+                result.details[entry.lsn] = verdict.detail
+                continue
+            version = (head.version if head else 0) + 1
+            conn.execute(
+                update(t.journal)
+                .where(t.journal.c.lsn == entry.lsn, t.journal.c.state == "staged")
+                .values(state="committed", event_id=event_id, version=version, resolved_at=now)
+            )
+            self.apply(conn, entry, head, version, reps)
+            conn.execute(
+                update(t.journal).where(t.journal.c.lsn == entry.lsn).values(state="applied")
+            )
+            result.committed.append(entry.lsn)
+            result.versions[entry.lsn] = version
+        conn.execute(
+            update(t.lifecycle_events)
+            .where(t.lifecycle_events.c.id == event_id)
+            .values(committed=len(result.committed), rejected=len(result.rejected))
+        )
+        return result
+
+
+def inserted_id(result: Any) -> int:
+    """The integer primary key of the row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    if not key or key[0] is None:
+        raise RuntimeError("the insert returned no primary key")
+    return int(key[0])
+
+
+def require_entry(conn: Connection, lsn: int) -> Any:
+    """The journal row ``lsn`` or :class:`NotFound`."""
+    row = conn.execute(select(t.journal).where(t.journal.c.lsn == lsn)).first()
+    if row is None:
+        raise NotFound(f"no journal entry with lsn {lsn}")
+    return row

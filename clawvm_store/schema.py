@@ -1,0 +1,176 @@
+"""The relational layout, as SQLAlchemy Core tables.
+
+This metadata is what the code reads and writes; the Alembic revisions in ``migrations/`` are
+what creates it. A test compares the two (Alembic's autogenerate comparison) so they cannot
+drift apart.
+
+Identity of a page: ``(project, session_id, key)``, where ``session_id`` is the owning session for
+a session-scoped page and the empty string for a project-scoped one.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JOURNAL_STATES = ("staged", "committed", "rejected", "applied", "quarantined")
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("name", String, primary_key=True),
+    # JSON list of principals allowed to write project-scoped pages; NULL means any principal.
+    Column("writers", Text, nullable=True),
+    Column("created_at", String, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("project", String, nullable=False),
+    Column("principal", String, nullable=True),
+    Column("state", String, nullable=False, server_default=text("'open'")),
+    Column("turn", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", String, nullable=False),
+    Column("updated_at", String, nullable=False),
+    CheckConstraint("state IN ('open', 'closed')", name="state"),
+)
+
+pages = Table(
+    "pages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String, nullable=False),
+    Column("session_id", String, nullable=False, server_default=text("''")),
+    Column("key", String, nullable=False),
+    Column("type", String, nullable=False),
+    Column("scope", String, nullable=False),
+    Column("pin", String, nullable=False),
+    Column("priority", Float, nullable=False, server_default=text("0")),
+    Column("version", Integer, nullable=False),
+    Column("provenance", Text, nullable=True),
+    Column("deleted", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", String, nullable=False),
+    Column("updated_at", String, nullable=False),
+    UniqueConstraint("project", "session_id", "key"),
+    Index("ix_pages_project_type", "project", "type"),
+)
+
+page_versions = Table(
+    "page_versions",
+    metadata,
+    Column("page_id", Integer, ForeignKey("pages.id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("type", String, nullable=False),
+    Column("op", String, nullable=False),
+    Column("pin", String, nullable=False),
+    Column("priority", Float, nullable=False),
+    Column("scope", String, nullable=False),
+    Column("provenance", Text, nullable=True),
+    Column("fields", Text, nullable=True),
+    Column("content_hash", String, nullable=True),
+    Column("deleted", Integer, nullable=False, server_default=text("0")),
+    Column("lsn", Integer, nullable=False),
+    Column("committed_at", String, nullable=False),
+)
+
+representations = Table(
+    "representations",
+    metadata,
+    Column("page_id", Integer, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("fidelity", String, primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("encoding", String, nullable=False),
+    Column("source", String, nullable=False),
+    ForeignKeyConstraint(
+        ["page_id", "version"],
+        ["page_versions.page_id", "page_versions.version"],
+        name="fk_representations_page_versions",
+    ),
+    CheckConstraint("tokens >= 0", name="tokens"),
+)
+
+lifecycle_events = Table(
+    "lifecycle_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String, nullable=True),
+    Column("project", String, nullable=False),
+    Column("boundary", String, nullable=False),
+    Column("turn", Integer, nullable=False, server_default=text("0")),
+    Column("committed", Integer, nullable=False, server_default=text("0")),
+    Column("rejected", Integer, nullable=False, server_default=text("0")),
+    Column("detail", Text, nullable=True),
+    Column("at", String, nullable=False),
+    Index("ix_lifecycle_events_session_id", "session_id", "id"),
+)
+
+journal = Table(
+    "journal",
+    metadata,
+    Column("lsn", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String, nullable=False, server_default=text("''")),
+    Column("project", String, nullable=False),
+    Column("principal", String, nullable=True),
+    Column("key", String, nullable=False),
+    Column("op", String, nullable=False),
+    Column("page_type", String, nullable=True),
+    Column("scope", String, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("checksum", String, nullable=False),
+    Column("state", String, nullable=False),
+    Column("reason", String, nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("idempotency_key", String, nullable=True),
+    Column("event_id", Integer, ForeignKey("lifecycle_events.id"), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("staged_at", String, nullable=False),
+    Column("resolved_at", String, nullable=True),
+    CheckConstraint(
+        "state IN ('staged', 'committed', 'rejected', 'applied', 'quarantined')", name="state"
+    ),
+    Index("ix_journal_session_id_state", "session_id", "state"),
+    Index("ix_journal_state", "state"),
+    Index(
+        "uq_journal_idempotency",
+        "project",
+        "session_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+)

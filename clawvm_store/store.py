@@ -1,0 +1,794 @@
+"""The :class:`Store`: open (create, migrate), direct writes, reads, history, checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, func, insert, select
+
+from . import schema as t
+from .db import Database, Durability
+from .errors import (
+    ClawVMError,
+    CorruptDatabase,
+    DestructiveWrite,
+    InvalidInput,
+    NotFound,
+    PinViolation,
+    ProvenanceUnresolved,
+    SchemaInvalid,
+    ScopeDenied,
+    UpdateRejected,
+)
+from .journal import (
+    DEFAULT_MAX_CONTENT_BYTES,
+    Entry,
+    JournalEngine,
+    Update,
+    check_key,
+    verify_row,
+)
+from .pages import (
+    POLICIES,
+    Boundary,
+    Fidelity,
+    Op,
+    Page,
+    PageType,
+    PageVersion,
+    Pin,
+    ReasonCode,
+    Scope,
+)
+from .representations import (
+    Compressor,
+    ContentRepresentations,
+    ExtractiveCompressor,
+    parse_pointer,
+)
+from .tokens import DEFAULT_ENCODING, TokenCounter
+
+DEFAULT_PROJECT = "default"
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def coerce_enum(enum: type[E], value: object, what: str) -> E:
+    """``value`` as a member of ``enum``, or :class:`InvalidInput` naming the allowed values."""
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(str(value).strip().lower() if enum is not ReasonCode else str(value))
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise InvalidInput(f"unknown {what} {value!r}; expected one of: {allowed}") from None
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC timestamp with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+_REJECTION_ERRORS: dict[str, type[UpdateRejected]] = {
+    ReasonCode.SCHEMA_INVALID.value: SchemaInvalid,
+    ReasonCode.PROVENANCE_UNRESOLVED.value: ProvenanceUnresolved,
+    ReasonCode.SCOPE_DENIED.value: ScopeDenied,
+    ReasonCode.DESTRUCTIVE_OP.value: DestructiveWrite,
+    ReasonCode.PIN_VIOLATION.value: PinViolation,
+}
+
+
+def rejection_error(lsn: int, reason: str, detail: str) -> UpdateRejected:
+    """The exception that tells a direct writer its update was rejected with ``reason``."""
+    error_type = _REJECTION_ERRORS.get(reason, UpdateRejected)
+    return error_type(f"{reason}: {detail} (journal lsn {lsn})", reason=reason, lsn=lsn)
+
+
+@dataclass(frozen=True)
+class PageSummary:
+    """One page's current head, for listings."""
+
+    key: str
+    project: str
+    session: str | None
+    type: PageType
+    version: int
+    pin: Pin
+    priority: float
+    scope: Scope
+    deleted: bool
+    tokens: dict[Fidelity, int]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by :meth:`Store.check`."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of :meth:`Store.check`: ``ok`` when there are no findings."""
+
+    ok: bool
+    findings: list[Finding] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What :meth:`Store.info` reports about a store and its database."""
+
+    package_version: str
+    schema_revision: str | None
+    head_revision: str
+    sqlite_version: str
+    url: str
+    encoding: str
+    durability: str
+    pragmas: dict[str, Any]
+    counts: dict[str, int]
+    file_bytes: int | None
+
+
+def _package_version() -> str:
+    try:
+        return package_version("clawvm-store")
+    except PackageNotFoundError:  # running from a checkout without installing
+        return "0+checkout"
+
+
+class Store:
+    """A durable state store for one database file (or URL). Open it with :meth:`Store.open`."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        encoding: str,
+        compressor: Compressor,
+        clock: Any,
+        max_content_bytes: int,
+    ) -> None:
+        self._db = db
+        self.encoding = encoding
+        self.counter = TokenCounter(encoding)
+        self.compressor = compressor
+        self.clock = clock
+        self.journal = JournalEngine(
+            counter=self.counter,
+            compressor=compressor,
+            clock=clock,
+            max_content_bytes=max_content_bytes,
+        )
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        target: str | os.PathLike[str],
+        *,
+        durability: Durability = "full",
+        encoding: str | None = None,
+        compressor: Compressor | None = None,
+        clock: Any = None,
+        max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        create: bool = True,
+    ) -> Store:
+        """Open (creating and migrating as needed) the store at a path or SQLAlchemy URL.
+
+        ``encoding`` is the tokenizer encoding; a new database records it and later opens must
+        agree (token counts stored in it are for that encoding). ``None`` means the database's
+        own, or ``cl100k_base`` for a new one. With ``create=False`` a missing database file
+        is an error instead of a new database.
+        """
+        db = Database(target, durability=durability, create=create)
+        try:
+            db.migrate()
+            recorded = cls._recorded_encoding(db)
+            chosen = encoding or recorded or DEFAULT_ENCODING
+            if recorded is not None and recorded != chosen:
+                raise InvalidInput(
+                    f"the database counts tokens with {recorded!r}; it cannot be opened with "
+                    f"encoding {chosen!r}"
+                )
+            store = cls(
+                db,
+                encoding=chosen,
+                compressor=compressor or ExtractiveCompressor(),
+                clock=clock or utc_now,
+                max_content_bytes=max_content_bytes,
+            )
+            if recorded is None:
+                with db.transaction() as conn:
+                    conn.execute(
+                        insert(t.meta).values(
+                            [
+                                {"name": "encoding", "value": chosen},
+                                {"name": "created_at", "value": store.clock()},
+                            ]
+                        )
+                    )
+        except BaseException:
+            db.dispose()
+            raise
+        return store
+
+    @staticmethod
+    def _recorded_encoding(db: Database) -> str | None:
+        with db.transaction(write=False) as conn:
+            value = conn.execute(select(t.meta.c.value).where(t.meta.c.name == "encoding")).scalar()
+        return str(value) if value is not None else None
+
+    def close(self) -> None:
+        """Release the database connections. The store cannot be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            self._db.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def db(self) -> Database:
+        """The underlying :class:`~clawvm_store.db.Database` (engine and transaction primitive)."""
+        if self._closed:
+            raise ClawVMError("the store is closed")
+        return self._db
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _prepare_outside_txn(
+        self, update: Update, project: str, session: str
+    ) -> ContentRepresentations | None:
+        """Build a ``set``'s fidelities before taking the write lock, when the input is sound.
+
+        Validation still decides inside the transaction; this only moves the expensive work
+        (token counting, compression) out of the locked region.
+        """
+        content = update.content
+        if update.op is not Op.SET or not isinstance(content, str) or update.page_type is None:
+            return None
+        if not content.strip() or len(content) > self.journal.max_content_bytes:
+            return None
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        provisional = Entry(
+            lsn=0,
+            session_id=session,
+            project=project,
+            principal=None,
+            key=update.key,
+            op=update.op,
+            page_type=update.page_type,
+            scope=update.scope,
+            payload=update.payload(),
+            checksum="",
+            state="staged",
+            idempotency_key=None,
+        )
+        try:
+            return self.journal.prepare(provisional, None)
+        except SchemaInvalid:
+            return None
+
+    def put(
+        self,
+        key: str,
+        *,
+        type: PageType | str,
+        content: str | None,
+        project: str = DEFAULT_PROJECT,
+        session: str | None = None,
+        expected_version: int | None = None,
+        op: Op | str = Op.SET,
+        pin: Pin | str | None = None,
+        priority: float | None = None,
+        scope: Scope | str | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        structured: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Page:
+        """Write a page directly, at an ``explicit`` boundary, and return its new full version.
+
+        The write goes through the journal like any other: it is staged, validated, committed
+        and applied in one transaction. A rejected write stays in the journal with its reason
+        code, and this raises the matching :class:`UpdateRejected` subclass (a stale or missing
+        ``expected_version`` on an existing key raises :class:`DestructiveWrite`, which is also a
+        :class:`VersionConflict`).
+        """
+        update, project, session_id = self._direct_update(
+            key,
+            type=type,
+            content=content,
+            project=project,
+            session=session,
+            expected_version=expected_version,
+            op=op,
+            pin=pin,
+            priority=priority,
+            scope=scope,
+            provenance=provenance,
+            structured=structured,
+            idempotency_key=idempotency_key,
+        )
+        prepared = self._prepare_outside_txn(update, project, session_id)
+        with self.db.transaction() as conn:
+            self._ensure_project(conn, project)
+            lsn, _existed = self.journal.stage(
+                conn, project=project, session_id=session_id, principal=None, update=update
+            )
+            entries = self.journal.load_entries(conn, [lsn])
+            result = self.journal.writeback(
+                conn,
+                project=project,
+                session_id=session_id or None,
+                boundary=Boundary.EXPLICIT,
+                turn=0,
+                entries=entries,
+                prepared={lsn: prepared} if prepared is not None else None,
+            )
+            outcome = conn.execute(
+                select(
+                    t.journal.c.state, t.journal.c.reason, t.journal.c.detail, t.journal.c.version
+                ).where(t.journal.c.lsn == lsn)
+            ).one()
+        if outcome.state == "rejected":
+            raise rejection_error(lsn, outcome.reason, outcome.detail or "")
+        del result
+        page_session = session_id if update.scope is Scope.SESSION else None
+        return self.page(
+            update.key,
+            project=project,
+            session=page_session,
+            fidelity=Fidelity.FULL,
+            version=outcome.version,
+        )
+
+    def _direct_update(
+        self,
+        key: str,
+        *,
+        type: PageType | str | None,
+        content: str | None,
+        project: str,
+        session: str | None,
+        expected_version: int | None,
+        op: Op | str,
+        pin: Pin | str | None,
+        priority: float | None,
+        scope: Scope | str | None,
+        provenance: Mapping[str, Any] | None,
+        structured: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> tuple[Update, str, str]:
+        check_key(key)
+        project = check_name(project, "project")
+        session_id = check_name(session, "session") if session is not None else ""
+        op_value = coerce_enum(Op, op, "op")
+        page_type = coerce_enum(PageType, type, "page type") if type is not None else None
+        if page_type is None and op_value is Op.SET:
+            raise InvalidInput("a set needs a page type")
+        chosen_scope = (
+            coerce_enum(Scope, scope, "scope")
+            if scope is not None
+            else (Scope.SESSION if session_id else Scope.PROJECT)
+        )
+        if chosen_scope is Scope.SESSION and not session_id:
+            raise InvalidInput("a session-scoped page needs session=...")
+        if expected_version is not None and (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or expected_version < 0
+        ):
+            raise InvalidInput("expected_version must be a non-negative integer or None")
+        if content is not None and not isinstance(content, str):
+            raise InvalidInput(f"content must be a str, not {type_name(content)}")
+        if priority is not None and (
+            isinstance(priority, bool) or not isinstance(priority, int | float)
+        ):
+            raise InvalidInput(f"priority must be a number, not {type_name(priority)}")
+        if structured is not None and not isinstance(structured, Mapping):
+            raise InvalidInput(f"structured must be a mapping, not {type_name(structured)}")
+        if provenance is not None and not isinstance(provenance, Mapping):
+            raise InvalidInput(f"provenance must be a mapping, not {type_name(provenance)}")
+        update = Update(
+            key=key,
+            op=op_value,
+            page_type=page_type,
+            content=content,
+            structured=structured,
+            pin=coerce_enum(Pin, pin, "pin") if pin is not None else None,
+            priority=float(priority) if priority is not None else None,
+            scope=chosen_scope,
+            provenance=provenance,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
+        return update, project, session_id
+
+    def _ensure_project(self, conn: Connection, project: str) -> None:
+        exists = conn.execute(select(t.projects.c.name).where(t.projects.c.name == project)).first()
+        if exists is None:
+            conn.execute(
+                insert(t.projects).values(name=project, writers=None, created_at=self.clock())
+            )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _find_page(self, conn: Connection, key: str, project: str, session: str | None) -> Any:
+        owners = [session, ""] if session else [""]
+        rows = list(
+            conn.execute(
+                select(t.pages).where(
+                    t.pages.c.project == project,
+                    t.pages.c.key == key,
+                    t.pages.c.session_id.in_(owners),
+                )
+            ).all()
+        )
+        if not rows:
+            where = f"project {project!r}" + (f", session {session!r}" if session else "")
+            raise NotFound(f"no page {key!r} in {where}")
+        rows.sort(key=lambda row: row.session_id == "")  # the session's own page wins
+        return rows[0]
+
+    def page(
+        self,
+        key: str,
+        *,
+        project: str = DEFAULT_PROJECT,
+        session: str | None = None,
+        fidelity: Fidelity | str = Fidelity.FULL,
+        version: int | None = None,
+    ) -> Page:
+        """A page at one fidelity: the current version, or ``version`` if given.
+
+        A session sees its own session-scoped pages and its project's project-scoped pages (its
+        own page wins when both exist). Raises :class:`NotFound` for a missing page or version
+        and for a deleted page's head, and :class:`InvalidInput` for a fidelity not on the
+        type's ladder.
+        """
+        check_key(key)
+        chosen = coerce_enum(Fidelity, fidelity, "fidelity")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise InvalidInput("version must be an integer")
+        with self.db.transaction(write=False) as conn:
+            head = self._find_page(conn, key, project, session)
+            wanted = head.version if version is None else version
+            row = conn.execute(
+                select(t.page_versions).where(
+                    t.page_versions.c.page_id == head.id, t.page_versions.c.version == wanted
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"page {key!r} has no version {wanted} (latest is {head.version})")
+            page_type = PageType(row.type)
+            if row.deleted:
+                raise NotFound(f"page {key!r} was deleted at version {wanted}")
+            if not POLICIES[page_type].allows(chosen):
+                ladder = ", ".join(f.value for f in POLICIES[page_type].ladder)
+                raise InvalidInput(
+                    f"a {page_type.value} page has no {chosen.value} fidelity (its ladder: {ladder})"
+                )
+            rep = conn.execute(
+                select(t.representations.c.content, t.representations.c.tokens).where(
+                    t.representations.c.page_id == head.id,
+                    t.representations.c.version == wanted,
+                    t.representations.c.fidelity == chosen.value,
+                )
+            ).first()
+        if rep is None:
+            raise CorruptDatabase(
+                f"page {key!r} version {wanted} has no {chosen.value} representation; run check"
+            )
+        return Page(
+            key=key,
+            type=page_type,
+            version=wanted,
+            fidelity=chosen,
+            content=rep.content,
+            tokens=rep.tokens,
+            pin=Pin(row.pin),
+            priority=row.priority,
+            scope=Scope(row.scope),
+            provenance=json.loads(row.provenance) if row.provenance else None,
+            project=project,
+            session=head.session_id or None,
+            structured=json.loads(row.fields) if row.fields else None,
+        )
+
+    def resolve(
+        self, handle: str, *, project: str = DEFAULT_PROJECT, session: str | None = None
+    ) -> Page:
+        """The full content behind a pointer handle (or a plain key), exactly as written."""
+        parsed = parse_pointer(handle)
+        if parsed is None:
+            return self.page(handle.strip(), project=project, session=session)
+        key, version = parsed
+        return self.page(key, project=project, session=session, version=version)
+
+    def history(
+        self, key: str, *, project: str = DEFAULT_PROJECT, session: str | None = None
+    ) -> list[PageVersion]:
+        """Every committed version of a page, oldest first, with token counts per fidelity."""
+        check_key(key)
+        with self.db.transaction(write=False) as conn:
+            head = self._find_page(conn, key, project, session)
+            versions = conn.execute(
+                select(t.page_versions)
+                .where(t.page_versions.c.page_id == head.id)
+                .order_by(t.page_versions.c.version)
+            ).all()
+            reps = conn.execute(
+                select(
+                    t.representations.c.version,
+                    t.representations.c.fidelity,
+                    t.representations.c.tokens,
+                ).where(t.representations.c.page_id == head.id)
+            ).all()
+        tokens: dict[int, dict[Fidelity, int]] = {}
+        for rep in reps:
+            tokens.setdefault(rep.version, {})[Fidelity(rep.fidelity)] = rep.tokens
+        return [
+            PageVersion(
+                key=key,
+                type=PageType(row.type),
+                version=row.version,
+                op=Op(row.op),
+                lsn=row.lsn,
+                committed_at=row.committed_at,
+                deleted=bool(row.deleted),
+                pin=Pin(row.pin),
+                priority=row.priority,
+                tokens=tokens.get(row.version, {}),
+            )
+            for row in versions
+        ]
+
+    def pages(
+        self,
+        *,
+        project: str | None = None,
+        type: PageType | str | None = None,
+        session: str | None = None,
+        include_deleted: bool = False,
+    ) -> list[PageSummary]:
+        """Current heads, filtered by project, type and owning session, ordered by key."""
+        page_type = coerce_enum(PageType, type, "page type") if type is not None else None
+        query = select(t.pages)
+        if project is not None:
+            query = query.where(t.pages.c.project == project)
+        if page_type is not None:
+            query = query.where(t.pages.c.type == page_type.value)
+        if session is not None:
+            query = query.where(t.pages.c.session_id == session)
+        if not include_deleted:
+            query = query.where(t.pages.c.deleted == 0)
+        query = query.order_by(t.pages.c.project, t.pages.c.session_id, t.pages.c.key)
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(query).all()
+            reps = conn.execute(
+                select(
+                    t.representations.c.page_id,
+                    t.representations.c.fidelity,
+                    t.representations.c.tokens,
+                ).join(
+                    t.pages,
+                    (t.pages.c.id == t.representations.c.page_id)
+                    & (t.pages.c.version == t.representations.c.version),
+                )
+            ).all()
+        tokens: dict[int, dict[Fidelity, int]] = {}
+        for rep in reps:
+            tokens.setdefault(rep.page_id, {})[Fidelity(rep.fidelity)] = rep.tokens
+        return [
+            PageSummary(
+                key=row.key,
+                project=row.project,
+                session=row.session_id or None,
+                type=PageType(row.type),
+                version=row.version,
+                pin=Pin(row.pin),
+                priority=row.priority,
+                scope=Scope(row.scope),
+                deleted=bool(row.deleted),
+                tokens=tokens.get(row.id, {}),
+            )
+            for row in rows
+        ]
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def info(self) -> StoreInfo:
+        """Versions, pragmas in force, and row counts."""
+        db = self.db
+        pragmas: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        with db.transaction(write=False) as conn:
+            if db.dialect == "sqlite":
+                for name in (
+                    "journal_mode",
+                    "synchronous",
+                    "foreign_keys",
+                    "busy_timeout",
+                    "mmap_size",
+                    "page_size",
+                    "page_count",
+                    "freelist_count",
+                ):
+                    pragmas[name] = conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name, table in (
+                ("pages", t.pages),
+                ("page_versions", t.page_versions),
+                ("representations", t.representations),
+                ("sessions", t.sessions),
+                ("journal", t.journal),
+                ("lifecycle_events", t.lifecycle_events),
+            ):
+                counts[name] = int(
+                    conn.execute(select(func.count()).select_from(table)).scalar() or 0
+                )
+            for state, number in conn.execute(
+                select(t.journal.c.state, func.count()).group_by(t.journal.c.state)
+            ):
+                counts[f"journal_{state}"] = int(number)
+        synchronous_names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        if "synchronous" in pragmas:
+            pragmas["synchronous"] = synchronous_names.get(
+                pragmas["synchronous"], pragmas["synchronous"]
+            )
+        file_bytes = None
+        if db.path and os.path.exists(db.path):
+            file_bytes = os.path.getsize(db.path)
+        return StoreInfo(
+            package_version=_package_version(),
+            schema_revision=db.current_revision(),
+            head_revision=db.head_revision(),
+            sqlite_version=sqlite3.sqlite_version,
+            url=db.url,
+            encoding=self.encoding,
+            durability=db.durability,
+            pragmas=pragmas,
+            counts=counts,
+            file_bytes=file_bytes,
+        )
+
+    def check(self, *, recount_tokens: bool = True) -> CheckReport:
+        """Verify the database: SQLite integrity, fidelities, pointers, token counts, journal.
+
+        * ``PRAGMA integrity_check`` and ``foreign_key_check`` are clean;
+        * every live page version has every fidelity of its type's ladder, with token counts
+          that never increase down the ladder;
+        * every pointer resolves to its own page and version;
+        * stored token counts equal a fresh count (``recount_tokens``);
+        * every journal entry's checksum verifies, and nothing is left committed-but-unapplied.
+        """
+        findings: list[Finding] = []
+        checked: dict[str, int] = {}
+        with self.db.transaction(write=False) as conn:
+            if self.db.dialect == "sqlite":
+                integrity = [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check")]
+                if integrity != ["ok"]:
+                    findings.extend(Finding("integrity", line) for line in integrity[:20])
+                for row in conn.exec_driver_sql("PRAGMA foreign_key_check"):
+                    findings.append(Finding("foreign_key", f"{row[0]} rowid {row[1]} -> {row[2]}"))
+            findings.extend(self._check_pages(conn, checked, recount_tokens))
+            findings.extend(self._check_journal(conn, checked))
+        return CheckReport(ok=not findings, findings=findings, checked=checked)
+
+    def _check_pages(
+        self, conn: Connection, checked: dict[str, int], recount_tokens: bool
+    ) -> Iterator[Finding]:
+        versions = conn.execute(
+            select(
+                t.page_versions.c.page_id,
+                t.page_versions.c.version,
+                t.page_versions.c.type,
+                t.page_versions.c.deleted,
+                t.page_versions.c.content_hash,
+                t.pages.c.key,
+                t.pages.c.version.label("head"),
+            ).join(t.pages, t.pages.c.id == t.page_versions.c.page_id)
+        ).all()
+        checked["page_versions"] = len(versions)
+        reps_by_version: dict[tuple[int, int], dict[Fidelity, Any]] = {}
+        for rep in conn.execute(select(t.representations)):
+            reps_by_version.setdefault((rep.page_id, rep.version), {})[Fidelity(rep.fidelity)] = rep
+        checked["representations"] = sum(len(v) for v in reps_by_version.values())
+        heads: dict[int, int] = {}
+        for row in versions:
+            heads[row.page_id] = max(heads.get(row.page_id, 0), row.version)
+            name = f"{row.key}@{row.version}"
+            reps = reps_by_version.get((row.page_id, row.version), {})
+            if row.deleted:
+                continue
+            policy = POLICIES[PageType(row.type)]
+            missing = [f.value for f in policy.ladder if f not in reps]
+            if missing:
+                yield Finding("fidelity_missing", f"{name} lacks {', '.join(missing)}")
+                continue
+            extra = [f.value for f in reps if f not in policy.ladder]
+            if extra:
+                yield Finding("fidelity_extra", f"{name} has {', '.join(extra)} off its ladder")
+            ladder_tokens = [reps[f].tokens for f in policy.ladder]
+            if ladder_tokens != sorted(ladder_tokens, reverse=True):
+                yield Finding(
+                    "token_order", f"{name} token counts rise down the ladder: {ladder_tokens}"
+                )
+            full = reps[Fidelity.FULL].content
+            digest = hashlib.sha256(full.encode("utf-8", "surrogatepass")).hexdigest()
+            if row.content_hash and digest != row.content_hash:
+                yield Finding("content_hash", f"{name} full content does not match its hash")
+            if recount_tokens:
+                for fidelity, rep in reps.items():
+                    actual = self.counter.count(rep.content)
+                    if actual != rep.tokens:
+                        yield Finding(
+                            "token_count",
+                            f"{name} {fidelity.value} stores {rep.tokens} tokens, counts {actual}",
+                        )
+            pointer = reps.get(Fidelity.POINTER)
+            if pointer is not None and pointer.source == Fidelity.POINTER.value:
+                parsed = parse_pointer(pointer.content)
+                if parsed != (row.key, row.version):
+                    yield Finding("pointer", f"{name} pointer does not resolve to itself: {parsed}")
+        for page in conn.execute(select(t.pages.c.id, t.pages.c.key, t.pages.c.version)):
+            if heads.get(page.id) != page.version:
+                yield Finding(
+                    "head",
+                    f"page {page.key!r} head is version {page.version}, newest stored is "
+                    f"{heads.get(page.id)}",
+                )
+
+    def _check_journal(self, conn: Connection, checked: dict[str, int]) -> Iterator[Finding]:
+        count = 0
+        for row in conn.execute(select(t.journal).where(t.journal.c.state != "quarantined")):
+            count += 1
+            problem = verify_row(row)
+            if problem:
+                yield Finding("journal_checksum", f"journal lsn {row.lsn}: {problem}")
+            if row.state == "committed":
+                yield Finding(
+                    "journal_unapplied", f"journal lsn {row.lsn} is committed but not applied"
+                )
+        checked["journal"] = count
+
+
+def check_name(value: object, what: str) -> str:
+    """A project or session name: a non-empty string of at most 256 characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string")
+    if len(value) > 256 or "\x00" in value:
+        raise InvalidInput(f"{what} must be at most 256 characters with no NUL")
+    return value
+
+
+def type_name(value: object) -> str:
+    """The name of ``value``'s type, for error messages."""
+    return type(value).__name__
