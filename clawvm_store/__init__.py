@@ -24,6 +24,7 @@ from .errors import (
     SchemaInvalid,
     SchemaTooNew,
     ScopeDenied,
+    SessionInUse,
     StorageFull,
     UpdateRejected,
     VersionConflict,
@@ -44,7 +45,16 @@ from .pages import (
     TypePolicy,
 )
 from .representations import Compressor, ExtractiveCompressor
-from .store import CheckReport, Finding, PageSummary, Store, StoreInfo
+from .session import Session, StagedUpdate
+from .store import (
+    CheckReport,
+    Finding,
+    JournalRecord,
+    PageSummary,
+    RecoveryReport,
+    Store,
+    StoreInfo,
+)
 from .tokens import TokenCounter
 
 __all__ = [
@@ -66,6 +76,7 @@ __all__ = [
     "InsufficientBudget",
     "InterruptedToolCall",
     "InvalidInput",
+    "JournalRecord",
     "MigrationError",
     "NotADatabase",
     "NotFound",
@@ -79,10 +90,14 @@ __all__ = [
     "ProvenanceUnresolved",
     "ReadOnlyViolation",
     "ReasonCode",
+    "RecoveryReport",
     "SchemaInvalid",
     "SchemaTooNew",
     "Scope",
     "ScopeDenied",
+    "Session",
+    "SessionInUse",
+    "StagedUpdate",
     "StorageFull",
     "Store",
     "StoreInfo",

@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from . import schema as t
 from .errors import ClawVMError, InvalidInput
 from .pages import POLICIES, Fidelity, PageType, Pin
 from .store import DEFAULT_PROJECT, Store
@@ -442,6 +443,82 @@ def check(obj: Context, no_recount: bool) -> None:
         )
     if not report.ok:
         sys.exit(EXIT_ERROR)
+
+
+@app.command()
+@click.option(
+    "--force", is_flag=True, help="Also recover sessions owned by another host (it must be down)."
+)
+@common_options
+@pass_context
+def recover(obj: Context, force: bool) -> None:
+    """Verify the journal, re-apply committed entries, resolve staged updates of dead sessions.
+
+    Opening a store already recovers pending entries; this also re-verifies every checksum.
+    Running it twice changes nothing the second time.
+
+    \b
+    Example:
+      clawvm --db agent.db recover --json
+    """
+    store = Store.open(obj.db, create=False, recover=False)
+    with store:
+        report = store.recover(force=force)
+    if obj.as_json:
+        emit_json(report)
+        return
+    click.echo(
+        f"quarantined {len(report.quarantined)}, re-applied {len(report.reapplied)}, "
+        f"recovered sessions {len(report.recovered)}, left live sessions "
+        f"{len(report.skipped_live_sessions)}"
+    )
+    for lsn, problem in report.quarantined:
+        click.echo(f"  quarantined lsn {lsn}: {problem}")
+    for session_id, result in report.recovered.items():
+        click.echo(
+            f"  session {session_id or '(none)'}: committed {len(result.committed)}, "
+            f"rejected {len(result.rejected)}"
+        )
+    for session_id in report.skipped_live_sessions:
+        click.echo(f"  session {session_id}: still owned by a live process, left staged")
+
+
+@app.command()
+@click.option("--state", type=click.Choice(list(t.JOURNAL_STATES)), default=None)
+@click.option("--session", default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@common_options
+@pass_context
+def journal(obj: Context, state: str | None, session: str | None, limit: int | None) -> None:
+    """List journal entries with their state and, when rejected, the reason code.
+
+    \b
+    Example:
+      clawvm journal --state rejected --session s-1
+    """
+    with obj.open() as store:
+        entries = store.journal_entries(state=state, session=session, limit=limit)
+    if obj.as_json:
+        emit_json(entries)
+        return
+    emit_table(
+        "journal",
+        ["lsn", "session", "key", "op", "type", "state", "version", "reason", "detail"],
+        [
+            (
+                e.lsn,
+                e.session or "",
+                e.key,
+                e.op,
+                e.type or "",
+                e.state,
+                e.version or "",
+                e.reason or "",
+                e.detail or "",
+            )
+            for e in entries
+        ],
+    )
 
 
 DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (

@@ -111,6 +111,10 @@ class ReadOnlyViolation(ClawVMError):
     """A read-only query tried to change the database."""
 
 
+class SessionInUse(ClawVMError):
+    """The session is open in another live process; two owners would interleave its turns."""
+
+
 class Busy(ClawVMError):
     """Another writer held the database lock past the busy timeout and every retry."""
 

@@ -289,7 +289,7 @@ class Page:
     project: str = ""
     session: str | None = None
     structured: dict[str, Any] | None = None
-    deleted: bool = False
+    staged: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ sessions = Table(
     Column("id", String, primary_key=True),
     Column("project", String, nullable=False),
     Column("principal", String, nullable=True),
+    # host|pid|process start|store token of the process that has the session open.
+    Column("owner", String, nullable=True),
     Column("state", String, nullable=False, server_default=text("'open'")),
     Column("turn", Integer, nullable=False, server_default=text("0")),
     Column("created_at", String, nullable=False),

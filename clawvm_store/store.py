@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,7 +16,7 @@ from importlib.metadata import version as package_version
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 
 from . import schema as t
 from .db import Database, Durability
@@ -29,6 +30,7 @@ from .errors import (
     ProvenanceUnresolved,
     SchemaInvalid,
     ScopeDenied,
+    SessionInUse,
     UpdateRejected,
 )
 from .journal import (
@@ -36,7 +38,9 @@ from .journal import (
     Entry,
     JournalEngine,
     Update,
+    WritebackResult,
     check_key,
+    row_to_entry,
     verify_row,
 )
 from .pages import (
@@ -55,7 +59,17 @@ from .representations import (
     Compressor,
     ContentRepresentations,
     ExtractiveCompressor,
+    Representation,
     parse_pointer,
+    with_pointer,
+)
+from .session import (
+    Session,
+    ensure_session,
+    owner_alive,
+    owner_tag,
+    register_store,
+    unregister_store,
 )
 from .tokens import DEFAULT_ENCODING, TokenCounter
 
@@ -128,6 +142,42 @@ class CheckReport:
     checked: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class RecoveryReport:
+    """What :meth:`Store.recover` did. Running recovery again reports nothing to do."""
+
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+    reapplied: list[int] = field(default_factory=list)
+    recovered: dict[str, WritebackResult] = field(default_factory=dict)
+    skipped_live_sessions: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether recovery changed anything."""
+        return bool(self.quarantined or self.reapplied or self.recovered)
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """One journal entry, for listings (``clawvm journal``)."""
+
+    lsn: int
+    session: str | None
+    project: str
+    principal: str | None
+    key: str
+    op: str
+    type: str | None
+    scope: str
+    state: str
+    reason: str | None
+    detail: str | None
+    version: int | None
+    idempotency_key: str | None
+    staged_at: str
+    resolved_at: str | None
+
+
 @dataclass(frozen=True)
 class StoreInfo:
     """What :meth:`Store.info` reports about a store and its database."""
@@ -175,6 +225,9 @@ class Store:
             max_content_bytes=max_content_bytes,
         )
         self._closed = False
+        self._token = secrets.token_hex(8)
+        self.owner = owner_tag(self._token)
+        register_store(self._token, self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -189,13 +242,16 @@ class Store:
         clock: Any = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         create: bool = True,
+        recover: bool = True,
     ) -> Store:
         """Open (creating and migrating as needed) the store at a path or SQLAlchemy URL.
 
         ``encoding`` is the tokenizer encoding; a new database records it and later opens must
         agree (token counts stored in it are for that encoding). ``None`` means the database's
         own, or ``cl100k_base`` for a new one. With ``create=False`` a missing database file
-        is an error instead of a new database.
+        is an error instead of a new database. With ``recover=True`` (the default) the journal is
+        recovered on open: pending entries are verified, committed ones re-applied, and staged
+        updates of sessions whose process died are validated at a ``recovery`` boundary.
         """
         db = Database(target, durability=durability, create=create)
         try:
@@ -227,6 +283,12 @@ class Store:
         except BaseException:
             db.dispose()
             raise
+        if recover:
+            try:
+                store.recover(verify="pending")
+            except BaseException:
+                store.close()
+                raise
         return store
 
     @staticmethod
@@ -239,6 +301,7 @@ class Store:
         """Release the database connections. The store cannot be used afterwards."""
         if not self._closed:
             self._closed = True
+            unregister_store(self._token)
             self._db.dispose()
 
     def __enter__(self) -> Store:
@@ -438,6 +501,295 @@ class Store:
             conn.execute(
                 insert(t.projects).values(name=project, writers=None, created_at=self.clock())
             )
+
+    def set_writers(self, project: str, principals: Sequence[str] | None) -> None:
+        """Restrict who may write ``project``'s project-scoped pages (``None``: anyone).
+
+        Sessions whose principal is not listed get ``SCOPE_DENIED`` for project-scoped updates;
+        direct ``put`` calls (the operator) are not restricted.
+        """
+        check_name(project, "project")
+        writers = None if principals is None else json.dumps(sorted({str(p) for p in principals}))
+        with self.db.transaction() as conn:
+            self._ensure_project(conn, project)
+            conn.execute(
+                update(t.projects).where(t.projects.c.name == project).values(writers=writers)
+            )
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session(
+        self, session_id: str, *, project: str = DEFAULT_PROJECT, principal: str | None = None
+    ) -> Session:
+        """Start a session, or resume one (after a restart) under the same project and principal.
+
+        Raises :class:`SessionInUse` when another live process has the session open.
+        """
+        check_name(session_id, "session")
+        check_name(project, "project")
+        if principal is not None:
+            check_name(principal, "principal")
+        with self.db.transaction() as conn:
+            owner = conn.execute(
+                select(t.sessions.c.owner, t.sessions.c.state).where(t.sessions.c.id == session_id)
+            ).first()
+            if owner is not None and owner.owner and owner.owner != self.owner:
+                if owner_alive(owner.owner) is not False:
+                    raise SessionInUse(
+                        f"session {session_id!r} is open in another process ({owner.owner.split('|')[0]}"
+                        f" pid {owner.owner.split('|')[1]}); close it there first"
+                    )
+            self._ensure_project(conn, project)
+            ensure_session(
+                conn,
+                session_id=session_id,
+                project=project,
+                principal=principal,
+                owner=self.owner,
+                now=self.clock(),
+            )
+        return Session(self, session_id, project, principal)
+
+    def journal_levels(
+        self, reps: ContentRepresentations, *, key: str, version: int
+    ) -> tuple[Representation, ...]:
+        """Every fidelity of prepared content at ``version`` (the pointer names the version)."""
+        return with_pointer(reps, key=key, version=version, counter=self.counter)
+
+    def _prepare_staged(self, entries: Sequence[Entry]) -> dict[int, ContentRepresentations]:
+        """Fidelities of staged ``set`` entries, built before the boundary takes the write lock."""
+        prepared: dict[int, ContentRepresentations] = {}
+        for entry in entries:
+            payload = entry.payload
+            if entry.op is not Op.SET or entry.page_type is None:
+                continue
+            if payload.get("provenance") is None and entry.page_type in (
+                PageType.EVIDENCE,
+                PageType.PREFERENCE,
+            ):
+                continue  # their derived fields may name the head's provenance: build at apply
+            update_ = Update(
+                key=entry.key,
+                op=entry.op,
+                page_type=entry.page_type,
+                content=payload.get("content"),
+                structured=payload.get("structured"),
+                scope=entry.scope,
+                provenance=payload.get("provenance"),
+            )
+            reps = self._prepare_outside_txn(update_, entry.project, entry.session_id)
+            if reps is not None:
+                prepared[entry.lsn] = reps
+        return prepared
+
+    def _staged_rows(self, conn: Connection, session_id: str) -> list[Any]:
+        return list(
+            conn.execute(
+                select(t.journal)
+                .where(t.journal.c.session_id == session_id, t.journal.c.state == "staged")
+                .order_by(t.journal.c.lsn)
+            ).all()
+        )
+
+    def _quarantine(self, conn: Connection, row: Any, problem: str) -> None:
+        conn.execute(
+            update(t.journal)
+            .where(t.journal.c.lsn == row.lsn)
+            .values(
+                state="quarantined",
+                reason="CORRUPT",
+                detail=f"{problem} (was {row.state})",
+                resolved_at=self.clock(),
+            )
+        )
+
+    def _sound_entries(
+        self, conn: Connection, rows: Sequence[Any], report: RecoveryReport | None = None
+    ) -> list[Entry]:
+        """Decode rows; a row failing its checksum is quarantined, never applied."""
+        entries = []
+        for row in rows:
+            problem = verify_row(row)
+            if problem:
+                self._quarantine(conn, row, problem)
+                if report is not None:
+                    report.quarantined.append((row.lsn, problem))
+                continue
+            entries.append(row_to_entry(row))
+        return entries
+
+    def _writeback_session(
+        self, sess: Session, boundary: Boundary, *, close: bool = False
+    ) -> WritebackResult:
+        with self.db.transaction(write=False) as conn:
+            early = self._sound_entries_readonly(self._staged_rows(conn, sess.id))
+        prepared = self._prepare_staged(early)
+        with self.db.transaction() as conn:
+            entries = self._sound_entries(conn, self._staged_rows(conn, sess.id))
+            turn = conn.execute(
+                select(t.sessions.c.turn).where(t.sessions.c.id == sess.id)
+            ).scalar()
+            result = self.journal.writeback(
+                conn,
+                project=sess.project,
+                session_id=sess.id,
+                boundary=boundary,
+                turn=int(turn or 0),
+                entries=entries,
+                prepared=prepared,
+            )
+            values: dict[str, Any] = {"updated_at": self.clock()}
+            if boundary is Boundary.TURN_END:
+                values["turn"] = t.sessions.c.turn + 1
+            if close:
+                values["state"] = "closed"
+                values["owner"] = None
+            conn.execute(update(t.sessions).where(t.sessions.c.id == sess.id).values(**values))
+        return result
+
+    @staticmethod
+    def _sound_entries_readonly(rows: Sequence[Any]) -> list[Entry]:
+        return [row_to_entry(row) for row in rows if verify_row(row) is None]
+
+    # -- recovery ----------------------------------------------------------------------------------
+
+    def recover(self, *, force: bool = False, verify: str = "all") -> RecoveryReport:
+        """Bring the journal to a consistent state after a crash; idempotent.
+
+        1. Verify checksums (``verify="all"``: every entry; ``"pending"``: staged and committed
+           ones, which is what open does) and quarantine any entry that fails, with a reason.
+        2. Re-apply entries that were committed but not applied.
+        3. Validate the staged entries of sessions whose owning process is gone at a
+           ``recovery`` boundary: each is committed or rejected with its reason code. Sessions
+           owned by a live process (or by another host, unless ``force``) are left alone.
+        """
+        if verify not in ("all", "pending"):
+            raise InvalidInput("verify must be 'all' or 'pending'")
+        report = RecoveryReport()
+        with self.db.transaction(write=False) as conn:
+            if not self._recovery_needed(conn, verify):
+                return report
+        with self.db.transaction() as conn:
+            query = select(t.journal).where(t.journal.c.state != "quarantined")
+            if verify == "pending":
+                query = query.where(t.journal.c.state.in_(("staged", "committed")))
+            for row in conn.execute(query.order_by(t.journal.c.lsn)).all():
+                problem = verify_row(row)
+                if problem:
+                    self._quarantine(conn, row, problem)
+                    report.quarantined.append((row.lsn, problem))
+            self._reapply_committed(conn, report)
+            self._recover_staged(conn, report, force=force)
+        return report
+
+    def _recovery_needed(self, conn: Connection, verify: str) -> bool:
+        if verify == "all":
+            return True
+        pending = conn.execute(
+            select(func.count())
+            .select_from(t.journal)
+            .where(t.journal.c.state.in_(("staged", "committed")))
+        ).scalar()
+        return bool(pending)
+
+    def _reapply_committed(self, conn: Connection, report: RecoveryReport) -> None:
+        rows = conn.execute(
+            select(t.journal).where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
+        ).all()
+        for row in rows:
+            entry = row_to_entry(row)
+            head = self.journal.head(conn, entry.project, entry.page_session, entry.key)
+            current = head.version if head else 0
+            if row.version is None or row.version > current + 1:
+                self._quarantine(conn, row, f"cannot apply version {row.version} over {current}")
+                report.quarantined.append((row.lsn, "version gap"))
+                continue
+            if row.version == current + 1:
+                reps = self.journal.prepare(entry, head)
+                self.journal.apply(conn, entry, head, row.version, reps)
+                report.reapplied.append(row.lsn)
+            conn.execute(
+                update(t.journal).where(t.journal.c.lsn == row.lsn).values(state="applied")
+            )
+
+    def _recover_staged(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
+        session_ids = [
+            row[0]
+            for row in conn.execute(
+                select(t.journal.c.session_id)
+                .where(t.journal.c.state == "staged")
+                .group_by(t.journal.c.session_id)
+                .order_by(t.journal.c.session_id)
+            )
+        ]
+        for session_id in session_ids:
+            session_row = conn.execute(
+                select(t.sessions).where(t.sessions.c.id == session_id)
+            ).first()
+            alive = owner_alive(session_row.owner) if session_row is not None else False
+            if alive is True or (alive is None and not force):
+                report.skipped_live_sessions.append(session_id)
+                continue
+            entries = [row_to_entry(row) for row in self._staged_rows(conn, session_id)]
+            project = session_row.project if session_row is not None else entries[0].project
+            result = self.journal.writeback(
+                conn,
+                project=project,
+                session_id=session_id or None,
+                boundary=Boundary.RECOVERY,
+                turn=int(session_row.turn) if session_row is not None else 0,
+                entries=entries,
+                detail={"reason": "staged updates of a session whose process is gone"},
+            )
+            report.recovered[session_id] = result
+            if session_row is not None:
+                conn.execute(
+                    update(t.sessions)
+                    .where(t.sessions.c.id == session_id)
+                    .values(owner=None, updated_at=self.clock())
+                )
+
+    def journal_entries(
+        self,
+        *,
+        state: str | None = None,
+        session: str | None = None,
+        limit: int | None = None,
+    ) -> list[JournalRecord]:
+        """Journal entries, oldest first, filtered by state and session."""
+        if state is not None and state not in t.JOURNAL_STATES:
+            raise InvalidInput(
+                f"unknown journal state {state!r}; expected one of: {', '.join(t.JOURNAL_STATES)}"
+            )
+        query = select(t.journal).order_by(t.journal.c.lsn)
+        if state is not None:
+            query = query.where(t.journal.c.state == state)
+        if session is not None:
+            query = query.where(t.journal.c.session_id == session)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(query).all()
+        return [
+            JournalRecord(
+                lsn=row.lsn,
+                session=row.session_id or None,
+                project=row.project,
+                principal=row.principal,
+                key=row.key,
+                op=row.op,
+                type=row.page_type,
+                scope=row.scope,
+                state=row.state,
+                reason=row.reason,
+                detail=row.detail,
+                version=row.version,
+                idempotency_key=row.idempotency_key,
+                staged_at=row.staged_at,
+                resolved_at=row.resolved_at,
+            )
+            for row in rows
+        ]
 
     # -- reads -----------------------------------------------------------------------------------
 

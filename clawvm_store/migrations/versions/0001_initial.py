@@ -74,6 +74,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(), nullable=False),
         sa.Column("project", sa.String(), nullable=False),
         sa.Column("principal", sa.String(), nullable=True),
+        sa.Column("owner", sa.String(), nullable=True),
         sa.Column("state", sa.String(), server_default=sa.text("'open'"), nullable=False),
         sa.Column("turn", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("created_at", sa.String(), nullable=False),

@@ -1,0 +1,377 @@
+"""Sessions: staging updates, and writing them back at lifecycle boundaries.
+
+A :class:`Session` is one agent run against a project. It stages updates (each one a short
+journal transaction that survives ``kill -9`` the moment :meth:`Session.stage` returns) and writes
+them back at boundaries (:meth:`end_turn`, :meth:`compact`, :meth:`prune`, :meth:`flush`,
+:meth:`reset`, :meth:`close`), where every staged update of the session is validated and either
+committed or rejected with a reason code, in one transaction that also records the boundary.
+A destructive boundary therefore never completes with a staged update of its session unresolved.
+
+Liveness: a session records which process owns it (host, pid, process start time, and a token of
+the owning :class:`Store` object). Recovery only resolves staged updates of sessions whose owner
+is gone, so a CLI opening the database while an agent runs never commits the agent's half-done
+turn.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from . import schema as t
+from .errors import ClawVMError, InvalidInput, NotFound
+from .journal import Entry, WritebackResult, check_key, row_to_entry
+from .pages import POLICIES, Boundary, Fidelity, Op, Page, PageType, Pin, Scope
+
+if TYPE_CHECKING:
+    from .store import Store
+
+_LIVE_STORES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (guards against a recycled pid); '' if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_tag(store_token: str) -> str:
+    """Who owns a session: ``host|pid|process start|store token``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}|{pid}|{_process_start(pid)}|{store_token}"
+
+
+def register_store(token: str, store: Any) -> None:
+    """Mark a store object of this process as alive (until it is closed or collected)."""
+    _LIVE_STORES[token] = store
+
+
+def unregister_store(token: str) -> None:
+    """Mark a store object as closed: the sessions it owned are no longer live."""
+    _LIVE_STORES.pop(token, None)
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether a session's owner still runs: True, False, or None when it cannot be known.
+
+    ``None`` means another host owns it; recovery leaves such sessions alone unless forced.
+    """
+    if not owner:
+        return False
+    try:
+        host, pid_text, started, token = owner.split("|", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        return token in _LIVE_STORES
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = _process_start(pid)
+    return not (started and current and current != started)
+
+
+@dataclass(frozen=True)
+class StagedUpdate:
+    """The receipt of :meth:`Session.stage`: the entry's LSN and key.
+
+    ``duplicate`` is True when an idempotency key matched an earlier entry, whose LSN this is.
+    """
+
+    lsn: int
+    key: str
+    duplicate: bool = False
+
+
+class Session:
+    """One agent session: stage updates, read your own writes, write back at boundaries."""
+
+    def __init__(self, store: Store, session_id: str, project: str, principal: str | None):
+        self.store = store
+        self.id = session_id
+        self.project = project
+        self.principal = principal
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, project={self.project!r}, principal={self.principal!r})"
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._closed and exc_type is None:
+            self.close()
+
+    @property
+    def turn(self) -> int:
+        """How many turns this session has ended."""
+        with self.store.db.transaction(write=False) as conn:
+            value = conn.execute(
+                select(t.sessions.c.turn).where(t.sessions.c.id == self.id)
+            ).scalar()
+        return int(value or 0)
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ClawVMError(f"session {self.id!r} is closed; resume it with store.session()")
+
+    # -- staging ---------------------------------------------------------------------------------
+
+    def stage(
+        self,
+        key: str,
+        *,
+        type: PageType | str | None = None,
+        content: str | None = None,
+        op: Op | str = Op.SET,
+        expected_version: int | None = None,
+        priority: float | None = None,
+        pin: Pin | str | None = None,
+        scope: Scope | str | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        structured: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> StagedUpdate:
+        """Append an update to the journal; it applies at the next boundary if it validates.
+
+        The scope defaults to the type's (DESIGN 1.2). Once this returns, the update survives a
+        process crash; it survives power loss from the next boundary's commit on.
+        """
+        self._require_open()
+        page_type = None
+        if type is not None:
+            from .store import coerce_enum
+
+            page_type = coerce_enum(PageType, type, "page type")
+        if scope is None and page_type is not None:
+            scope = POLICIES[page_type].default_scope
+        update_, project, session_id = self.store._direct_update(
+            key,
+            type=page_type,
+            content=content,
+            project=self.project,
+            session=self.id,
+            expected_version=expected_version,
+            op=op,
+            pin=pin,
+            priority=priority,
+            scope=scope if scope is not None else Scope.SESSION,
+            provenance=provenance,
+            structured=structured,
+            idempotency_key=idempotency_key,
+        )
+        with self.store.db.transaction(sync="normal") as conn:
+            lsn, duplicate = self.store.journal.stage(
+                conn,
+                project=project,
+                session_id=session_id,
+                principal=self.principal,
+                update=update_,
+            )
+        return StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate)
+
+    def staged(self) -> list[Entry]:
+        """This session's entries still waiting for a boundary, oldest first."""
+        with self.store.db.transaction(write=False) as conn:
+            rows = conn.execute(
+                select(t.journal)
+                .where(t.journal.c.session_id == self.id, t.journal.c.state == "staged")
+                .order_by(t.journal.c.lsn)
+            ).all()
+        return [row_to_entry(row) for row in rows]
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def page(self, key: str, *, fidelity: Fidelity | str = Fidelity.FULL) -> Page:
+        """A page as this session sees it, its own staged updates included (read-your-writes).
+
+        Staged updates are overlaid on the committed head in LSN order as the boundary would
+        apply them, so a session reads what it wrote before the boundary commits it. The
+        result's ``version`` is the one the overlay would get if every staged update commits.
+        """
+        check_key(key)
+        from .store import coerce_enum
+
+        chosen = coerce_enum(Fidelity, fidelity, "fidelity")
+        with self.store.db.transaction(write=False) as conn:
+            pending = [
+                row_to_entry(row)
+                for row in conn.execute(
+                    select(t.journal)
+                    .where(
+                        t.journal.c.session_id == self.id,
+                        t.journal.c.state == "staged",
+                        t.journal.c.key == key,
+                        t.journal.c.project == self.project,
+                    )
+                    .order_by(t.journal.c.lsn)
+                ).all()
+            ]
+            if not pending:
+                return self.store.page(key, project=self.project, session=self.id, fidelity=chosen)
+            return self._overlay(conn, key, pending, chosen)
+
+    def _overlay(
+        self, conn: Connection, key: str, pending: list[Entry], fidelity: Fidelity
+    ) -> Page:
+        journal = self.store.journal
+        owners = {entry.page_session for entry in pending}
+        page_session = self.id if self.id in owners else ""
+        head = journal.head(conn, self.project, page_session, key)
+        if head is None and page_session:
+            head = None
+        for entry in pending:
+            if entry.op is Op.DELETE:
+                head = None
+                continue
+            reps = journal.prepare(entry, head)
+            assert reps is not None
+            version = (head.version if head else 0) + 1
+            head = _overlay_head(head, entry, reps.fields, reps.levels[0].text, version)
+            last_reps, last_entry = reps, entry
+        if head is None:
+            raise NotFound(f"page {key!r} is deleted by an update this session staged")
+        levels = {
+            level.fidelity: level
+            for level in self.store.journal_levels(last_reps, key=key, version=head.version)
+        }
+        if fidelity not in levels:
+            ladder = ", ".join(f.value for f in POLICIES[head.type].ladder)
+            raise InvalidInput(
+                f"a {head.type.value} page has no {fidelity.value} fidelity (its ladder: {ladder})"
+            )
+        level = levels[fidelity]
+        return Page(
+            key=key,
+            type=head.type,
+            version=head.version,
+            fidelity=fidelity,
+            content=level.text,
+            tokens=level.tokens,
+            pin=head.pin,
+            priority=head.priority,
+            scope=last_entry.scope,
+            provenance=head.provenance,
+            project=self.project,
+            session=self.id if last_entry.scope is Scope.SESSION else None,
+            structured=head.fields,
+            staged=True,
+        )
+
+    # -- boundaries ----------------------------------------------------------------------------
+
+    def _boundary(self, boundary: Boundary, *, close: bool = False) -> WritebackResult:
+        self._require_open()
+        return self.store._writeback_session(self, boundary, close=close)
+
+    def end_turn(self) -> WritebackResult:
+        """Write back at the end of a turn and advance the turn counter."""
+        return self._boundary(Boundary.TURN_END)
+
+    def flush(self) -> WritebackResult:
+        """Write back now (a memory flush), without ending the turn."""
+        return self._boundary(Boundary.FLUSH)
+
+    def compact(self) -> WritebackResult:
+        """Write back, then record a compaction: the next assembly restores bootstrap pages."""
+        return self._boundary(Boundary.COMPACTION)
+
+    def prune(self) -> WritebackResult:
+        """Write back, then record a prune of the working context."""
+        return self._boundary(Boundary.PRUNE)
+
+    def reset(self) -> WritebackResult:
+        """Write back, then record a reset: the context starts afresh from durable state."""
+        return self._boundary(Boundary.RESET)
+
+    def close(self) -> WritebackResult:
+        """Write back at ``session_end`` and release the session."""
+        result = self._boundary(Boundary.SESSION_END, close=True)
+        self._closed = True
+        return result
+
+
+def _overlay_head(
+    head: Any, entry: Entry, fields: dict[str, Any], content: str, version: int
+) -> Any:
+    from .journal import Head
+
+    payload = entry.payload
+    page_type = entry.page_type or (head.type if head else None)
+    assert page_type is not None
+    return Head(
+        page_id=head.page_id if head else 0,
+        type=page_type,
+        version=version,
+        pin=Pin(payload["pin"])
+        if payload.get("pin")
+        else (head.pin if head else POLICIES[page_type].default_pin),
+        priority=payload["priority"]
+        if payload.get("priority") is not None
+        else (head.priority if head else 0.0),
+        scope=entry.scope,
+        provenance=payload.get("provenance") or (head.provenance if head else None),
+        deleted=False,
+        content=content,
+        fields=fields,
+    )
+
+
+def ensure_session(
+    conn: Connection,
+    *,
+    session_id: str,
+    project: str,
+    principal: str | None,
+    owner: str,
+    now: str,
+) -> None:
+    """Create the session row, or resume it: re-open it and take ownership.
+
+    Resuming under another project or principal is refused: a session id names one agent run.
+    """
+    row = conn.execute(select(t.sessions).where(t.sessions.c.id == session_id)).first()
+    if row is None:
+        conn.execute(
+            insert(t.sessions).values(
+                id=session_id,
+                project=project,
+                principal=principal,
+                owner=owner,
+                state="open",
+                turn=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return
+    if row.project != project:
+        raise InvalidInput(
+            f"session {session_id!r} belongs to project {row.project!r}, not {project!r}"
+        )
+    if row.principal != principal:
+        raise InvalidInput(
+            f"session {session_id!r} belongs to principal {row.principal!r}, not {principal!r}"
+        )
+    conn.execute(
+        update(t.sessions)
+        .where(t.sessions.c.id == session_id)
+        .values(state="open", owner=owner, updated_at=now)
+    )
