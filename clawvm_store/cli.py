@@ -335,7 +335,8 @@ def show(
     if obj.as_json:
         emit_json(page_json(page))
     else:
-        click.echo(page.content)
+        # Print the content byte for byte: `clawvm show K > f` must give back what was put.
+        click.echo(page.content, nl=not page.content.endswith("\n"))
 
 
 @app.command()

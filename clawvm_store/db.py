@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,8 @@ class Database:
             self.engine: Engine = create_engine(self.url)
         except (SQLAlchemyError, ImportError) as exc:
             raise DatabaseError(f"cannot open {self.url!r}: {exc}") from None
+        self._writer: Connection | None = None
+        self._write_lock = threading.RLock()
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
@@ -130,10 +133,14 @@ class Database:
         if self.durability == "normal":
             wanted = "normal"  # the caller opted out of FULL for every commit
         info = conn.connection.info
+        # Straight to the driver: these two run on every transaction, and going through
+        # SQLAlchemy's statement machinery would cost more than the statements themselves.
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
         if info.get("synchronous") != wanted:
-            conn.exec_driver_sql(f"PRAGMA synchronous = {wanted.upper()}")
+            driver.execute(f"PRAGMA synchronous = {wanted.upper()}")
             info["synchronous"] = wanted
-        conn.exec_driver_sql("BEGIN" if options.get("clawvm_read") else "BEGIN IMMEDIATE")
+        driver.execute("BEGIN" if options.get("clawvm_read") else "BEGIN IMMEDIATE")
 
     # -- the transaction primitive -------------------------------------------------------------
 
@@ -146,9 +153,13 @@ class Database:
         survive a process crash, and the next FULL commit makes them durable against power loss.
         Driver errors leave as :class:`ClawVMError` subclasses.
         """
+        if write:
+            with self._write_lock:
+                yield from self._write_transaction(sync)
+            return
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(clawvm_read=not write, clawvm_sync=sync)
+                conn.execution_options(clawvm_read=True, clawvm_sync=sync)
                 txn = conn.begin()
                 try:
                     yield conn
@@ -161,8 +172,38 @@ class Database:
         except (DBAPIError, SQLAlchemyError, sqlite3.Error) as exc:
             raise translate_driver_error(exc) from exc
 
+    def _write_transaction(self, sync: Sync) -> Iterator[Connection]:
+        # One writer connection per process (DESIGN 2): it is kept open, so a write skips the
+        # pool's checkout and reset, and SQLite never sees two writers of ours racing.
+        try:
+            if self._writer is None or self._writer.closed or self._writer.invalidated:
+                if self._writer is not None:
+                    self._writer.close()
+                self._writer = self.engine.connect()
+            conn = self._writer
+            conn.execution_options(clawvm_read=False, clawvm_sync=sync)
+            txn = conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                if txn.is_active:
+                    txn.rollback()
+                raise
+            txn.commit()
+        except ClawVMError:
+            raise
+        except (DBAPIError, SQLAlchemyError, sqlite3.Error) as exc:
+            if self._writer is not None and self._writer.invalidated:
+                self._writer.close()
+                self._writer = None
+            raise translate_driver_error(exc) from exc
+
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close the writer connection and every pooled connection."""
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
     def sqlite_version(self) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from . import schema as t
 from .errors import InvalidInput, NotFound, SchemaInvalid
@@ -57,6 +57,74 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S")
 _PROVENANCE_REFS = ("tool_call", "page", "uri")
 
 Clock = Callable[[], str]
+
+# Hot-path statements are built once: constructing a Core statement per call costs about three
+# times what executing a prebuilt one does, and a turn runs a couple of dozen of them.
+_FULL_REP = t.representations.alias("full_rep")
+_HEAD = (
+    select(
+        t.pages,
+        t.page_versions.c.fields,
+        _FULL_REP.c.content.label("full_content"),
+    )
+    .select_from(
+        t.pages.outerjoin(
+            t.page_versions,
+            and_(
+                t.page_versions.c.page_id == t.pages.c.id,
+                t.page_versions.c.version == t.pages.c.version,
+            ),
+        ).outerjoin(
+            _FULL_REP,
+            and_(
+                _FULL_REP.c.page_id == t.pages.c.id,
+                _FULL_REP.c.version == t.pages.c.version,
+                _FULL_REP.c.fidelity == "full",
+            ),
+        )
+    )
+    .where(
+        t.pages.c.project == bindparam("b_project"),
+        t.pages.c.session_id == bindparam("b_session"),
+        t.pages.c.key == bindparam("b_key"),
+    )
+)
+_IDEMPOTENT = select(t.journal.c.lsn, t.journal.c.checksum).where(
+    t.journal.c.project == bindparam("b_project"),
+    t.journal.c.session_id == bindparam("b_session"),
+    t.journal.c.idempotency_key == bindparam("b_idempotency"),
+)
+_WRITERS = select(t.projects.c.writers).where(t.projects.c.name == bindparam("b_project"))
+_RESOLVE = (
+    update(t.journal)
+    .where(t.journal.c.lsn == bindparam("b_lsn"), t.journal.c.state == "staged")
+    .values(
+        state=bindparam("b_state"),
+        reason=bindparam("b_reason"),
+        detail=bindparam("b_detail"),
+        event_id=bindparam("b_event"),
+        version=bindparam("b_version"),
+        resolved_at=bindparam("b_at"),
+    )
+)
+_PAGE_UPDATE = (
+    update(t.pages)
+    .where(t.pages.c.id == bindparam("b_id"))
+    .values(
+        type=bindparam("b_type"),
+        pin=bindparam("b_pin"),
+        priority=bindparam("b_priority"),
+        version=bindparam("b_version"),
+        provenance=bindparam("b_provenance"),
+        deleted=bindparam("b_deleted"),
+        updated_at=bindparam("b_at"),
+    )
+)
+_EVENT_COUNTS = (
+    update(t.lifecycle_events)
+    .where(t.lifecycle_events.c.id == bindparam("b_id"))
+    .values(committed=bindparam("b_committed"), rejected=bindparam("b_rejected"))
+)
 
 
 def check_key(key: object) -> str:
@@ -306,11 +374,12 @@ class JournalEngine:
         )
         if update.idempotency_key is not None:
             existing = conn.execute(
-                select(t.journal.c.lsn, t.journal.c.checksum).where(
-                    t.journal.c.project == project,
-                    t.journal.c.session_id == session_id,
-                    t.journal.c.idempotency_key == update.idempotency_key,
-                )
+                _IDEMPOTENT,
+                {
+                    "b_project": project,
+                    "b_session": session_id,
+                    "b_idempotency": update.idempotency_key,
+                },
             ).first()
             if existing is not None:
                 if existing.checksum != checksum:
@@ -320,20 +389,21 @@ class JournalEngine:
                     )
                 return int(existing.lsn), True
         result = conn.execute(
-            insert(t.journal).values(
-                session_id=session_id,
-                project=project,
-                principal=principal,
-                key=update.key,
-                op=update.op.value,
-                page_type=page_type,
-                scope=update.scope.value,
-                payload=payload_json,
-                checksum=checksum,
-                state="staged",
-                idempotency_key=update.idempotency_key,
-                staged_at=self.clock(),
-            )
+            t.journal.insert(),
+            {
+                "session_id": session_id,
+                "project": project,
+                "principal": principal,
+                "key": update.key,
+                "op": update.op.value,
+                "page_type": page_type,
+                "scope": update.scope.value,
+                "payload": payload_json,
+                "checksum": checksum,
+                "state": "staged",
+                "idempotency_key": update.idempotency_key,
+                "staged_at": self.clock(),
+            },
         )
         return inserted_id(result), False
 
@@ -342,27 +412,12 @@ class JournalEngine:
     def head(self, conn: Connection, project: str, page_session: str, key: str) -> Head | None:
         """The committed head of one page (with its full content), or ``None``."""
         page = conn.execute(
-            select(t.pages).where(
-                t.pages.c.project == project,
-                t.pages.c.session_id == page_session,
-                t.pages.c.key == key,
-            )
+            _HEAD, {"b_project": project, "b_session": page_session, "b_key": key}
         ).first()
         if page is None:
             return None
-        version_row = conn.execute(
-            select(t.page_versions.c.fields).where(
-                t.page_versions.c.page_id == page.id, t.page_versions.c.version == page.version
-            )
-        ).first()
-        content = conn.execute(
-            select(t.representations.c.content).where(
-                t.representations.c.page_id == page.id,
-                t.representations.c.version == page.version,
-                t.representations.c.fidelity == "full",
-            )
-        ).scalar()
-        fields_json = version_row.fields if version_row is not None else None
+        content = page.full_content
+        fields_json = page.fields
         return Head(
             page_id=page.id,
             type=PageType(page.type),
@@ -441,9 +496,7 @@ class JournalEngine:
         if entry.scope is Scope.SESSION and not entry.session_id:
             return Verdict(ReasonCode.SCOPE_DENIED, "a session-scoped page needs a session")
         if entry.scope is Scope.PROJECT and entry.principal is not None:
-            writers = conn.execute(
-                select(t.projects.c.writers).where(t.projects.c.name == entry.project)
-            ).scalar()
+            writers = conn.execute(_WRITERS, {"b_project": entry.project}).scalar()
             if writers is not None and entry.principal not in json.loads(writers):
                 return Verdict(
                     ReasonCode.SCOPE_DENIED,
@@ -657,43 +710,40 @@ class JournalEngine:
         if head is None:
             page_id = inserted_id(
                 conn.execute(
-                    insert(t.pages).values(
-                        project=entry.project,
-                        session_id=entry.page_session,
-                        key=entry.key,
-                        type=page_type.value,
-                        scope=entry.scope.value,
-                        pin=pin.value,
-                        priority=float(priority),
-                        version=version,
-                        provenance=provenance_json,
-                        deleted=int(deleted),
-                        created_at=now,
-                        updated_at=now,
-                    )
+                    t.pages.insert(),
+                    {
+                        "project": entry.project,
+                        "session_id": entry.page_session,
+                        "key": entry.key,
+                        "type": page_type.value,
+                        "scope": entry.scope.value,
+                        "pin": pin.value,
+                        "priority": float(priority),
+                        "version": version,
+                        "provenance": provenance_json,
+                        "deleted": int(deleted),
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
             )
         else:
             page_id = head.page_id
-            already = conn.execute(
-                select(t.page_versions.c.version).where(
-                    t.page_versions.c.page_id == page_id, t.page_versions.c.version == version
-                )
-            ).first()
-            if already is not None:
-                return int(page_id)  # applied before: apply is idempotent by (page, version)
+            if head.version >= version:
+                # Applied before (heads only move forward): apply is idempotent by version.
+                return int(page_id)
             conn.execute(
-                update(t.pages)
-                .where(t.pages.c.id == page_id)
-                .values(
-                    type=page_type.value,
-                    pin=pin.value,
-                    priority=float(priority),
-                    version=version,
-                    provenance=provenance_json,
-                    deleted=int(deleted),
-                    updated_at=now,
-                )
+                _PAGE_UPDATE,
+                {
+                    "b_id": page_id,
+                    "b_type": page_type.value,
+                    "b_pin": pin.value,
+                    "b_priority": float(priority),
+                    "b_version": version,
+                    "b_provenance": provenance_json,
+                    "b_deleted": int(deleted),
+                    "b_at": now,
+                },
             )
         content_hash = None
         fields_json = None
@@ -703,26 +753,27 @@ class JournalEngine:
             ).hexdigest()
             fields_json = canonical_json(reps.fields)
         conn.execute(
-            insert(t.page_versions).values(
-                page_id=page_id,
-                version=version,
-                type=page_type.value,
-                op=entry.op.value,
-                pin=pin.value,
-                priority=float(priority),
-                scope=entry.scope.value,
-                provenance=provenance_json,
-                fields=fields_json,
-                content_hash=content_hash,
-                deleted=int(deleted),
-                lsn=entry.lsn,
-                committed_at=now,
-            )
+            t.page_versions.insert(),
+            {
+                "page_id": page_id,
+                "version": version,
+                "type": page_type.value,
+                "op": entry.op.value,
+                "pin": pin.value,
+                "priority": float(priority),
+                "scope": entry.scope.value,
+                "provenance": provenance_json,
+                "fields": fields_json,
+                "content_hash": content_hash,
+                "deleted": int(deleted),
+                "lsn": entry.lsn,
+                "committed_at": now,
+            },
         )
         if reps is not None:
             levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
             conn.execute(
-                insert(t.representations),
+                t.representations.insert(),
                 [
                     {
                         "page_id": page_id,
@@ -793,35 +844,45 @@ class JournalEngine:
                         verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
             if verdict.reason is not None:
                 conn.execute(
-                    update(t.journal)
-                    .where(t.journal.c.lsn == entry.lsn, t.journal.c.state == "staged")
-                    .values(
-                        state="rejected",
-                        reason=verdict.reason.value,
-                        detail=verdict.detail,
-                        event_id=event_id,
-                        resolved_at=now,
-                    )
+                    _RESOLVE,
+                    {
+                        "b_lsn": entry.lsn,
+                        "b_state": "rejected",
+                        "b_reason": verdict.reason.value,
+                        "b_detail": verdict.detail,
+                        "b_event": event_id,
+                        "b_version": None,
+                        "b_at": now,
+                    },
                 )
                 result.rejected.append((entry.lsn, verdict.reason.value))
                 result.details[entry.lsn] = verdict.detail
                 continue
             version = (head.version if head else 0) + 1
-            conn.execute(
-                update(t.journal)
-                .where(t.journal.c.lsn == entry.lsn, t.journal.c.state == "staged")
-                .values(state="committed", event_id=event_id, version=version, resolved_at=now)
-            )
             self.apply(conn, entry, head, version, reps)
+            # Commit and apply share this transaction, so the entry goes straight to its final
+            # state; "committed" rows exist only where apply was deferred (imports, old crashes).
             conn.execute(
-                update(t.journal).where(t.journal.c.lsn == entry.lsn).values(state="applied")
+                _RESOLVE,
+                {
+                    "b_lsn": entry.lsn,
+                    "b_state": "applied",
+                    "b_reason": None,
+                    "b_detail": None,
+                    "b_event": event_id,
+                    "b_version": version,
+                    "b_at": now,
+                },
             )
             result.committed.append(entry.lsn)
             result.versions[entry.lsn] = version
         conn.execute(
-            update(t.lifecycle_events)
-            .where(t.lifecycle_events.c.id == event_id)
-            .values(committed=len(result.committed), rejected=len(result.rejected))
+            _EVENT_COUNTS,
+            {
+                "b_id": event_id,
+                "b_committed": len(result.committed),
+                "b_rejected": len(result.rejected),
+            },
         )
         return result
 

@@ -177,6 +177,9 @@ class Session:
             structured=structured,
             idempotency_key=idempotency_key,
         )
+        # A set's fidelities do not depend on the page's head, so they are built now, outside
+        # any lock, and handed to the boundary; if this process dies they are rebuilt there.
+        prepared = self.store._prepare_outside_txn(update_, project, session_id)
         with self.store.db.transaction(sync="normal") as conn:
             lsn, duplicate = self.store.journal.stage(
                 conn,
@@ -185,6 +188,8 @@ class Session:
                 principal=self.principal,
                 update=update_,
             )
+        if prepared is not None and not duplicate:
+            self.store._remember_prepared(lsn, prepared)
         return StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate)
 
     def staged(self) -> list[Entry]:

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from importlib.metadata import version as package_version
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from . import schema as t
 from .db import Database, Durability
@@ -74,6 +75,14 @@ from .session import (
 from .tokens import DEFAULT_ENCODING, TokenCounter
 
 DEFAULT_PROJECT = "default"
+_PREPARED_CACHE_ENTRIES = 4096
+
+_STAGED_ROWS = (
+    select(t.journal)
+    .where(t.journal.c.session_id == bindparam("b_session"), t.journal.c.state == "staged")
+    .order_by(t.journal.c.lsn)
+)
+_SESSION_TURN = select(t.sessions.c.turn).where(t.sessions.c.id == bindparam("b_session"))
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -225,6 +234,7 @@ class Store:
             max_content_bytes=max_content_bytes,
         )
         self._closed = False
+        self._prepared: OrderedDict[int, ContentRepresentations] = OrderedDict()
         self._token = secrets.token_hex(8)
         self.owner = owner_tag(self._token)
         register_store(self._token, self)
@@ -337,6 +347,11 @@ class Store:
             return None
         if not content.strip() or len(content) > self.journal.max_content_bytes:
             return None
+        if update.provenance is None and update.page_type in (
+            PageType.EVIDENCE,
+            PageType.PREFERENCE,
+        ):
+            return None  # their derived fields name the head's provenance: built at apply time
         try:
             content.encode("utf-8")
         except UnicodeEncodeError:
@@ -556,40 +571,13 @@ class Store:
         """Every fidelity of prepared content at ``version`` (the pointer names the version)."""
         return with_pointer(reps, key=key, version=version, counter=self.counter)
 
-    def _prepare_staged(self, entries: Sequence[Entry]) -> dict[int, ContentRepresentations]:
-        """Fidelities of staged ``set`` entries, built before the boundary takes the write lock."""
-        prepared: dict[int, ContentRepresentations] = {}
-        for entry in entries:
-            payload = entry.payload
-            if entry.op is not Op.SET or entry.page_type is None:
-                continue
-            if payload.get("provenance") is None and entry.page_type in (
-                PageType.EVIDENCE,
-                PageType.PREFERENCE,
-            ):
-                continue  # their derived fields may name the head's provenance: build at apply
-            update_ = Update(
-                key=entry.key,
-                op=entry.op,
-                page_type=entry.page_type,
-                content=payload.get("content"),
-                structured=payload.get("structured"),
-                scope=entry.scope,
-                provenance=payload.get("provenance"),
-            )
-            reps = self._prepare_outside_txn(update_, entry.project, entry.session_id)
-            if reps is not None:
-                prepared[entry.lsn] = reps
-        return prepared
+    def _remember_prepared(self, lsn: int, reps: ContentRepresentations) -> None:
+        self._prepared[lsn] = reps
+        while len(self._prepared) > _PREPARED_CACHE_ENTRIES:
+            self._prepared.popitem(last=False)
 
     def _staged_rows(self, conn: Connection, session_id: str) -> list[Any]:
-        return list(
-            conn.execute(
-                select(t.journal)
-                .where(t.journal.c.session_id == session_id, t.journal.c.state == "staged")
-                .order_by(t.journal.c.lsn)
-            ).all()
-        )
+        return list(conn.execute(_STAGED_ROWS, {"b_session": session_id}).all())
 
     def _quarantine(self, conn: Connection, row: Any, problem: str) -> None:
         conn.execute(
@@ -621,14 +609,14 @@ class Store:
     def _writeback_session(
         self, sess: Session, boundary: Boundary, *, close: bool = False
     ) -> WritebackResult:
-        with self.db.transaction(write=False) as conn:
-            early = self._sound_entries_readonly(self._staged_rows(conn, sess.id))
-        prepared = self._prepare_staged(early)
         with self.db.transaction() as conn:
             entries = self._sound_entries(conn, self._staged_rows(conn, sess.id))
-            turn = conn.execute(
-                select(t.sessions.c.turn).where(t.sessions.c.id == sess.id)
-            ).scalar()
+            prepared = {
+                entry.lsn: self._prepared.pop(entry.lsn)
+                for entry in entries
+                if entry.lsn in self._prepared
+            }
+            turn = conn.execute(_SESSION_TURN, {"b_session": sess.id}).scalar()
             result = self.journal.writeback(
                 conn,
                 project=sess.project,
@@ -646,10 +634,6 @@ class Store:
                 values["owner"] = None
             conn.execute(update(t.sessions).where(t.sessions.c.id == sess.id).values(**values))
         return result
-
-    @staticmethod
-    def _sound_entries_readonly(rows: Sequence[Any]) -> list[Entry]:
-        return [row_to_entry(row) for row in rows if verify_row(row) is None]
 
     # -- recovery ----------------------------------------------------------------------------------
 
