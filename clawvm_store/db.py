@@ -65,6 +65,8 @@ def _prepare_sqlite_file(path: str, *, create: bool) -> None:
             header = handle.read(16)
         if header and header != b"SQLite format 3\x00":
             raise NotADatabase(f"{path!r} is not an SQLite database")
+        if header:
+            _refuse_foreign_database(path)
         return
     if not create:
         raise DatabaseError(f"no database at {path!r} (create one with `clawvm init`)")
@@ -80,6 +82,36 @@ def _prepare_sqlite_file(path: str, *, create: bool) -> None:
     except OSError as exc:
         raise DatabaseError(f"cannot create database {path!r}: {exc.strerror}") from None
     os.close(fd)
+
+
+def _refuse_foreign_database(path: str) -> None:
+    """Refuse, without writing a byte, an SQLite file that holds someone else's tables.
+
+    The check runs on a read-only connection: our own connections switch the file to WAL the
+    moment they open it, which must not happen to another program's database.
+    """
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    try:
+        probe = sqlite3.connect(uri, uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return  # unreadable here; the real open reports it with the right error
+    try:
+        names = [
+            row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+    except sqlite3.DatabaseError as exc:
+        raise translate_driver_error(exc, context=path) from None
+    finally:
+        probe.close()
+    ours = "alembic_version" in names
+    foreign = sorted(
+        name for name in names if name != "alembic_version" and not name.startswith("sqlite_")
+    )
+    if foreign and not ours:
+        raise NotADatabase(
+            f"{path!r} holds tables that are not clawvm-store's ({', '.join(foreign[:5])}); "
+            "refusing to add ours to it"
+        )
 
 
 class Database:
@@ -227,7 +259,8 @@ class Database:
         """The newest schema revision this code knows."""
         script = ScriptDirectory.from_config(self._alembic_config(script_location))
         head = script.get_current_head()
-        assert head is not None
+        if head is None:
+            raise MigrationError("no schema revisions found; the installation is incomplete")
         return head
 
     def migrate(self, script_location: Path | None = None) -> None:
@@ -261,15 +294,37 @@ class Database:
                 "the database holds tables that are not clawvm-store's "
                 f"({', '.join(sorted(foreign)[:5])}); refusing to add ours to it"
             )
-        if list(current) == [script.get_current_head()]:
+        head = script.get_current_head()
+        if head is None:
+            raise MigrationError(
+                f"no schema revisions found in {config.get_main_option('script_location')}"
+            )
+        if list(current) == [head]:
             return
         try:
             with self.engine.connect() as conn:
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
-        except ClawVMError:
+                # A revision that rebuilds a table (batch mode's copy-and-move) must be able to
+                # drop the old one while rows refer to it; foreign keys are checked per revision
+                # instead (env.py), and switched back on before the connection is reused.
+                driver = conn.connection.dbapi_connection
+                if self.dialect == "sqlite" and driver is not None:
+                    driver.execute("PRAGMA foreign_keys = OFF")
+                try:
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "head")
+                finally:
+                    if self.dialect == "sqlite" and driver is not None:
+                        driver.execute("PRAGMA foreign_keys = ON")
+        except MigrationError:
             raise
         except (DBAPIError, sqlite3.Error) as exc:
-            raise translate_driver_error(exc, context="migration") from exc
+            translated = translate_driver_error(exc, context="migration")
+            if type(translated) is DatabaseError:
+                raise MigrationError(
+                    f"schema migration failed and was rolled back: {translated}"
+                ) from exc
+            raise translated from exc
+        except ClawVMError:
+            raise
         except Exception as exc:
             raise MigrationError(f"schema migration failed and was rolled back: {exc}") from exc
