@@ -35,7 +35,8 @@ ASSISTANT = (
     "belongs right after validation and before the insert, keyed by the Idempotency-Key header."
 )
 TOOL_OUTPUT = "\n".join(
-    f"    value_{i} = normalise(request.json['field_{i}'])  # validated field {i}" for i in range(16)
+    f"    value_{i} = normalise(request.json['field_{i}'])  # validated field {i}"
+    for i in range(16)
 )
 
 
@@ -71,7 +72,10 @@ def bench_stages(root: Path, durability: str, count: int) -> dict[str, dict[str,
             timed(
                 count,
                 lambda i: sess.stage(
-                    f"conversation/turn-{i}", type="conversation", content=f"user: {USER}", op="append"
+                    f"conversation/turn-{i}",
+                    type="conversation",
+                    content=f"user: {USER}",
+                    op="append",
                 ),
             ),
             unit="stage",
@@ -192,7 +196,9 @@ def bench_recovery(root: Path, entries: int) -> dict[str, float]:
     resolved = sum(len(r.committed) + len(r.rejected) for r in report.recovered.values())
     assert resolved == entries, (resolved, entries)
     rate = entries / elapsed
-    print(f"  {'recovery: staged entries validated + applied':<46} {entries} in {elapsed:.3f} s   {rate:9.0f} entries/s")
+    print(
+        f"  {'recovery: staged entries validated + applied':<46} {entries} in {elapsed:.3f} s   {rate:9.0f} entries/s"
+    )
     # Committed-but-unapplied: what a crash between commit and apply would leave.
     with store.db.transaction() as conn:
         conn.exec_driver_sql("DELETE FROM representations")
@@ -204,7 +210,9 @@ def bench_recovery(root: Path, entries: int) -> dict[str, float]:
     elapsed_reapply = time.perf_counter() - start
     assert len(report.reapplied) == entries
     reapply_rate = entries / elapsed_reapply
-    print(f"  {'recovery: committed entries re-applied':<46} {entries} in {elapsed_reapply:.3f} s   {reapply_rate:9.0f} entries/s")
+    print(
+        f"  {'recovery: committed entries re-applied':<46} {entries} in {elapsed_reapply:.3f} s   {reapply_rate:9.0f} entries/s"
+    )
     assert store.check().ok
     store.close()
     return {"replay_per_second": rate, "reapply_per_second": reapply_rate}
