@@ -522,6 +522,78 @@ def journal(obj: Context, state: str | None, session: str | None, limit: int | N
     )
 
 
+@app.command()
+@click.option("--session", "session_id", required=True, help="The session whose view to assemble.")
+@click.option("--budget", type=int, required=True, help="Token budget for the whole prompt.")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True)
+@click.option("--fixed-file", default=None, help="System prompt / tool schemas to charge first.")
+@click.option("--demand", multiple=True, help="A page key the turn needs (repeatable).")
+@click.option("--explain", is_flag=True, help="Show every page, its fidelity, tokens and reason.")
+@click.option("--record", is_flag=True, help="Record the assembly (default: inspect only).")
+@common_options
+@pass_context
+def assemble(
+    obj: Context,
+    session_id: str,
+    budget: int,
+    project: str,
+    fixed_file: str | None,
+    demand: tuple[str, ...],
+    explain: bool,
+    record: bool,
+) -> None:
+    """Assemble the prompt a session would see under a token budget.
+
+    Prints the prompt text, or with --explain a table of every page with its chosen fidelity,
+    tokens and reason (floor, pin, demand, upgrade, evicted-for-budget). Exits 1 when the floor
+    does not fit the budget, after reporting which pages need how much.
+
+    \b
+    Example:
+      clawvm assemble --session s-1 --project web --budget 4000 --fixed-file system.txt --explain
+    """
+    fixed = read_content(fixed_file) if fixed_file else ""
+    with obj.open() as store:
+        result = store.assemble(
+            session_id,
+            budget,
+            project=project,
+            fixed=fixed,
+            demand=list(demand),
+            on_insufficient="report",
+            record=record,
+        )
+    if obj.as_json:
+        payload = to_jsonable(result)
+        payload["shortfall"] = (
+            {
+                "budget": result.shortfall.budget,
+                "required": result.shortfall.required,
+                "shortfall": result.shortfall.shortfall,
+            }
+            if result.shortfall
+            else None
+        )
+        emit_json(payload)
+    elif explain:
+        emit_table(
+            f"assembly for {session_id}: {result.tokens}/{result.budget} tokens"
+            + ("" if result.feasible else " (INFEASIBLE)"),
+            ["key", "type", "fidelity", "tokens", "reason"],
+            [
+                (d.key, d.type.value, d.fidelity.value if d.fidelity else "-", d.tokens, d.reason)
+                for d in result.decisions
+            ]
+            + [("(fixed region)", "", "", result.fixed_tokens, "floor")],
+        )
+        for key in result.missing:
+            click.echo(f"demanded but missing: {key}")
+    else:
+        click.echo(result.text, nl=not result.text.endswith("\n"))
+    if result.shortfall is not None:
+        fail(str(result.shortfall))
+
+
 DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (
     (
         "bootstrap/agents-md",

@@ -290,6 +290,7 @@ class Page:
     session: str | None = None
     structured: dict[str, Any] | None = None
     staged: bool = False
+    deleted: bool = False
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ page_versions = Table(
     Column("deleted", Integer, nullable=False, server_default=text("0")),
     Column("lsn", Integer, nullable=False),
     Column("committed_at", String, nullable=False),
+    Index("ix_page_versions_lsn", "lsn"),
 )
 
 representations = Table(
@@ -166,6 +167,7 @@ journal = Table(
     ),
     Index("ix_journal_session_id_state", "session_id", "state"),
     Index("ix_journal_state", "state"),
+    Index("ix_journal_event_id", "event_id"),
     Index(
         "uq_journal_idempotency",
         "project",
@@ -175,4 +177,56 @@ journal = Table(
         sqlite_where=text("idempotency_key IS NOT NULL"),
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
+)
+
+assemblies = Table(
+    "assemblies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String, nullable=False),
+    Column("project", String, nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("budget", Integer, nullable=False),
+    # The budget the selection used: the caller's, shrunk by the learned safety margin.
+    Column("effective_budget", Integer, nullable=False),
+    Column("fixed_tokens", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("feasible", Integer, nullable=False),
+    # What the provider counted for this prompt, reported later by observe_usage().
+    Column("observed_tokens", Integer, nullable=True),
+    Column("text_sha256", String, nullable=False),
+    Column("at", String, nullable=False),
+    Index("ix_assemblies_session_id", "session_id", "id"),
+)
+
+assembly_items = Table(
+    "assembly_items",
+    metadata,
+    Column("assembly_id", Integer, ForeignKey("assemblies.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("page_id", Integer, ForeignKey("pages.id"), nullable=False),
+    Column("key", String, nullable=False),
+    Column("version", Integer, nullable=False),
+    # NULL for a page that was resident in the previous assembly and was evicted from this one.
+    Column("fidelity", String, nullable=True),
+    Column("tokens", Integer, nullable=False),
+    Column("reason", String, nullable=False),
+    CheckConstraint(
+        "reason IN ('floor', 'pin', 'demand', 'upgrade', 'evicted-for-budget')", name="reason"
+    ),
+)
+
+faults = Table(
+    "faults",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String, nullable=True),
+    Column("project", String, nullable=False),
+    Column("turn", Integer, nullable=False),
+    # A FaultKind value: the six faults, duplicate_signature alerts, physical_insufficiency.
+    Column("kind", String, nullable=False),
+    Column("key", String, nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("at", String, nullable=False),
+    Index("ix_faults_session_id_kind", "session_id", "kind"),
 )

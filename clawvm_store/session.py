@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import socket
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
 
 from . import schema as t
+from .assembler import Assembler, Assembly
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, WritebackResult, check_key, row_to_entry
 from .pages import POLICIES, Boundary, Fidelity, Op, Page, PageType, Pin, Scope
@@ -108,6 +109,7 @@ class Session:
         self.project = project
         self.principal = principal
         self._closed = False
+        self._assembler = Assembler(store, project, session_id)
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, project={self.project!r}, principal={self.principal!r})"
@@ -279,6 +281,42 @@ class Session:
             structured=head.fields,
             staged=True,
         )
+
+    # -- assembly --------------------------------------------------------------------------------
+
+    def assemble(
+        self,
+        budget: int,
+        *,
+        fixed: str = "",
+        demand: Sequence[str] = (),
+        on_insufficient: str = "raise",
+    ) -> Assembly:
+        """Assemble this turn's prompt from committed state under ``budget`` tokens.
+
+        Phase 1 installs the fixed region and every required page at its floor (hard pins,
+        bootstrap and constraint pages, ``demand``); phase 2 upgrades by utility per token. If the
+        floor does not fit, :class:`InsufficientBudget` is raised (``on_insufficient="raise"``)
+        or the floor is returned with ``feasible=False`` (``"report"``); either way the event is
+        recorded. The text, tokenized as one string, never exceeds the budget.
+        """
+        self._require_open()
+        return self._assembler.assemble(
+            budget,
+            fixed=fixed,
+            demand=demand,
+            on_insufficient=on_insufficient,
+            record=True,
+            turn=self.turn,
+        )
+
+    def observe_usage(self, prompt_tokens: int) -> float:
+        """Report what the provider counted for the last prompt; returns the learned margin.
+
+        Later assemblies shrink their effective budget by the worst recent ratio of the
+        provider's count to ours, so a provider that counts more never overflows the window.
+        """
+        return self._assembler.observe_usage(prompt_tokens)
 
     # -- boundaries ----------------------------------------------------------------------------
 

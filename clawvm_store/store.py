@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from . import schema as t
+from .assembler import Assembler, Assembly
 from .db import Database, Durability
 from .errors import (
     ClawVMError,
     CorruptDatabase,
     DestructiveWrite,
+    InsufficientBudget,
     InvalidInput,
     NotFound,
     PinViolation,
@@ -41,12 +43,14 @@ from .journal import (
     Update,
     WritebackResult,
     check_key,
+    inserted_id,
     row_to_entry,
     verify_row,
 )
 from .pages import (
     POLICIES,
     Boundary,
+    FaultKind,
     Fidelity,
     Op,
     Page,
@@ -440,12 +444,43 @@ class Store:
             raise rejection_error(lsn, outcome.reason, outcome.detail or "")
         del result
         page_session = session_id if update.scope is Scope.SESSION else None
+        if update.op is Op.DELETE:
+            return self._tombstone(update, project, page_session, outcome.version)
         return self.page(
             update.key,
             project=project,
             session=page_session,
             fidelity=Fidelity.FULL,
             version=outcome.version,
+        )
+
+    def _tombstone(self, update: Update, project: str, session: str | None, version: int) -> Page:
+        """The page a committed delete leaves: its tombstone version, with no content."""
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                select(t.page_versions)
+                .join(t.pages, t.pages.c.id == t.page_versions.c.page_id)
+                .where(
+                    t.pages.c.project == project,
+                    t.pages.c.session_id == (session or ""),
+                    t.pages.c.key == update.key,
+                    t.page_versions.c.version == version,
+                )
+            ).one()
+        return Page(
+            key=update.key,
+            type=PageType(row.type),
+            version=version,
+            fidelity=Fidelity.FULL,
+            content="",
+            tokens=0,
+            pin=Pin(row.pin),
+            priority=row.priority,
+            scope=Scope(row.scope),
+            provenance=json.loads(row.provenance) if row.provenance else None,
+            project=project,
+            session=session,
+            deleted=True,
         )
 
     def _direct_update(
@@ -565,6 +600,56 @@ class Store:
             )
         return Session(self, session_id, project, principal)
 
+    def assemble(
+        self,
+        session: str,
+        budget: int,
+        *,
+        project: str = DEFAULT_PROJECT,
+        fixed: str = "",
+        demand: Sequence[str] = (),
+        on_insufficient: str = "report",
+        record: bool = False,
+    ) -> Assembly:
+        """Assemble what ``session`` would see now, without taking ownership of the session.
+
+        For inspection (``clawvm assemble``): nothing is recorded unless ``record=True``. The
+        agent itself assembles through :meth:`Session.assemble`.
+        """
+        check_name(session, "session")
+        check_name(project, "project")
+        assembler = Assembler(self, project, session)
+        return assembler.assemble(
+            budget, fixed=fixed, demand=demand, on_insufficient=on_insufficient, record=record
+        )
+
+    def _on_insufficient(
+        self, session_id: str, project: str, turn: int, shortfall: InsufficientBudget
+    ) -> None:
+        """Record ``physical_insufficiency``: the floor did not fit (no policy can fix that)."""
+        detail = json.dumps(
+            {
+                "budget": shortfall.budget,
+                "required": shortfall.required,
+                "shortfall": shortfall.shortfall,
+                "pages": [[p.key, p.fidelity, p.tokens] for p in shortfall.pages],
+            },
+            sort_keys=True,
+        )
+        with self.db.transaction(sync="normal") as conn:
+            conn.execute(
+                t.faults.insert(),
+                {
+                    "session_id": session_id,
+                    "project": project,
+                    "turn": turn,
+                    "kind": FaultKind.PHYSICAL_INSUFFICIENCY.value,
+                    "key": None,
+                    "detail": detail,
+                    "at": self.clock(),
+                },
+            )
+
     def journal_levels(
         self, reps: ContentRepresentations, *, key: str, version: int
     ) -> tuple[Representation, ...]:
@@ -680,6 +765,23 @@ class Store:
         rows = conn.execute(
             select(t.journal).where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
         ).all()
+        if not rows:
+            return
+        # Re-applied versions belong to this recovery's boundary event, so readers that follow
+        # applied versions by event id (the assembler's page table) see them.
+        event_id = inserted_id(
+            conn.execute(
+                t.lifecycle_events.insert(),
+                {
+                    "session_id": None,
+                    "project": rows[0].project,
+                    "boundary": Boundary.RECOVERY.value,
+                    "turn": 0,
+                    "detail": '{"reason":"re-apply committed entries"}',
+                    "at": self.clock(),
+                },
+            )
+        )
         for row in rows:
             entry = row_to_entry(row)
             head = self.journal.head(conn, entry.project, entry.page_session, entry.key)
@@ -693,7 +795,9 @@ class Store:
                 self.journal.apply(conn, entry, head, row.version, reps)
                 report.reapplied.append(row.lsn)
             conn.execute(
-                update(t.journal).where(t.journal.c.lsn == row.lsn).values(state="applied")
+                update(t.journal)
+                .where(t.journal.c.lsn == row.lsn)
+                .values(state="applied", event_id=event_id)
             )
 
     def _recover_staged(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:

