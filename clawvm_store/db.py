@@ -37,6 +37,7 @@ from .errors import (
 )
 
 Durability = Literal["full", "normal"]
+_DRIVER_ERRORS = (DBAPIError, SQLAlchemyError, sqlite3.Error, UnicodeDecodeError)
 Sync = Literal["full", "normal"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -63,6 +64,10 @@ def _prepare_sqlite_file(path: str, *, create: bool) -> None:
             raise DatabaseError(f"cannot open database {path!r}: permission denied")
         with file_path.open("rb") as handle:
             header = handle.read(16)
+        if not header and not create:
+            raise DatabaseError(
+                f"{path!r} is an empty file, not a database (create one with `clawvm init`)"
+            )
         if header and header != b"SQLite format 3\x00":
             raise NotADatabase(f"{path!r} is not an SQLite database")
         if header:
@@ -84,6 +89,11 @@ def _prepare_sqlite_file(path: str, *, create: bool) -> None:
     os.close(fd)
 
 
+def _lenient_text(data: bytes) -> str:
+    """Decode a TEXT value; invalid UTF-8 becomes lone surrogates, which never verify."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _refuse_foreign_database(path: str) -> None:
     """Refuse, without writing a byte, an SQLite file that holds someone else's tables.
 
@@ -99,7 +109,7 @@ def _refuse_foreign_database(path: str) -> None:
         names = [
             row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         raise translate_driver_error(exc, context=path) from None
     finally:
         probe.close()
@@ -148,6 +158,9 @@ class Database:
     def _on_connect(self, dbapi_connection: sqlite3.Connection, record: Any) -> None:
         # Take transaction control away from the driver; we emit BEGIN ourselves.
         dbapi_connection.isolation_level = None
+        # Damaged bytes must surface as a checksum or hash mismatch that check() and recovery
+        # report, not as a decode error that makes the whole database unreadable.
+        dbapi_connection.text_factory = _lenient_text
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -187,48 +200,57 @@ class Database:
         """
         if write:
             with self._write_lock:
-                yield from self._write_transaction(sync)
+                try:
+                    # One writer connection per process (DESIGN 2): kept open, so a write skips
+                    # the pool's checkout and reset, and no two writers of ours ever race.
+                    if self._writer is None or self._writer.closed or self._writer.invalidated:
+                        self._writer = None
+                        self._writer = self.engine.connect()
+                except _DRIVER_ERRORS as exc:
+                    raise translate_driver_error(exc) from exc
+                yield from self._run(self._writer, read=False, sync=sync)
             return
         try:
-            with self.engine.connect() as conn:
-                conn.execution_options(clawvm_read=True, clawvm_sync=sync)
-                txn = conn.begin()
-                try:
-                    yield conn
-                except BaseException:
-                    txn.rollback()
-                    raise
-                txn.commit()
-        except ClawVMError:
-            raise
-        except (DBAPIError, SQLAlchemyError, sqlite3.Error) as exc:
+            conn = self.engine.connect()
+        except _DRIVER_ERRORS as exc:
             raise translate_driver_error(exc) from exc
-
-    def _write_transaction(self, sync: Sync) -> Iterator[Connection]:
-        # One writer connection per process (DESIGN 2): it is kept open, so a write skips the
-        # pool's checkout and reset, and SQLite never sees two writers of ours racing.
         try:
-            if self._writer is None or self._writer.closed or self._writer.invalidated:
-                if self._writer is not None:
-                    self._writer.close()
-                self._writer = self.engine.connect()
-            conn = self._writer
-            conn.execution_options(clawvm_read=False, clawvm_sync=sync)
+            yield from self._run(conn, read=True, sync=sync)
+        finally:
+            conn.close()  # returns it to the pool (or discards it, if it was invalidated)
+
+    def _run(self, conn: Connection, *, read: bool, sync: Sync) -> Iterator[Connection]:
+        try:
+            conn.execution_options(clawvm_read=read, clawvm_sync=sync)
             txn = conn.begin()
             try:
                 yield conn
             except BaseException:
-                if txn.is_active:
-                    txn.rollback()
+                self._abandon(conn, txn)
                 raise
-            txn.commit()
+            try:
+                txn.commit()
+            except BaseException:
+                # A failed COMMIT can leave SQLite's transaction open under a connection that
+                # SQLAlchemy believes is finished: never reuse it.
+                self._abandon(conn, txn, discard=True)
+                raise
         except ClawVMError:
             raise
-        except (DBAPIError, SQLAlchemyError, sqlite3.Error) as exc:
-            if self._writer is not None and self._writer.invalidated:
-                self._writer.close()
-                self._writer = None
+        except _DRIVER_ERRORS as exc:
             raise translate_driver_error(exc) from exc
+
+    def _abandon(self, conn: Connection, txn: Any, *, discard: bool = False) -> None:
+        """Roll back; if that fails too (or ``discard``), throw the connection away."""
+        try:
+            if txn.is_active:
+                txn.rollback()
+        except Exception:
+            discard = True
+        if discard:
+            conn.invalidate()
+            if conn is self._writer:
+                self._writer = None
 
     def dispose(self) -> None:
         """Close the writer connection and every pooled connection."""

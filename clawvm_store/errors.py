@@ -139,6 +139,11 @@ def translate_driver_error(exc: BaseException, *, context: str = "") -> ClawVMEr
     """
     if isinstance(exc, ClawVMError):
         return exc
+    if isinstance(exc, UnicodeDecodeError):
+        where = f"{context}: " if context else ""
+        return CorruptDatabase(
+            f"{where}the database is damaged: it holds bytes that are not valid text ({exc.reason})"
+        )
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
     lowered = text.lower()

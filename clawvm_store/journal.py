@@ -233,16 +233,36 @@ def row_to_entry(row: Any) -> Entry:
 
 
 def verify_row(row: Any) -> str | None:
-    """Why a journal row cannot be trusted (``None`` when its checksum and payload are sound)."""
-    expected = entry_checksum(
-        project=row.project,
-        session_id=row.session_id,
-        key=row.key,
-        op=row.op,
-        page_type=row.page_type,
-        scope=row.scope,
-        payload_json=row.payload,
-    )
+    """Why a journal row cannot be trusted (``None`` when its checksum and payload are sound).
+
+    Never raises: any column of the wrong type or encoding is itself the answer.
+    """
+    try:
+        fields = (
+            row.project,
+            row.session_id,
+            row.key,
+            row.op,
+            row.scope,
+            row.payload,
+            row.checksum,
+        )
+        if not all(isinstance(value, str) for value in fields):
+            return "undecodable entry: a column is not text"
+        if row.page_type is not None and not isinstance(row.page_type, str):
+            return "undecodable entry: page_type is not text"
+        row.payload.encode("utf-8")
+        expected = entry_checksum(
+            project=row.project,
+            session_id=row.session_id,
+            key=row.key,
+            op=row.op,
+            page_type=row.page_type,
+            scope=row.scope,
+            payload_json=row.payload,
+        )
+    except (UnicodeError, TypeError, ValueError) as exc:
+        return f"undecodable entry: {type(exc).__name__}"
     if expected != row.checksum:
         return "checksum mismatch"
     try:
@@ -748,28 +768,25 @@ class JournalEngine:
         content_hash = None
         fields_json = None
         if reps is not None:
-            content_hash = hashlib.sha256(
-                reps.levels[0].text.encode("utf-8", "surrogatepass")
-            ).hexdigest()
+            content_hash = text_sha256(reps.levels[0].text)
             fields_json = canonical_json(reps.fields)
-        conn.execute(
-            t.page_versions.insert(),
-            {
-                "page_id": page_id,
-                "version": version,
-                "type": page_type.value,
-                "op": entry.op.value,
-                "pin": pin.value,
-                "priority": float(priority),
-                "scope": entry.scope.value,
-                "provenance": provenance_json,
-                "fields": fields_json,
-                "content_hash": content_hash,
-                "deleted": int(deleted),
-                "lsn": entry.lsn,
-                "committed_at": now,
-            },
-        )
+        version_row = {
+            "page_id": page_id,
+            "version": version,
+            "type": page_type.value,
+            "op": entry.op.value,
+            "pin": pin.value,
+            "priority": float(priority),
+            "scope": entry.scope.value,
+            "provenance": provenance_json,
+            "fields": fields_json,
+            "content_hash": content_hash,
+            "deleted": int(deleted),
+            "lsn": entry.lsn,
+            "committed_at": now,
+        }
+        version_row["row_sha256"] = version_row_sha256(version_row)
+        conn.execute(t.page_versions.insert(), version_row)
         if reps is not None:
             levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
             conn.execute(
@@ -783,6 +800,7 @@ class JournalEngine:
                         "tokens": level.tokens,
                         "encoding": self.counter.encoding_name,
                         "source": level.source.value,
+                        "sha256": text_sha256(level.text),
                     }
                     for level in levels
                 ],
@@ -885,6 +903,33 @@ class JournalEngine:
             },
         )
         return result
+
+
+VERSION_ROW_COLUMNS = (
+    "page_id",
+    "version",
+    "type",
+    "op",
+    "pin",
+    "priority",
+    "scope",
+    "provenance",
+    "fields",
+    "content_hash",
+    "deleted",
+    "lsn",
+    "committed_at",
+)
+
+
+def version_row_sha256(row: Mapping[Any, Any]) -> str:
+    """SHA-256 over a page version's columns, so check() notices any of them changing."""
+    return text_sha256(canonical_json([row[name] for name in VERSION_ROW_COLUMNS]))
+
+
+def text_sha256(text: str) -> str:
+    """Hex SHA-256 of a text's UTF-8 bytes (lone surrogates kept, so damage never verifies)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def inserted_id(result: Any) -> int:

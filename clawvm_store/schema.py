@@ -105,6 +105,9 @@ page_versions = Table(
     Column("deleted", Integer, nullable=False, server_default=text("0")),
     Column("lsn", Integer, nullable=False),
     Column("committed_at", String, nullable=False),
+    # SHA-256 over the row's other columns (see journal.version_row_sha256); NULL only for rows
+    # written before revision 0002.
+    Column("row_sha256", String, nullable=True),
     Index("ix_page_versions_lsn", "lsn"),
 )
 
@@ -118,6 +121,8 @@ representations = Table(
     Column("tokens", Integer, nullable=False),
     Column("encoding", String, nullable=False),
     Column("source", String, nullable=False),
+    # SHA-256 of ``content``; NULL only for rows written before revision 0002.
+    Column("sha256", String, nullable=True),
     ForeignKeyConstraint(
         ["page_id", "version"],
         ["page_versions.page_id", "page_versions.version"],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,7 +45,9 @@ from .journal import (
     check_key,
     inserted_id,
     row_to_entry,
+    text_sha256,
     verify_row,
+    version_row_sha256,
 )
 from .pages import (
     POLICIES,
@@ -440,33 +442,38 @@ class Store:
                     t.journal.c.state, t.journal.c.reason, t.journal.c.detail, t.journal.c.version
                 ).where(t.journal.c.lsn == lsn)
             ).one()
-        if outcome.state == "rejected":
-            raise rejection_error(lsn, outcome.reason, outcome.detail or "")
+            if outcome.state == "rejected":
+                rejected = rejection_error(lsn, outcome.reason, outcome.detail or "")
+            else:
+                # Read the result inside the same transaction: once it commits, the write has
+                # happened, and nothing after the commit may report otherwise.
+                rejected = None
+                page_session = session_id if update.scope is Scope.SESSION else None
+                if update.op is Op.DELETE:
+                    written = self._tombstone(conn, update, project, page_session, outcome.version)
+                else:
+                    written = self._read_page(
+                        conn, update.key, project, page_session, Fidelity.FULL, outcome.version
+                    )
         del result
-        page_session = session_id if update.scope is Scope.SESSION else None
-        if update.op is Op.DELETE:
-            return self._tombstone(update, project, page_session, outcome.version)
-        return self.page(
-            update.key,
-            project=project,
-            session=page_session,
-            fidelity=Fidelity.FULL,
-            version=outcome.version,
-        )
+        if rejected is not None:
+            raise rejected
+        return written
 
-    def _tombstone(self, update: Update, project: str, session: str | None, version: int) -> Page:
+    def _tombstone(
+        self, conn: Connection, update: Update, project: str, session: str | None, version: int
+    ) -> Page:
         """The page a committed delete leaves: its tombstone version, with no content."""
-        with self.db.transaction(write=False) as conn:
-            row = conn.execute(
-                select(t.page_versions)
-                .join(t.pages, t.pages.c.id == t.page_versions.c.page_id)
-                .where(
-                    t.pages.c.project == project,
-                    t.pages.c.session_id == (session or ""),
-                    t.pages.c.key == update.key,
-                    t.page_versions.c.version == version,
-                )
-            ).one()
+        row = conn.execute(
+            select(t.page_versions)
+            .join(t.pages, t.pages.c.id == t.page_versions.c.page_id)
+            .where(
+                t.pages.c.project == project,
+                t.pages.c.session_id == (session or ""),
+                t.pages.c.key == update.key,
+                t.page_versions.c.version == version,
+            )
+        ).one()
         return Page(
             key=update.key,
             type=PageType(row.type),
@@ -919,49 +926,61 @@ class Store:
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise InvalidInput("version must be an integer")
         with self.db.transaction(write=False) as conn:
-            head = self._find_page(conn, key, project, session)
-            wanted = head.version if version is None else version
-            row = conn.execute(
-                select(t.page_versions).where(
-                    t.page_versions.c.page_id == head.id, t.page_versions.c.version == wanted
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"page {key!r} has no version {wanted} (latest is {head.version})")
+            return self._read_page(conn, key, project, session, chosen, version)
+
+    def _read_page(
+        self,
+        conn: Connection,
+        key: str,
+        project: str,
+        session: str | None,
+        fidelity: Fidelity,
+        version: int | None,
+    ) -> Page:
+        head = self._find_page(conn, key, project, session)
+        wanted = head.version if version is None else version
+        row = conn.execute(
+            select(t.page_versions).where(
+                t.page_versions.c.page_id == head.id, t.page_versions.c.version == wanted
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"page {key!r} has no version {wanted} (latest is {head.version})")
+        with decoding(f"page {key!r} version {wanted}"):
             page_type = PageType(row.type)
             if row.deleted:
                 raise NotFound(f"page {key!r} was deleted at version {wanted}")
-            if not POLICIES[page_type].allows(chosen):
+            if not POLICIES[page_type].allows(fidelity):
                 ladder = ", ".join(f.value for f in POLICIES[page_type].ladder)
                 raise InvalidInput(
-                    f"a {page_type.value} page has no {chosen.value} fidelity (its ladder: {ladder})"
+                    f"a {page_type.value} page has no {fidelity.value} fidelity (its ladder: {ladder})"
                 )
             rep = conn.execute(
                 select(t.representations.c.content, t.representations.c.tokens).where(
                     t.representations.c.page_id == head.id,
                     t.representations.c.version == wanted,
-                    t.representations.c.fidelity == chosen.value,
+                    t.representations.c.fidelity == fidelity.value,
                 )
             ).first()
-        if rep is None:
-            raise CorruptDatabase(
-                f"page {key!r} version {wanted} has no {chosen.value} representation; run check"
+            if rep is None:
+                raise CorruptDatabase(
+                    f"page {key!r} version {wanted} has no {fidelity.value} representation; run check"
+                )
+            return Page(
+                key=key,
+                type=page_type,
+                version=wanted,
+                fidelity=fidelity,
+                content=rep.content,
+                tokens=int(rep.tokens),
+                pin=Pin(row.pin),
+                priority=float(row.priority),
+                scope=Scope(row.scope),
+                provenance=json.loads(row.provenance) if row.provenance else None,
+                project=project,
+                session=head.session_id or None,
+                structured=json.loads(row.fields) if row.fields else None,
             )
-        return Page(
-            key=key,
-            type=page_type,
-            version=wanted,
-            fidelity=chosen,
-            content=rep.content,
-            tokens=rep.tokens,
-            pin=Pin(row.pin),
-            priority=row.priority,
-            scope=Scope(row.scope),
-            provenance=json.loads(row.provenance) if row.provenance else None,
-            project=project,
-            session=head.session_id or None,
-            structured=json.loads(row.fields) if row.fields else None,
-        )
 
     def resolve(
         self, handle: str, *, project: str = DEFAULT_PROJECT, session: str | None = None
@@ -992,6 +1011,11 @@ class Store:
                     t.representations.c.tokens,
                 ).where(t.representations.c.page_id == head.id)
             ).all()
+        with decoding(f"the history of {key!r}"):
+            return self._history_rows(key, versions, reps)
+
+    @staticmethod
+    def _history_rows(key: str, versions: Sequence[Any], reps: Sequence[Any]) -> list[PageVersion]:
         tokens: dict[int, dict[Fidelity, int]] = {}
         for rep in reps:
             tokens.setdefault(rep.version, {})[Fidelity(rep.fidelity)] = rep.tokens
@@ -1044,6 +1068,11 @@ class Store:
                     & (t.pages.c.version == t.representations.c.version),
                 )
             ).all()
+        with decoding("the page listing"):
+            return self._summaries(rows, reps)
+
+    @staticmethod
+    def _summaries(rows: Sequence[Any], reps: Sequence[Any]) -> list[PageSummary]:
         tokens: dict[int, dict[Fidelity, int]] = {}
         for rep in reps:
             tokens.setdefault(rep.page_id, {})[Fidelity(rep.fidelity)] = rep.tokens
@@ -1145,66 +1174,116 @@ class Store:
     def _check_pages(
         self, conn: Connection, checked: dict[str, int], recount_tokens: bool
     ) -> Iterator[Finding]:
-        versions = conn.execute(
-            select(
-                t.page_versions.c.page_id,
-                t.page_versions.c.version,
-                t.page_versions.c.type,
-                t.page_versions.c.deleted,
-                t.page_versions.c.content_hash,
-                t.pages.c.key,
-                t.pages.c.version.label("head"),
-            ).join(t.pages, t.pages.c.id == t.page_versions.c.page_id)
-        ).all()
-        checked["page_versions"] = len(versions)
-        reps_by_version: dict[tuple[int, int], dict[Fidelity, Any]] = {}
-        for rep in conn.execute(select(t.representations)):
-            reps_by_version.setdefault((rep.page_id, rep.version), {})[Fidelity(rep.fidelity)] = rep
-        checked["representations"] = sum(len(v) for v in reps_by_version.values())
+        """Every stored value decodes, and every live version is whole and self-consistent."""
         heads: dict[int, int] = {}
+        keys: dict[int, str] = {}
+        for page in conn.execute(select(t.pages)):
+            keys[page.id] = str(page.key)
+            problem = _undecodable(
+                (PageType, page.type), (Pin, page.pin), (Scope, page.scope), (None, page.provenance)
+            )
+            if problem:
+                yield Finding("undecodable", f"page {page.key!r}: {problem}")
+        reps_by_version: dict[tuple[int, int], dict[Fidelity, Any]] = {}
+        count = 0
+        for rep in conn.execute(select(t.representations)):
+            count += 1
+            name = f"{keys.get(rep.page_id, rep.page_id)}@{rep.version}"
+            problem = _undecodable((Fidelity, rep.fidelity), (Fidelity, rep.source))
+            if problem or not isinstance(rep.tokens, int) or not isinstance(rep.content, str):
+                yield Finding(
+                    "undecodable", f"{name} representation: {problem or 'bad column type'}"
+                )
+                continue
+            reps_by_version.setdefault((rep.page_id, rep.version), {})[Fidelity(rep.fidelity)] = rep
+            if rep.sha256 is not None and text_sha256(rep.content) != rep.sha256:
+                yield Finding("content_hash", f"{name} {rep.fidelity} text does not match its hash")
+        checked["representations"] = count
+        versions = conn.execute(select(t.page_versions)).all()
+        checked["page_versions"] = len(versions)
         for row in versions:
-            heads[row.page_id] = max(heads.get(row.page_id, 0), row.version)
-            name = f"{row.key}@{row.version}"
-            reps = reps_by_version.get((row.page_id, row.version), {})
+            heads[row.page_id] = max(heads.get(row.page_id, 0), int(row.version))
+            name = f"{keys.get(row.page_id, row.page_id)}@{row.version}"
+            problem = _undecodable(
+                (PageType, row.type),
+                (Op, row.op),
+                (Pin, row.pin),
+                (Scope, row.scope),
+                (None, row.fields),
+                (None, row.provenance),
+            )
+            if problem:
+                yield Finding("undecodable", f"{name}: {problem}")
+                continue
+            if row.row_sha256 is not None:
+                try:
+                    intact = version_row_sha256(row._mapping) == row.row_sha256
+                except (TypeError, ValueError, UnicodeError):
+                    intact = False
+                if not intact:
+                    yield Finding("row_hash", f"{name} version row does not match its hash")
+                    continue
             if row.deleted:
                 continue
-            policy = POLICIES[PageType(row.type)]
-            missing = [f.value for f in policy.ladder if f not in reps]
-            if missing:
-                yield Finding("fidelity_missing", f"{name} lacks {', '.join(missing)}")
-                continue
-            extra = [f.value for f in reps if f not in policy.ladder]
-            if extra:
-                yield Finding("fidelity_extra", f"{name} has {', '.join(extra)} off its ladder")
-            ladder_tokens = [reps[f].tokens for f in policy.ladder]
-            if ladder_tokens != sorted(ladder_tokens, reverse=True):
-                yield Finding(
-                    "token_order", f"{name} token counts rise down the ladder: {ladder_tokens}"
-                )
-            full = reps[Fidelity.FULL].content
-            digest = hashlib.sha256(full.encode("utf-8", "surrogatepass")).hexdigest()
-            if row.content_hash and digest != row.content_hash:
-                yield Finding("content_hash", f"{name} full content does not match its hash")
-            if recount_tokens:
-                for fidelity, rep in reps.items():
-                    actual = self.counter.count(rep.content)
-                    if actual != rep.tokens:
-                        yield Finding(
-                            "token_count",
-                            f"{name} {fidelity.value} stores {rep.tokens} tokens, counts {actual}",
-                        )
-            pointer = reps.get(Fidelity.POINTER)
-            if pointer is not None and pointer.source == Fidelity.POINTER.value:
-                parsed = parse_pointer(pointer.content)
-                if parsed != (row.key, row.version):
-                    yield Finding("pointer", f"{name} pointer does not resolve to itself: {parsed}")
-        for page in conn.execute(select(t.pages.c.id, t.pages.c.key, t.pages.c.version)):
+            yield from self._check_version(
+                name, row, reps_by_version.get((row.page_id, row.version), {}), recount_tokens
+            )
+        by_version = {(row.page_id, row.version): row for row in versions}
+        for page in conn.execute(select(t.pages)):
             if heads.get(page.id) != page.version:
                 yield Finding(
                     "head",
                     f"page {page.key!r} head is version {page.version}, newest stored is "
                     f"{heads.get(page.id)}",
                 )
+                continue
+            # The pages row caches its head version's metadata: the two must agree.
+            version_row = by_version.get((page.id, page.version))
+            cached = ("type", "pin", "priority", "scope", "provenance", "deleted")
+            if version_row is not None and any(
+                getattr(page, name) != getattr(version_row, name) for name in cached
+            ):
+                yield Finding("head", f"page {page.key!r} disagrees with its head version row")
+
+    def _check_version(
+        self, name: str, row: Any, reps: dict[Fidelity, Any], recount_tokens: bool
+    ) -> Iterator[Finding]:
+        policy = POLICIES[PageType(row.type)]
+        missing = [f.value for f in policy.ladder if f not in reps]
+        if missing:
+            yield Finding("fidelity_missing", f"{name} lacks {', '.join(missing)}")
+            return
+        extra = [f.value for f in reps if f not in policy.ladder]
+        if extra:
+            yield Finding("fidelity_extra", f"{name} has {', '.join(extra)} off its ladder")
+        ladder_tokens = [reps[f].tokens for f in policy.ladder]
+        if ladder_tokens != sorted(ladder_tokens, reverse=True):
+            yield Finding(
+                "token_order", f"{name} token counts rise down the ladder: {ladder_tokens}"
+            )
+        full = reps[Fidelity.FULL].content
+        if row.content_hash and text_sha256(full) != row.content_hash:
+            yield Finding("content_hash", f"{name} full content does not match its hash")
+        if recount_tokens:
+            for fidelity, rep in reps.items():
+                try:
+                    actual = self.counter.count(rep.content)
+                except (UnicodeError, ValueError, TypeError):
+                    yield Finding(
+                        "undecodable", f"{name} {fidelity.value} text cannot be tokenized"
+                    )
+                    continue
+                if actual != rep.tokens:
+                    yield Finding(
+                        "token_count",
+                        f"{name} {fidelity.value} stores {rep.tokens} tokens, counts {actual}",
+                    )
+        pointer = reps.get(Fidelity.POINTER)
+        if pointer is not None and pointer.source == Fidelity.POINTER.value:
+            parsed = parse_pointer(pointer.content)
+            key = name.rsplit("@", 1)[0]
+            if parsed != (key, row.version):
+                yield Finding("pointer", f"{name} pointer does not resolve to itself: {parsed}")
 
     def _check_journal(self, conn: Connection, checked: dict[str, int]) -> Iterator[Finding]:
         count = 0
@@ -1218,6 +1297,33 @@ class Store:
                     "journal_unapplied", f"journal lsn {row.lsn} is committed but not applied"
                 )
         checked["journal"] = count
+
+
+@contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Turn a damaged value met while decoding a row into :class:`CorruptDatabase`."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, UnicodeError) as exc:
+        if isinstance(exc, ClawVMError):
+            raise
+        raise CorruptDatabase(
+            f"{what} holds a damaged value ({type(exc).__name__}); run check"
+        ) from None
+
+
+def _undecodable(*pairs: tuple[type[StrEnum] | None, Any]) -> str | None:
+    """The first value that does not decode: an enum member, or JSON text when enum is None."""
+    for enum, value in pairs:
+        try:
+            if enum is None:
+                if value is not None:
+                    json.loads(value)
+            else:
+                enum(value)
+        except (ValueError, TypeError) as exc:
+            return f"{value!r:.60} is not a valid {enum.__name__ if enum else 'JSON value'} ({type(exc).__name__})"
+    return None
 
 
 def check_name(value: object, what: str) -> str:

@@ -1,4 +1,4 @@
-"""assembly records and the faults table
+"""assembly records, the faults table, and a hash per representation
 
 Revision ID: 0002
 Revises: 0001
@@ -22,6 +22,11 @@ def upgrade() -> None:
         batch_op.create_index("ix_page_versions_lsn", ["lsn"], unique=False)
     with op.batch_alter_table("journal", schema=None) as batch_op:
         batch_op.create_index("ix_journal_event_id", ["event_id"], unique=False)
+    # check() verifies every fidelity's text, not only the full one.
+    with op.batch_alter_table("representations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sha256", sa.String(), nullable=True))
+    with op.batch_alter_table("page_versions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("row_sha256", sa.String(), nullable=True))
 
     op.create_table(
         "assemblies",
@@ -84,6 +89,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("page_versions", schema=None) as batch_op:
+        batch_op.drop_column("row_sha256")
+    with op.batch_alter_table("representations", schema=None) as batch_op:
+        batch_op.drop_column("sha256")
     with op.batch_alter_table("faults", schema=None) as batch_op:
         batch_op.drop_index("ix_faults_session_id_kind")
     op.drop_table("faults")
