@@ -89,12 +89,19 @@ class Weights:
     plan: float = 0.8
     session_scope: float = 0.2
     demand: float = 3.0
-    hysteresis: float = 0.25
+    hysteresis: float = 0.5
+
+
+DEFAULT_WEIGHTS = Weights()
 
 
 @dataclass(slots=True)
 class Candidate:
-    """One page in the in-memory page table: what selection needs, no text."""
+    """One page in the in-memory page table: what selection needs, no text.
+
+    ``costs`` and ``quality`` are aligned with ``ladder`` (cheapest rung first) and computed once
+    when the page enters the table, so a turn's selection is arithmetic over tuples.
+    """
 
     page_id: int
     key: str
@@ -107,6 +114,34 @@ class Candidate:
     tokens: dict[Fidelity, int]
     header_tokens: int
     ladder: tuple[Fidelity, ...]  # cheapest first
+    costs: tuple[int, ...] = ()
+    quality: tuple[float, ...] = ()
+    floor_rung: int = 0
+    required: Reason | None = None  # why it is in every floor (demand aside)
+    rung_of: dict[Fidelity, int] = field(default_factory=dict)
+    ranks: tuple[int, ...] = ()
+    _static: tuple[Weights, float] | None = None
+
+    def static_utility(self, weights: Weights) -> float:
+        """The turn-independent part of the base utility, remembered per weights object."""
+        cached = self._static
+        if cached is None or cached[0] is not weights:
+            cached = (weights, static_utility(self, weights))
+            self._static = cached
+        return cached[1]
+
+    def finish(self) -> Candidate:
+        """Compute the per-rung costs and qualities once all token counts are in."""
+        self.costs = tuple(item_cost(self, fidelity) for fidelity in self.ladder)
+        self.quality = tuple(QUALITY[fidelity] for fidelity in self.ladder)
+        self.floor_rung = self.ladder.index(POLICIES[self.type].floor)
+        self.rung_of = {fidelity: rung for rung, fidelity in enumerate(self.ladder)}
+        self.ranks = tuple(fidelity.rank for fidelity in self.ladder)
+        if self.pin is Pin.HARD:
+            self.required = "pin"
+        elif POLICIES[self.type].always_required:
+            self.required = "floor"
+        return self
 
 
 @dataclass(frozen=True)
@@ -187,83 +222,9 @@ def is_required(candidate: Candidate, demand: frozenset[str]) -> Reason | None:
     return None
 
 
-def choose(
-    candidates: Sequence[Candidate],
-    *,
-    budget: int,
-    fixed_tokens: int,
-    demand: frozenset[str] = frozenset(),
-    previous: Mapping[int, Fidelity] | None = None,
-    weights: Weights = Weights(),
-    hysteresis: bool = True,
-) -> Selection:
-    """The two-phase greedy selection over an in-memory page table (no SQL, no text).
-
-    Phase 1 installs every required page at its floor; phase 2 applies upgrades by
-    Δutility/Δtokens while they fit. ``previous`` (page id → fidelity of the last assembly)
-    drives hysteresis.
-    """
-    previous = previous or {}
-    chosen: dict[int, Fidelity] = {}
-    reasons: dict[int, Reason] = {}
-    used = fixed_tokens
-    shortfall: list[FloorShortfall] = []
-    for candidate in candidates:
-        reason = is_required(candidate, demand)
-        if reason is None:
-            continue
-        floor = POLICIES[candidate.type].floor
-        cost = item_cost(candidate, floor)
-        chosen[candidate.page_id] = floor
-        reasons[candidate.page_id] = reason
-        used += cost
-        shortfall.append(FloorShortfall(candidate.key, floor.value, cost))
-    floor_tokens = used
-    if used > budget:
-        return Selection(chosen, reasons, [], floor_tokens, False, shortfall)
-
-    # Recency: rank by the LSN of the head version, newest = 1.0.
-    count = len(candidates)
-    order = sorted(range(count), key=lambda i: candidates[i].lsn)
-    recency = [0.0] * count
-    for rank, index in enumerate(order):
-        recency[index] = (rank + 1) / count
-    heap: list[tuple[float, str, int, int, int]] = []
-    bases: list[float] = [0.0] * count
-    for index, candidate in enumerate(candidates):
-        bases[index] = _base_utility(candidate, recency[index], demand, weights)
-        _push_next(
-            heap,
-            index,
-            candidate,
-            chosen.get(candidate.page_id),
-            bases[index],
-            previous,
-            weights,
-            hysteresis,
-        )
-    upgrades: list[tuple[int, Fidelity | None]] = []
-    while heap:
-        _, _, _, index, rung = heapq.heappop(heap)
-        candidate = candidates[index]
-        current = chosen.get(candidate.page_id)
-        target = candidate.ladder[rung]
-        current_cost = item_cost(candidate, current) if current is not None else 0
-        delta = item_cost(candidate, target) - current_cost
-        if used + delta > budget:
-            continue  # too dear now; a richer rung of the same page would cost more still
-        chosen[candidate.page_id] = target
-        reasons.setdefault(candidate.page_id, "upgrade")
-        upgrades.append((candidate.page_id, current))
-        used += delta
-        _push_next(heap, index, candidate, target, bases[index], previous, weights, hysteresis)
-    return Selection(chosen, reasons, upgrades, floor_tokens, True, [])
-
-
-def _base_utility(
-    candidate: Candidate, recency: float, demand: frozenset[str], weights: Weights
-) -> float:
-    base = 1.0 + candidate.priority + weights.recency * recency
+def static_utility(candidate: Candidate, weights: Weights) -> float:
+    """The part of a page's base utility that does not change from turn to turn."""
+    base = 1.0 + candidate.priority
     if candidate.pin is Pin.HARD:
         base += weights.hard_pin
     elif candidate.pin is Pin.SOFT:
@@ -274,54 +235,121 @@ def _base_utility(
         base += weights.plan
     if candidate.scope is Scope.SESSION:
         base += weights.session_scope
-    if candidate.key in demand:
-        base += weights.demand
-    return max(base, 0.0)
+    return base
 
 
-def _value(
-    candidate: Candidate,
-    fidelity: Fidelity | None,
-    base: float,
-    previous: Fidelity | None,
-    weights: Weights,
-    hysteresis: bool,
-) -> float:
-    if fidelity is None:
-        return 0.0
-    value = base * QUALITY[fidelity] + weights.recompute * RECOMPUTE_COST[candidate.type]
-    # Hysteresis: keeping at least last turn's fidelity is worth a bonus, so a page falls back
-    # only when something else clearly needs its tokens; climbing higher loses nothing.
-    if hysteresis and previous is not None and fidelity.rank <= previous.rank:
-        value += weights.hysteresis * base
-    return value
+def recency_ranks(candidates: Sequence[Candidate]) -> list[float]:
+    """Recency in (0, 1] by the LSN of each page's head version, newest = 1.0."""
+    count = len(candidates)
+    ranks = [0.0] * count
+    for rank, index in enumerate(sorted(range(count), key=lambda i: candidates[i].lsn)):
+        ranks[index] = (rank + 1) / count
+    return ranks
 
 
-def _push_next(
-    heap: list[tuple[float, str, int, int, int]],
-    index: int,
-    candidate: Candidate,
-    current: Fidelity | None,
-    base: float,
-    previous: Mapping[int, Fidelity],
-    weights: Weights,
-    hysteresis: bool,
-) -> None:
-    ladder = candidate.ladder
-    rung = 0 if current is None else ladder.index(current) + 1
-    if rung >= len(ladder):
-        return
-    target = ladder[rung]
-    before = previous.get(candidate.page_id)
-    gain = _value(candidate, target, base, before, weights, hysteresis) - _value(
-        candidate, current, base, before, weights, hysteresis
-    )
-    if gain <= 0:
-        return
-    cost = item_cost(candidate, target) - (item_cost(candidate, current) if current else 0)
-    ratio = math.inf if cost <= 0 else gain / cost
-    # heapq is a min-heap: negate the ratio; ties by (key, fidelity rank) for determinism.
-    heapq.heappush(heap, (-ratio, candidate.key, target.rank, index, rung))
+def choose(
+    candidates: Sequence[Candidate],
+    *,
+    budget: int,
+    fixed_tokens: int,
+    demand: frozenset[str] = frozenset(),
+    previous: Mapping[int, Fidelity] | None = None,
+    weights: Weights = DEFAULT_WEIGHTS,
+    hysteresis: bool = True,
+    recency: Sequence[float] | None = None,
+) -> Selection:
+    """The two-phase greedy selection over an in-memory page table (no SQL, no text).
+
+    Phase 1 installs every required page at its floor; phase 2 applies upgrades one rung at a
+    time by Δutility/Δtokens (ties by key, then fidelity) while they fit. ``previous`` (page id →
+    fidelity in the last assembly) drives hysteresis; ``recency`` may be passed precomputed.
+    """
+    previous = previous or {}
+    count = len(candidates)
+    rungs = [-1] * count
+    reasons: dict[int, Reason] = {}
+    shortfall: list[FloorShortfall] = []
+    used = fixed_tokens
+    for index, candidate in enumerate(candidates):
+        reason: Reason | None = "demand" if candidate.key in demand else candidate.required
+        if reason is None:
+            continue
+        rung = candidate.floor_rung
+        rungs[index] = rung
+        reasons[candidate.page_id] = reason
+        cost = candidate.costs[rung]
+        used += cost
+        shortfall.append(FloorShortfall(candidate.key, candidate.ladder[rung].value, cost))
+    floor_tokens = used
+    if used > budget:
+        floor = {c.page_id: c.ladder[rungs[i]] for i, c in enumerate(candidates) if rungs[i] >= 0}
+        return Selection(floor, reasons, [], floor_tokens, False, shortfall)
+
+    if recency is None:
+        recency = recency_ranks(candidates)
+    w_recency, w_demand = weights.recency, weights.demand
+    w_recompute, eta = weights.recompute, (weights.hysteresis if hysteresis else 0.0)
+    bases = [0.0] * count
+    sticky = [-1] * count  # the rung a page had last turn (-1: it was not resident)
+    for index, candidate in enumerate(candidates):
+        base = candidate.static_utility(weights) + w_recency * recency[index]
+        if candidate.key in demand:
+            base += w_demand
+        bases[index] = base
+        before = previous.get(candidate.page_id)
+        if before is not None:
+            sticky[index] = candidate.rung_of.get(before, -1)
+    heap: list[tuple[float, str, int, int, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    upgrades: list[tuple[int, Fidelity | None]] = []
+    pending: Sequence[int] = range(count)  # pages whose next rung must be queued
+    while True:
+        # Queue each pending page's next rung, ranked by Δutility/Δtokens. A rung's value is
+        # base × quality, plus w_rc × recompute_cost(type) once resident at all, plus the
+        # hysteresis bonus eta × base spread evenly over the steps back up to last turn's rung
+        # (climbing past it loses nothing; stopping below it forfeits part of the bonus).
+        for index in pending:
+            candidate = candidates[index]
+            current = rungs[index]
+            target = current + 1
+            costs = candidate.costs
+            if target >= len(costs):
+                continue
+            base = bases[index]
+            quality = candidate.quality
+            gain = base * quality[target]
+            cost = costs[target]
+            if current >= 0:
+                gain -= base * quality[current]
+                cost -= costs[current]
+            else:
+                gain += w_recompute * RECOMPUTE_COST[candidate.type]
+            if target <= sticky[index]:
+                gain += eta * base / (sticky[index] + 1)
+            if gain > 0:
+                ratio = math.inf if cost <= 0 else gain / cost
+                # A min-heap: negate the ratio; ties by (key, fidelity rank) for determinism.
+                push(heap, (-ratio, candidate.key, candidate.ranks[target], index, target))
+        if not heap:
+            break
+        _, _, _, index, rung = pop(heap)
+        candidate = candidates[index]
+        current = rungs[index]
+        costs = candidate.costs
+        delta = costs[rung] - (costs[current] if current >= 0 else 0)
+        if used + delta > budget:
+            pending = ()  # too dear now; a richer rung of the same page would cost more still
+            continue
+        rungs[index] = rung
+        upgrades.append((candidate.page_id, candidate.ladder[current] if current >= 0 else None))
+        used += delta
+        pending = (index,)
+    chosen: dict[int, Fidelity] = {}
+    for index, candidate in enumerate(candidates):
+        if rungs[index] >= 0:
+            chosen[candidate.page_id] = candidate.ladder[rungs[index]]
+            reasons.setdefault(candidate.page_id, "upgrade")
+    return Selection(chosen, reasons, upgrades, floor_tokens, True, [])
 
 
 # -- the page table -----------------------------------------------------------------------------
@@ -378,6 +406,7 @@ class PageTable:
         self.counter = counter
         self.by_id: dict[int, Candidate] = {}
         self.since = 0
+        self._ordered: tuple[list[Candidate], list[float]] | None = None
 
     def refresh(self, conn: Connection) -> None:
         """Bring the table up to date with the database."""
@@ -415,17 +444,31 @@ class PageTable:
                 candidate.tokens[Fidelity(row.fidelity)] = int(row.tokens)
         for page_id in deleted:
             self.by_id.pop(page_id, None)
+        for candidate in fresh.values():
+            candidate.finish()
         self.by_id.update(fresh)
         self.since = newest
+        if fresh or deleted:
+            self._ordered = None
 
     def candidates(self) -> list[Candidate]:
-        """The visible pages, a session's own page shadowing a project page of the same key."""
-        by_key: dict[str, Candidate] = {}
-        for candidate in self.by_id.values():
-            existing = by_key.get(candidate.key)
-            if existing is None or candidate.scope is Scope.SESSION:
-                by_key[candidate.key] = candidate
-        return [by_key[key] for key in sorted(by_key)]
+        """The visible pages by key, a session's own page shadowing a project page's key."""
+        return self._order()[0]
+
+    def recency(self) -> list[float]:
+        """Recency ranks aligned with :meth:`candidates` (cached until the table changes)."""
+        return self._order()[1]
+
+    def _order(self) -> tuple[list[Candidate], list[float]]:
+        if self._ordered is None:
+            by_key: dict[str, Candidate] = {}
+            for candidate in self.by_id.values():
+                existing = by_key.get(candidate.key)
+                if existing is None or candidate.scope is Scope.SESSION:
+                    by_key[candidate.key] = candidate
+            ordered = [by_key[key] for key in sorted(by_key)]
+            self._ordered = (ordered, recency_ranks(ordered))
+        return self._ordered
 
 
 def _header(key: str, fidelity: Fidelity) -> str:
@@ -539,6 +582,17 @@ def previous_fidelities(rows: Iterable[Any]) -> dict[int, Fidelity]:
 # -- orchestration ------------------------------------------------------------------------------
 
 MARGIN_WINDOW = 20
+_FIDELITY = {fidelity.value: fidelity for fidelity in Fidelity}
+_TEXTS = sql_select(
+    t.representations.c.page_id,
+    t.representations.c.version,
+    t.representations.c.fidelity,
+    t.representations.c.content,
+    t.representations.c.source,
+).where(
+    t.representations.c.page_id.in_(bindparam("b_ids", expanding=True)),
+    t.representations.c.fidelity.in_(bindparam("b_fidelities", expanding=True)),
+)
 MAX_MARGIN = 2.0
 
 _PREVIOUS_ITEMS = sql_select(t.assembly_items.c.page_id, t.assembly_items.c.fidelity).where(
@@ -614,6 +668,7 @@ class Assembler:
                 )
             margin = learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
             candidates = self.table.candidates()
+            recency = self.table.recency()
             effective = max(1, math.floor(budget / margin))
             fixed_tokens = counter.count(fixed) + (1 if fixed else 0)
             selection = choose(
@@ -624,9 +679,10 @@ class Assembler:
                 previous=self._previous,
                 weights=self.weights,
                 hysteresis=self.hysteresis,
+                recency=recency,
             )
             by_id = {candidate.page_id: candidate for candidate in candidates}
-            texts = self._texts(conn, by_id, selection.chosen)
+            texts = self._texts(conn, by_id, selection)
         items, text, messages, tokens = self._fit(fixed, by_id, selection, texts, effective)
         # Judged on the exact count: the per-page estimates only rank and pre-filter.
         feasible = tokens <= effective
@@ -683,42 +739,30 @@ class Assembler:
         return assembly
 
     def _texts(
-        self, conn: Connection, by_id: Mapping[int, Candidate], chosen: Mapping[int, Fidelity]
+        self, conn: Connection, by_id: Mapping[int, Candidate], selection: Selection
     ) -> dict[tuple[int, Fidelity], tuple[str, Fidelity]]:
-        """Text and true source of every rung each chosen page may be rendered at."""
-        wanted_ids = list(chosen)
-        if not wanted_ids:
+        """Text and true source of each chosen rung and of each rung an undo could fall back to.
+
+        Read in the same snapshot as the page table, so versions always match.
+        """
+        wanted = {(page_id, fidelity) for page_id, fidelity in selection.chosen.items()}
+        wanted.update((page_id, before) for page_id, before in selection.upgrades if before)
+        if not wanted:
             return {}
+        ids = sorted({page_id for page_id, _ in wanted})
         texts: dict[tuple[int, Fidelity], tuple[str, Fidelity]] = {}
-        for start in range(0, len(wanted_ids), 500):
-            chunk = wanted_ids[start : start + 500]
+        for start in range(0, len(ids), 500):
             rows = conn.execute(
-                sql_select(
-                    t.representations.c.page_id,
-                    t.representations.c.version,
-                    t.representations.c.fidelity,
-                    t.representations.c.content,
-                    t.representations.c.source,
-                ).where(
-                    t.representations.c.page_id.in_(chunk),
-                    t.representations.c.fidelity.in_(
-                        sorted(
-                            {
-                                f.value
-                                for page_id in chunk
-                                for f in _rungs_up_to(by_id[page_id], chosen[page_id])
-                            }
-                        )
-                    ),
-                )
-            ).all()
-            for row in rows:
-                candidate = by_id[row.page_id]
-                if row.version == candidate.version:
-                    texts[(row.page_id, Fidelity(row.fidelity))] = (
-                        row.content,
-                        Fidelity(row.source),
-                    )
+                _TEXTS,
+                {
+                    "b_ids": ids[start : start + 500],
+                    "b_fidelities": sorted({fidelity.value for _, fidelity in wanted}),
+                },
+            )
+            for page_id, version, fidelity_value, content, source in rows:
+                fidelity = _FIDELITY[fidelity_value]
+                if (page_id, fidelity) in wanted and version == by_id[page_id].version:
+                    texts[(page_id, fidelity)] = (content, _FIDELITY[source])
         return texts
 
     def _fit(
@@ -834,8 +878,3 @@ class Assembler:
                 .values(observed_tokens=prompt_tokens)
             )
             return learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
-
-
-def _rungs_up_to(candidate: Candidate, fidelity: Fidelity) -> list[Fidelity]:
-    ladder = candidate.ladder
-    return list(ladder[: ladder.index(fidelity) + 1])
