@@ -303,6 +303,7 @@ def choose(
     push, pop = heapq.heappush, heapq.heappop
     upgrades: list[tuple[int, Fidelity | None]] = []
     pending: Sequence[int] = range(count)  # pages whose next rung must be queued
+    first_pass = True
     while True:
         # Queue each pending page's next rung, ranked by Δutility/Δtokens. A rung's value is
         # base × quality, plus w_rc × recompute_cost(type) once resident at all, plus the
@@ -326,10 +327,18 @@ def choose(
                 gain += w_recompute * RECOMPUTE_COST[candidate.type]
             if target <= sticky[index]:
                 gain += eta * base / (sticky[index] + 1)
-            if gain > 0:
+            # Used tokens only grow, so a step dearer than what is left now never fits later.
+            if gain > 0 and cost <= budget - used:
                 ratio = math.inf if cost <= 0 else gain / cost
                 # A min-heap: negate the ratio; ties by (key, fidelity rank) for determinism.
-                push(heap, (-ratio, candidate.key, candidate.ranks[target], index, target))
+                entry = (-ratio, candidate.key, candidate.ranks[target], index, target)
+                if first_pass:
+                    heap.append(entry)
+                else:
+                    push(heap, entry)
+        if first_pass:
+            heapq.heapify(heap)  # one O(n) build instead of n pushes
+            first_pass = False
         if not heap:
             break
         _, _, _, index, rung = pop(heap)
