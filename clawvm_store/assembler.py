@@ -114,6 +114,7 @@ class Candidate:
     tokens: dict[Fidelity, int]
     header_tokens: int
     ladder: tuple[Fidelity, ...]  # cheapest first
+    sources: dict[Fidelity, Fidelity] = field(default_factory=dict)  # where each text came from
     costs: tuple[int, ...] = ()
     quality: tuple[float, ...] = ()
     floor_rung: int = 0
@@ -199,8 +200,10 @@ class Selection:
 
 
 def item_cost(candidate: Candidate, fidelity: Fidelity) -> int:
-    """Estimated tokens of one rendered item: header, text, separator."""
-    return candidate.header_tokens + _SUFFIX_TOKENS[fidelity] + candidate.tokens[fidelity] + 1
+    """Estimated tokens of one rendered item: header (as rendered for the text's true source),
+    text, separator. The exact count of the whole prompt has the last word."""
+    source = candidate.sources.get(fidelity, fidelity)
+    return candidate.header_tokens + _SUFFIX_TOKENS[source] + candidate.tokens[fidelity] + 1
 
 
 _SUFFIX_TOKENS = {
@@ -379,6 +382,7 @@ _TABLE_QUERY = (
         t.page_versions.c.lsn,
         t.representations.c.fidelity,
         t.representations.c.tokens,
+        t.representations.c.source,
     )
     .select_from(
         t.journal.join(t.page_versions, t.page_versions.c.lsn == t.journal.c.lsn)
@@ -450,7 +454,9 @@ class PageTable:
                 )
                 fresh[row.id] = candidate
             if row.fidelity is not None:
-                candidate.tokens[Fidelity(row.fidelity)] = int(row.tokens)
+                fidelity = Fidelity(row.fidelity)
+                candidate.tokens[fidelity] = int(row.tokens)
+                candidate.sources[fidelity] = Fidelity(row.source)
         for page_id in deleted:
             self.by_id.pop(page_id, None)
         for candidate in fresh.values():
@@ -697,8 +703,15 @@ class Assembler:
         feasible = tokens <= effective
         shortfall = None
         if not feasible:
+            # Name every floor page, whichever way infeasibility was found (the estimate, or
+            # only the exact count of the floor's text).
             selection.feasible = False
             selection.floor_tokens = tokens
+            selection.shortfall = [
+                FloorShortfall(c.key, c.ladder[c.floor_rung].value, c.costs[c.floor_rung])
+                for c in candidates
+                if c.key in wanted or c.required is not None
+            ]
             shortfall = insufficiency(selection, effective, fixed_tokens, budget)
         present = {candidate.key for candidate in candidates}
         decisions = [
@@ -742,7 +755,8 @@ class Assembler:
             assembly = self._record(assembly, items, evicted, turn)
             self._previous = {item.candidate.page_id: item.fidelity for item in items}
         if shortfall is not None:
-            self.store._on_insufficient(self.session_id, self.project, turn, shortfall)
+            if record:
+                self.store._on_insufficient(self.session_id, self.project, turn, shortfall)
             if on_insufficient == "raise":
                 raise shortfall
         return assembly

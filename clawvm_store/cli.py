@@ -563,6 +563,9 @@ def assemble(
             on_insufficient="report",
             record=record,
         )
+        visible = [
+            page for page in store.pages(project=project) if page.session in (None, session_id)
+        ]
     if obj.as_json:
         payload = to_jsonable(result)
         payload["shortfall"] = (
@@ -583,6 +586,11 @@ def assemble(
             [
                 (d.key, d.type.value, d.fidelity.value if d.fidelity else "-", d.tokens, d.reason)
                 for d in result.decisions
+            ]
+            + [
+                (page.key, page.type.value, "-", 0, "absent (did not pay for its tokens)")
+                for page in visible
+                if page.key not in {d.key for d in result.decisions}
             ]
             + [("(fixed region)", "", "", result.fixed_tokens, "floor")],
         )
