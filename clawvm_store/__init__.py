@@ -4,6 +4,7 @@ State lives in typed pages, each kept at four fidelities with exact token counts
 goes through a validated write-ahead journal. See ``Store.open``.
 """
 
+from .assembler import AssembledPage, Assembly, Decision
 from .errors import (
     Busy,
     ClawVMError,
@@ -12,6 +13,7 @@ from .errors import (
     DatabaseError,
     DestructiveWrite,
     EncodingUnavailable,
+    FloorShortfall,
     InsufficientBudget,
     InterruptedToolCall,
     InvalidInput,
@@ -29,7 +31,9 @@ from .errors import (
     UpdateRejected,
     VersionConflict,
 )
+from .faults import FaultReport
 from .journal import WritebackResult
+from .mediator import ToolCallRecord, ToolResult
 from .pages import (
     POLICIES,
     Boundary,
@@ -44,6 +48,7 @@ from .pages import (
     Scope,
     TypePolicy,
 )
+from .recall import Recall, RecallBackend, RecallHits
 from .representations import Compressor, ExtractiveCompressor
 from .session import Session, StagedUpdate
 from .store import (
@@ -59,6 +64,8 @@ from .tokens import TokenCounter
 
 __all__ = [
     "POLICIES",
+    "AssembledPage",
+    "Assembly",
     "Boundary",
     "Busy",
     "CheckReport",
@@ -67,12 +74,15 @@ __all__ = [
     "CorruptDatabase",
     "CorruptJournal",
     "DatabaseError",
+    "Decision",
     "DestructiveWrite",
     "EncodingUnavailable",
     "ExtractiveCompressor",
     "FaultKind",
+    "FaultReport",
     "Fidelity",
     "Finding",
+    "FloorShortfall",
     "InsufficientBudget",
     "InterruptedToolCall",
     "InvalidInput",
@@ -90,6 +100,9 @@ __all__ = [
     "ProvenanceUnresolved",
     "ReadOnlyViolation",
     "ReasonCode",
+    "Recall",
+    "RecallBackend",
+    "RecallHits",
     "RecoveryReport",
     "SchemaInvalid",
     "SchemaTooNew",
@@ -102,6 +115,8 @@ __all__ = [
     "Store",
     "StoreInfo",
     "TokenCounter",
+    "ToolCallRecord",
+    "ToolResult",
     "TypePolicy",
     "UpdateRejected",
     "VersionConflict",

@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -664,8 +664,13 @@ class Assembler:
         on_insufficient: str = "raise",
         record: bool = True,
         turn: int = 0,
+        observe: Callable[[Sequence[RenderItem], bool], list[dict[str, Any]]] | None = None,
     ) -> Assembly:
-        """Build the prompt; see the module docstring for the algorithm."""
+        """Build the prompt; see the module docstring for the algorithm.
+
+        ``observe(items, feasible)`` returns fault rows to record with the assembly, in the same
+        transaction (the fault observer's hook).
+        """
         budget = check_budget(budget)
         if not isinstance(fixed, str):
             raise InvalidInput("fixed must be a string")
@@ -752,7 +757,8 @@ class Assembler:
             shortfall=shortfall,
         )
         if record:
-            assembly = self._record(assembly, items, evicted, turn)
+            extra = observe(items, feasible) if observe is not None else []
+            assembly = self._record(assembly, items, evicted, turn, extra)
             self._previous = {item.candidate.page_id: item.fidelity for item in items}
         if shortfall is not None:
             if record:
@@ -828,6 +834,7 @@ class Assembler:
         items: Sequence[RenderItem],
         evicted: Sequence[Candidate],
         turn: int,
+        extra: Sequence[dict[str, Any]] = (),
     ) -> Assembly:
         store = self.store
         with store.db.transaction(sync="normal") as conn:
@@ -876,7 +883,19 @@ class Assembler:
             )
             if rows:
                 conn.execute(t.assembly_items.insert(), rows)
+            if extra:
+                conn.execute(t.faults.insert(), list(extra))
         return dataclasses.replace(assembly, assembly_id=assembly_id)
+
+    def previous(self) -> dict[int, Fidelity]:
+        """Page id → fidelity in this session's last recorded prompt."""
+        if self._previous is None:
+            with self.store.db.transaction(write=False) as conn:
+                self.table.refresh(conn)
+                self._previous = previous_fidelities(
+                    conn.execute(_PREVIOUS_ITEMS, {"b_session": self.session_id}).all()
+                )
+        return self._previous
 
     def observe_usage(self, prompt_tokens: int) -> float:
         """Record the provider's count for the last recorded prompt; return the new margin."""

@@ -602,6 +602,45 @@ def assemble(
         fail(str(result.shortfall))
 
 
+@app.command()
+@click.option("--session", default=None, help="Only this session (default: all).")
+@click.option("--events", is_flag=True, help="Also list every fault with its turn, key and detail.")
+@common_options
+@pass_context
+def faults(obj: Context, session: str | None, events: bool) -> None:
+    """Fault counts by kind, duplicate-signature alerts, hits and the thrash index.
+
+    Faults: refetch, duplicate_tool, pinned_invariant_miss, post_compaction_bootstrap,
+    silent_recall, flush_miss. Thrash = (faults + alerts) / (hits + 1).
+
+    \b
+    Example:
+      clawvm faults --session s-1 --events
+    """
+    with obj.open() as store:
+        report = store.faults(session=session, events=events)
+    if obj.as_json:
+        emit_json(report)
+        return
+    rows: list[tuple[str, Any]] = [(kind, count) for kind, count in report.counts.items()]
+    rows += [
+        ("(faults)", report.faults),
+        ("(alerts)", report.alerts),
+        ("(hits)", report.hits),
+        ("(thrash)", f"{report.thrash:.3f}"),
+    ]
+    emit_table(f"faults{' of ' + session if session else ''}", ["kind", "count"], rows)
+    if events:
+        emit_table(
+            "fault events",
+            ["session", "turn", "kind", "key", "detail"],
+            [
+                (e["session"], e["turn"], e["kind"], e["key"] or "", e["detail"] or "")
+                for e in report.events
+            ],
+        )
+
+
 DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (
     (
         "bootstrap/agents-md",

@@ -296,6 +296,9 @@ class WritebackResult:
     details: dict[int, str] = field(default_factory=dict)
     versions: dict[int, int] = field(default_factory=dict)
     event_id: int | None = None
+    # Staged updates a boundary threw away without validating them (writeback=False): each one
+    # is a flush_miss. Only harness tests do this.
+    discarded: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -560,8 +563,15 @@ class JournalEngine:
         return None
 
     def tool_call_exists(self, conn: Connection, entry: Entry, ref: object) -> bool:
-        """Whether ``ref`` names a recorded tool call (the ledger arrives with the mediator)."""
-        return False
+        """Whether ``ref`` names a call in this session's tool ledger."""
+        if isinstance(ref, bool) or not isinstance(ref, int):
+            return False
+        found = conn.execute(
+            select(t.tool_calls.c.id).where(
+                t.tool_calls.c.id == ref, t.tool_calls.c.session_id == entry.session_id
+            )
+        ).first()
+        return found is not None
 
     def _resolve_page_ref(self, conn: Connection, entry: Entry, ref: object) -> Verdict | None:
         if not isinstance(ref, str) or not ref:

@@ -235,3 +235,54 @@ faults = Table(
     Column("at", String, nullable=False),
     Index("ix_faults_session_id_kind", "session_id", "kind"),
 )
+
+tool_calls = Table(
+    "tool_calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String, nullable=False),
+    Column("project", String, nullable=False),
+    Column("turn", Integer, nullable=False),
+    # Scoped per turn ("t3.2": the second call of turn 3): providers reuse ids like call_0.
+    Column("call_id", String, nullable=False),
+    Column("name", String, nullable=False),
+    Column("args", Text, nullable=False),
+    # SHA-256 of the tool name and the canonical JSON of its arguments.
+    Column("signature", String, nullable=False),
+    Column("effect", String, nullable=False),
+    Column("resources", Text, nullable=False),
+    Column("idempotency_key", String, nullable=True),
+    Column("state", String, nullable=False),
+    Column("result_key", String, nullable=True),
+    Column("result_version", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("invalidated_at", String, nullable=True),
+    Column("started_at", String, nullable=False),
+    Column("finished_at", String, nullable=True),
+    CheckConstraint("effect IN ('read', 'write')", name="effect"),
+    CheckConstraint("state IN ('started', 'finished', 'failed', 'interrupted')", name="state"),
+    UniqueConstraint("session_id", "call_id"),
+    Index("ix_tool_calls_session_id_signature", "session_id", "signature"),
+    Index(
+        "uq_tool_calls_idempotency",
+        "session_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+)
+
+# Full-text index for recall (SQLite FTS5). It is derived data, rebuilt incrementally from page
+# versions at recall time, so it is not part of this metadata; revision 0003 creates it.
+FTS_TABLE = "pages_fts"
+
+
+def is_derived_table(name: str | None) -> bool:
+    """Tables outside this metadata on purpose: the FTS5 index and SQLite's shadow tables of it."""
+    return bool(name) and (name == FTS_TABLE or str(name).startswith(f"{FTS_TABLE}_"))
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic autogenerate filter: compare everything but the derived tables."""
+    return not (type_ == "table" and is_derived_table(name))

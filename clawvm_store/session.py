@@ -18,17 +18,20 @@ from __future__ import annotations
 import os
 import socket
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, WritebackResult, check_key, row_to_entry
-from .pages import POLICIES, Boundary, Fidelity, Op, Page, PageType, Pin, Scope
+from .mediator import ToolCallRecord, ToolMediator, ToolResult
+from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
+from .recall import Recall, visible
 
 if TYPE_CHECKING:
     from .store import Store
@@ -110,6 +113,9 @@ class Session:
         self.principal = principal
         self._closed = False
         self._assembler = Assembler(store, project, session_id)
+        self._mediator = ToolMediator(self)
+        # Set by compaction and reset: the next prompt must carry every bootstrap page.
+        self._after_destructive = False
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, project={self.project!r}, principal={self.principal!r})"
@@ -301,14 +307,204 @@ class Session:
         recorded. The text, tokenized as one string, never exceeds the budget.
         """
         self._require_open()
+        turn = self.turn
+        after_destructive = self._after_destructive
+        self._after_destructive = False
+
+        def observe(items: Sequence[Any], feasible: bool) -> list[dict[str, Any]]:
+            if not feasible:
+                return []  # not a prompt the model sees: physical insufficiency says it all
+            resident = {item.candidate.key: item.fidelity for item in items}
+            rows = self._prompt_fault_rows(resident, feasible, after_destructive, turn)
+            rows.extend(
+                self._row(fault_log.HIT, key, {"demanded": True}, turn)
+                for key in dict.fromkeys(demand)
+                if key in resident
+            )
+            return rows
+
         return self._assembler.assemble(
             budget,
             fixed=fixed,
             demand=demand,
             on_insufficient=on_insufficient,
             record=True,
-            turn=self.turn,
+            turn=turn,
+            observe=observe,
         )
+
+    def _row(self, kind: str, key: str | None, detail: Any, turn: int) -> dict[str, Any]:
+        return fault_log.fault_row(
+            session_id=self.id,
+            project=self.project,
+            turn=turn,
+            kind=kind,
+            key=key,
+            detail=detail,
+            at=self.store.clock(),
+        )
+
+    def _prompt_fault_rows(
+        self, resident: Mapping[str, Fidelity], feasible: bool, after_destructive: bool, turn: int
+    ) -> list[dict[str, Any]]:
+        if not feasible:
+            return []  # physical insufficiency is recorded on its own; no policy could do better
+        required = fault_log.required_pages(self._assembler.table.candidates())
+        return [
+            self._row(kind.value, key, detail, turn)
+            for kind, key, detail in fault_log.prompt_faults(
+                required, resident, after_destructive=after_destructive
+            )
+        ]
+
+    def observe_prompt(self, resident: Mapping[str, Fidelity | str]) -> list[FaultKind]:
+        """Check a prompt the harness assembled itself; record and return the faults it commits.
+
+        ``resident`` maps each page key in the prompt to its fidelity. A hard-pinned or bootstrap
+        or constraint page missing or below its floor is ``pinned_invariant_miss`` (or
+        ``post_compaction_bootstrap`` for a bootstrap page in the first prompt after a compaction
+        or reset). The engine runs the same check on every prompt it assembles.
+        """
+        self._require_open()
+        from .store import coerce_enum
+
+        fidelities = {
+            str(key): coerce_enum(Fidelity, value, "fidelity") for key, value in resident.items()
+        }
+        with self.store.db.transaction(write=False) as conn:
+            self._assembler.table.refresh(conn)
+        turn = self.turn
+        rows = self._prompt_fault_rows(fidelities, True, self._after_destructive, turn)
+        self._after_destructive = False
+        with self.store.db.transaction(sync="normal") as conn:
+            fault_log.record(conn, rows)
+        return [FaultKind(row["kind"]) for row in rows]
+
+    def _resident_fidelity(self, key: str | None) -> Fidelity | None:
+        """The fidelity ``key`` had in this session's last recorded prompt (None: absent)."""
+        if key is None:
+            return None
+        previous = self._assembler.previous()
+        for page_id, fidelity in previous.items():
+            candidate = self._assembler.table.by_id.get(page_id)
+            if candidate is not None and candidate.key == key:
+                return fidelity
+        return None
+
+    # -- tools, recall, resolution ---------------------------------------------------------------
+
+    def tool_call(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        run: Callable[..., Any],
+        *,
+        effect: str = "read",
+        idempotency_key: str | None = None,
+        fresh: bool = False,
+        resources: Sequence[str] | None = None,
+    ) -> ToolResult:
+        """Run a tool through the durable ledger; ``run(**args)`` is called only when needed.
+
+        Returns ``ToolResult(key, content, source)`` where ``source`` is ``"executed"``,
+        ``"resident"`` (a repeat served from the prompt, a ``duplicate_signature`` alert) or
+        ``"resolved"`` (a repeat served from its page without running, a hit). See
+        :mod:`clawvm_store.mediator` for the rules, including invalidation by ``write`` calls.
+        """
+        self._require_open()
+        return self._mediator.call(
+            name,
+            args,
+            run,
+            effect=effect,  # type: ignore[arg-type]
+            idempotency_key=idempotency_key,
+            fresh=fresh,
+            resources=resources,
+        )
+
+    def tool_history(self) -> list[ToolCallRecord]:
+        """Every tool call of this session with its one result, in call order."""
+        return self._mediator.history()
+
+    def invalidate(self, resources: Sequence[str]) -> int:
+        """Mark cached read results touching ``resources`` stale (e.g. after an edit by hand)."""
+        return self._mediator.invalidate(resources)
+
+    def resolve(self, handle: str) -> Page:
+        """The full content behind a pointer (or a key) this session can see; counts a hit."""
+        page = self.store.resolve(handle, project=self.project, session=self.id)
+        with self.store.db.transaction(sync="normal") as conn:
+            fault_log.record(
+                conn, [self._row(fault_log.HIT, page.key, {"resolved": True}, self.turn)]
+            )
+        return page
+
+    def recall(self, query: str, *, limit: int = 5) -> Recall:
+        """Search the pages this session may see; the result always carries a reason.
+
+        ``ok`` with pages; ``no_match``; ``denied`` when only other sessions' pages match;
+        ``backend_error`` when the search failed (``detail`` says how). A page that had been in
+        an earlier prompt and was evicted without a pointer counts a ``refetch``.
+        """
+        self._require_open()
+        if not isinstance(query, str):
+            raise InvalidInput("a recall query must be a string")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise InvalidInput("limit must be a positive integer")
+        turn = self.turn
+        rows: list[dict[str, Any]] = []
+        try:
+            found = self.store.recall_backend.search(self.store, self.project, query, limit)
+        except Exception as exc:  # any backend failure is reported, never swallowed
+            result = Recall([], "backend_error", f"{type(exc).__name__}: {exc}")
+        else:
+            keys, hidden = visible(found.hits, self.id)
+            if keys:
+                pages = [
+                    self.store.page(key, project=self.project, session=self.id)
+                    for key in keys[:limit]
+                ]
+                result = Recall(pages, "ok")
+                rows.extend(self._refetches(pages, turn))
+            elif hidden:
+                result = Recall([], "denied", "only pages of other sessions match")
+            elif found.reason is None:
+                rows.append(self._row(FaultKind.SILENT_RECALL.value, None, {"query": query}, turn))
+                result = Recall([], "backend_error", "the backend returned nothing and no reason")
+            else:
+                result = Recall([], found.reason, found.detail)
+        if rows:
+            with self.store.db.transaction(sync="normal") as conn:
+                fault_log.record(conn, rows)
+        return result
+
+    def _refetches(self, pages: Sequence[Page], turn: int) -> list[dict[str, Any]]:
+        """Recalled pages that had been resident and were evicted with no pointer left."""
+        rows = []
+        current = {key for key in (self._keys_in_last_prompt() or ())}
+        with self.store.db.transaction(write=False) as conn:
+            for page in pages:
+                if page.key in current:
+                    continue
+                seen = conn.execute(
+                    select(t.assembly_items.c.key)
+                    .join(t.assemblies, t.assemblies.c.id == t.assembly_items.c.assembly_id)
+                    .where(
+                        t.assemblies.c.session_id == self.id,
+                        t.assembly_items.c.key == page.key,
+                        t.assembly_items.c.fidelity.is_not(None),
+                    )
+                    .limit(1)
+                ).first()
+                if seen is not None:
+                    rows.append(
+                        self._row(FaultKind.REFETCH.value, page.key, {"via": "recall"}, turn)
+                    )
+        return rows
+
+    def _keys_in_last_prompt(self) -> set[str]:
+        table = self._assembler.table.by_id
+        return {table[pid].key for pid in self._assembler.previous() if pid in table}
 
     def observe_usage(self, prompt_tokens: int) -> float:
         """Report what the provider counted for the last prompt; returns the learned margin.
@@ -320,9 +516,14 @@ class Session:
 
     # -- boundaries ----------------------------------------------------------------------------
 
-    def _boundary(self, boundary: Boundary, *, close: bool = False) -> WritebackResult:
+    def _boundary(
+        self, boundary: Boundary, *, close: bool = False, writeback: bool = True
+    ) -> WritebackResult:
         self._require_open()
-        return self.store._writeback_session(self, boundary, close=close)
+        result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
+        if boundary in (Boundary.COMPACTION, Boundary.RESET):
+            self._after_destructive = True
+        return result
 
     def end_turn(self) -> WritebackResult:
         """Write back at the end of a turn and advance the turn counter."""
@@ -332,17 +533,32 @@ class Session:
         """Write back now (a memory flush), without ending the turn."""
         return self._boundary(Boundary.FLUSH)
 
-    def compact(self) -> WritebackResult:
-        """Write back, then record a compaction: the next assembly restores bootstrap pages."""
-        return self._boundary(Boundary.COMPACTION)
+    def compact(self, *, writeback: bool = True) -> WritebackResult:
+        """Write back, then record a compaction: the next assembly restores bootstrap pages.
 
-    def prune(self) -> WritebackResult:
-        """Write back, then record a prune of the working context."""
-        return self._boundary(Boundary.PRUNE)
+        ``writeback=False`` models a harness that skips the flush: staged updates are discarded
+        (kept in the journal as ``quarantined``, reason ``DISCARDED``) and each one is recorded
+        as a ``flush_miss`` fault. Never do this in a real harness; it exists to test them.
+        """
+        return self._boundary(Boundary.COMPACTION, writeback=writeback)
 
-    def reset(self) -> WritebackResult:
-        """Write back, then record a reset: the context starts afresh from durable state."""
-        return self._boundary(Boundary.RESET)
+    def prune(self, *, writeback: bool = True) -> WritebackResult:
+        """Write back, then record a prune of the working context.
+
+        ``writeback=False`` models a harness that skips the flush: staged updates are discarded
+        (kept in the journal as ``quarantined``, reason ``DISCARDED``) and each one is recorded
+        as a ``flush_miss`` fault. Never do this in a real harness; it exists to test them.
+        """
+        return self._boundary(Boundary.PRUNE, writeback=writeback)
+
+    def reset(self, *, writeback: bool = True) -> WritebackResult:
+        """Write back, then record a reset: the context starts afresh from durable state.
+
+        ``writeback=False`` models a harness that skips the flush: staged updates are discarded
+        (kept in the journal as ``quarantined``, reason ``DISCARDED``) and each one is recorded
+        as a ``flush_miss`` fault. Never do this in a real harness; it exists to test them.
+        """
+        return self._boundary(Boundary.RESET, writeback=writeback)
 
     def close(self) -> WritebackResult:
         """Write back at ``session_end`` and release the session."""

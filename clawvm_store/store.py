@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
 from .db import Database, Durability
@@ -36,6 +37,7 @@ from .errors import (
     SessionInUse,
     UpdateRejected,
 )
+from .faults import FaultReport
 from .journal import (
     DEFAULT_MAX_CONTENT_BYTES,
     Entry,
@@ -49,6 +51,7 @@ from .journal import (
     verify_row,
     version_row_sha256,
 )
+from .mediator import close_interrupted
 from .pages import (
     POLICIES,
     Boundary,
@@ -62,6 +65,7 @@ from .pages import (
     ReasonCode,
     Scope,
 )
+from .recall import FtsRecall, RecallBackend
 from .representations import (
     Compressor,
     ContentRepresentations,
@@ -165,11 +169,12 @@ class RecoveryReport:
     reapplied: list[int] = field(default_factory=list)
     recovered: dict[str, WritebackResult] = field(default_factory=dict)
     skipped_live_sessions: list[str] = field(default_factory=list)
+    interrupted: list[tuple[str, str]] = field(default_factory=list)  # (session, call id)
 
     @property
     def changed(self) -> bool:
         """Whether recovery changed anything."""
-        return bool(self.quarantined or self.reapplied or self.recovered)
+        return bool(self.quarantined or self.reapplied or self.recovered or self.interrupted)
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,7 @@ class Store:
         compressor: Compressor,
         clock: Any,
         max_content_bytes: int,
+        recall: RecallBackend | None = None,
     ) -> None:
         self._db = db
         self.encoding = encoding
@@ -241,6 +247,8 @@ class Store:
         )
         self._closed = False
         self._prepared: OrderedDict[int, ContentRepresentations] = OrderedDict()
+        self._discarded_now: list[int] = []
+        self.recall_backend: RecallBackend = recall or FtsRecall()
         self._token = secrets.token_hex(8)
         self.owner = owner_tag(self._token)
         register_store(self._token, self)
@@ -259,6 +267,7 @@ class Store:
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
         create: bool = True,
         recover: bool = True,
+        recall: RecallBackend | None = None,
     ) -> Store:
         """Open (creating and migrating as needed) the store at a path or SQLAlchemy URL.
 
@@ -285,6 +294,7 @@ class Store:
                 compressor=compressor or ExtractiveCompressor(),
                 clock=clock or utc_now,
                 max_content_bytes=max_content_bytes,
+                recall=recall,
             )
             if recorded is None:
                 with db.transaction() as conn:
@@ -423,42 +433,53 @@ class Store:
         )
         prepared = self._prepare_outside_txn(update, project, session_id)
         with self.db.transaction() as conn:
-            self._ensure_project(conn, project)
-            lsn, _existed = self.journal.stage(
-                conn, project=project, session_id=session_id, principal=None, update=update
-            )
-            entries = self.journal.load_entries(conn, [lsn])
-            result = self.journal.writeback(
-                conn,
-                project=project,
-                session_id=session_id or None,
-                boundary=Boundary.EXPLICIT,
-                turn=0,
-                entries=entries,
-                prepared={lsn: prepared} if prepared is not None else None,
-            )
-            outcome = conn.execute(
-                select(
-                    t.journal.c.state, t.journal.c.reason, t.journal.c.detail, t.journal.c.version
-                ).where(t.journal.c.lsn == lsn)
-            ).one()
-            if outcome.state == "rejected":
-                rejected = rejection_error(lsn, outcome.reason, outcome.detail or "")
-            else:
-                # Read the result inside the same transaction: once it commits, the write has
-                # happened, and nothing after the commit may report otherwise.
-                rejected = None
-                page_session = session_id if update.scope is Scope.SESSION else None
-                if update.op is Op.DELETE:
-                    written = self._tombstone(conn, update, project, page_session, outcome.version)
-                else:
-                    written = self._read_page(
-                        conn, update.key, project, page_session, Fidelity.FULL, outcome.version
-                    )
-        del result
+            written, rejected = self._write_direct(conn, update, project, session_id, prepared)
         if rejected is not None:
             raise rejected
+        assert written is not None
         return written
+
+    def _write_direct(
+        self,
+        conn: Connection,
+        update: Update,
+        project: str,
+        session_id: str,
+        prepared: ContentRepresentations | None,
+        principal: str | None = None,
+    ) -> tuple[Page | None, UpdateRejected | None]:
+        """Stage, validate, commit and apply one update at an ``explicit`` boundary, in ``conn``.
+
+        Returns the written page (read inside the same transaction: once it commits the write
+        has happened, and nothing after the commit may report otherwise) or the rejection.
+        """
+        self._ensure_project(conn, project)
+        lsn, _existed = self.journal.stage(
+            conn, project=project, session_id=session_id, principal=principal, update=update
+        )
+        self.journal.writeback(
+            conn,
+            project=project,
+            session_id=session_id or None,
+            boundary=Boundary.EXPLICIT,
+            turn=0,
+            entries=self.journal.load_entries(conn, [lsn]),
+            prepared={lsn: prepared} if prepared is not None else None,
+        )
+        outcome = conn.execute(
+            select(
+                t.journal.c.state, t.journal.c.reason, t.journal.c.detail, t.journal.c.version
+            ).where(t.journal.c.lsn == lsn)
+        ).one()
+        if outcome.state == "rejected":
+            return None, rejection_error(lsn, outcome.reason, outcome.detail or "")
+        page_session = session_id if update.scope is Scope.SESSION else None
+        if update.op is Op.DELETE:
+            return self._tombstone(conn, update, project, page_session, outcome.version), None
+        page = self._read_page(
+            conn, update.key, project, page_session, Fidelity.FULL, outcome.version
+        )
+        return page, None
 
     def _tombstone(
         self, conn: Connection, update: Update, project: str, session: str | None, version: int
@@ -699,10 +720,12 @@ class Store:
         return entries
 
     def _writeback_session(
-        self, sess: Session, boundary: Boundary, *, close: bool = False
+        self, sess: Session, boundary: Boundary, *, close: bool = False, writeback: bool = True
     ) -> WritebackResult:
         with self.db.transaction() as conn:
             entries = self._sound_entries(conn, self._staged_rows(conn, sess.id))
+            if not writeback:
+                entries = self._discard(conn, sess, boundary, entries)
             prepared = {
                 entry.lsn: self._prepared.pop(entry.lsn)
                 for entry in entries
@@ -725,7 +748,54 @@ class Store:
                 values["state"] = "closed"
                 values["owner"] = None
             conn.execute(update(t.sessions).where(t.sessions.c.id == sess.id).values(**values))
+            result.discarded = self._discarded_now
+            self._discarded_now = []
         return result
+
+    def _discard(
+        self, conn: Connection, sess: Session, boundary: Boundary, entries: Sequence[Entry]
+    ) -> list[Entry]:
+        """Throw staged updates away unvalidated (a harness that skipped the flush): flush_miss."""
+        turn = int(conn.execute(_SESSION_TURN, {"b_session": sess.id}).scalar() or 0)
+        now = self.clock()
+        for entry in entries:
+            conn.execute(
+                update(t.journal)
+                .where(t.journal.c.lsn == entry.lsn)
+                .values(
+                    state="quarantined",
+                    reason="DISCARDED",
+                    detail=f"discarded by a {boundary.value} that skipped writeback",
+                    resolved_at=now,
+                )
+            )
+        fault_log.record(
+            conn,
+            [
+                fault_log.fault_row(
+                    session_id=sess.id,
+                    project=sess.project,
+                    turn=turn,
+                    kind=FaultKind.FLUSH_MISS.value,
+                    key=entry.key,
+                    detail={"lsn": entry.lsn, "boundary": boundary.value},
+                    at=now,
+                )
+                for entry in entries
+            ],
+        )
+        self._discarded_now = [entry.lsn for entry in entries]
+        return []
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def faults(self, *, session: str | None = None, events: bool = False) -> FaultReport:
+        """Fault counts by kind, alerts, hits and the thrash index (one session, or all).
+
+        ``thrash = (faults + alerts) / (hits + 1)``; ``events=True`` also lists every fault.
+        """
+        with self.db.transaction(write=False) as conn:
+            return fault_log.report(conn, session, with_events=events)
 
     # -- recovery ----------------------------------------------------------------------------------
 
@@ -756,7 +826,31 @@ class Store:
                     report.quarantined.append((row.lsn, problem))
             self._reapply_committed(conn, report)
             self._recover_staged(conn, report, force=force)
+            self._recover_tool_calls(conn, report, force=force)
         return report
+
+    def _recover_tool_calls(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
+        """Close the calls of dead sessions that started and never finished, as interrupted."""
+        session_ids = [
+            row[0]
+            for row in conn.execute(
+                select(t.tool_calls.c.session_id)
+                .where(t.tool_calls.c.state == "started")
+                .group_by(t.tool_calls.c.session_id)
+                .order_by(t.tool_calls.c.session_id)
+            )
+        ]
+        for session_id in session_ids:
+            owner = conn.execute(
+                select(t.sessions.c.owner).where(t.sessions.c.id == session_id)
+            ).scalar()
+            alive = owner_alive(owner)
+            if alive is True or (alive is None and not force):
+                if session_id not in report.skipped_live_sessions:
+                    report.skipped_live_sessions.append(session_id)
+                continue
+            for call_id in close_interrupted(self, conn, session_id):
+                report.interrupted.append((session_id, call_id))
 
     def _recovery_needed(self, conn: Connection, verify: str) -> bool:
         if verify == "all":
@@ -766,7 +860,10 @@ class Store:
             .select_from(t.journal)
             .where(t.journal.c.state.in_(("staged", "committed")))
         ).scalar()
-        return bool(pending)
+        unfinished = conn.execute(
+            select(func.count()).select_from(t.tool_calls).where(t.tool_calls.c.state == "started")
+        ).scalar()
+        return bool(pending or unfinished)
 
     def _reapply_committed(self, conn: Connection, report: RecoveryReport) -> None:
         rows = conn.execute(

@@ -28,7 +28,7 @@ from sqlalchemy import text
 import clawvm_store
 from clawvm_store import DatabaseError, MigrationError, NotADatabase, SchemaTooNew, Store
 from clawvm_store.db import MIGRATIONS_DIR, Database
-from clawvm_store.schema import metadata
+from clawvm_store.schema import include_name, metadata
 
 # The newest revision shipped in migrations/, read straight from the scripts (not through the
 # code under test), and the id of the extra revision the atomicity tests append after it.
@@ -139,6 +139,7 @@ def test_reopening_a_migrated_database_is_a_no_op(db_path: Path) -> None:
 def metadata_diff(path: Path, target: sa.MetaData, **opts: object) -> list[object]:
     """Alembic's autogenerate comparison of ``target`` against the migrated database."""
     engine = sa.create_engine(f"sqlite+pysqlite:///{path}")
+    opts.setdefault("include_name", include_name)  # the FTS5 recall index is derived data
     try:
         with engine.connect() as conn:
             return list(compare_metadata(MigrationContext.configure(conn, opts=opts), target))

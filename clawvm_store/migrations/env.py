@@ -13,7 +13,7 @@ from typing import Any
 from alembic import context
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 
-from clawvm_store.schema import metadata
+from clawvm_store.schema import include_name, metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -43,6 +43,7 @@ context.configure(
     transaction_per_migration=True,
     render_as_batch=True,
     on_version_apply=check_foreign_keys,
+    include_name=include_name,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,430 @@
+"""The tool mediator: every tool call goes through a durable ledger, and no tool runs twice needlessly.
+
+``Session.tool_call(name, args, run, effect=...)``:
+
+* The **signature** of a call is its tool name plus the canonical JSON of its arguments.
+* The ledger records the call (state ``started``) in its own transaction *before* ``run`` is
+  invoked, and its result after, as an ``evidence`` page whose provenance is the call. Call ids are
+  scoped per turn (``t3.2``), because some providers reuse ids such as ``call_0`` across turns.
+* A ``read`` repeat whose result is resident in full in the last prompt is served without running
+  (``source="resident"``, a ``duplicate_signature`` alert); one whose result was evicted or
+  degraded is served by resolving its page (``source="resolved"``, a hit). ``fresh=True`` runs it
+  again; running a read while a valid result exists counts a ``duplicate_tool`` fault.
+* Correctness before dedup: a ``write`` call invalidates the cached results of reads that touch
+  the same resources (paths in the arguments, or the resources the caller declares), so the read
+  after an edit runs again, as it must.
+* A ``write`` call is never re-run automatically: if the last call with its signature (or its
+  idempotency key) was interrupted by a crash, the repeat raises :class:`InterruptedToolCall`
+  until the caller confirms with ``fresh=True``. Recovery closes a call that was started and
+  never finished with an explicit ``interrupted`` result, so every call has exactly one result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import Connection, select, update
+
+from . import faults as fault_log
+from . import schema as t
+from .errors import InterruptedToolCall, InvalidInput
+from .journal import Update, inserted_id
+from .pages import FaultKind, Fidelity, Op, PageType, Scope
+from .representations import canonical_json
+
+if TYPE_CHECKING:
+    from .session import Session
+
+Effect = Literal["read", "write"]
+Source = Literal["executed", "resident", "resolved"]
+
+RESOURCE_ARGUMENTS = (
+    "path",
+    "file",
+    "file_path",
+    "filepath",
+    "filename",
+    "paths",
+    "files",
+    "uri",
+    "url",
+)
+"""Argument names whose values name the resource a call touches, when none is declared."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The result of a mediated tool call (contract): its evidence page key, content and source."""
+
+    key: str
+    content: str
+    source: Source
+    call_id: str = ""
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """One ledger row: a call and its one result."""
+
+    call_id: str
+    name: str
+    args: dict[str, Any]
+    effect: str
+    signature: str
+    state: str
+    result_key: str | None
+    result_version: int | None
+    error: str | None
+    turn: int
+
+
+def signature_of(name: str, args: Mapping[str, Any]) -> str:
+    """SHA-256 of the tool name and the canonical JSON of its arguments."""
+    return hashlib.sha256(f"{name}\x00{canonical_json(dict(args))}".encode()).hexdigest()
+
+
+def resources_of(args: Mapping[str, Any], declared: Sequence[str] | None) -> list[str]:
+    """The resources a call touches: the declared ones, else path-like argument values."""
+    if declared is not None:
+        return sorted({str(resource) for resource in declared})
+    found: set[str] = set()
+    for name in RESOURCE_ARGUMENTS:
+        value = args.get(name)
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            found.update(str(item) for item in value if isinstance(item, str))
+    return sorted(found)
+
+
+def result_key(name: str, signature: str) -> str:
+    """The evidence page a signature's results are kept in (re-runs are new versions)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64] or "tool"
+    return f"evidence/{safe}/{signature[:16]}"
+
+
+def render_output(output: object) -> str:
+    """A tool's output as page content."""
+    text = output if isinstance(output, str) else canonical_json(output)
+    return text if text.strip() else "(empty result)"
+
+
+class ToolMediator:
+    """Runs one session's tool calls through the ledger."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.store = session.store
+
+    def call(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        run: Callable[..., Any],
+        *,
+        effect: Effect = "read",
+        idempotency_key: str | None = None,
+        fresh: bool = False,
+        resources: Sequence[str] | None = None,
+    ) -> ToolResult:
+        """Mediate one call; see the module docstring for the rules."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("a tool name must be a non-empty string")
+        if not isinstance(args, Mapping):
+            raise InvalidInput("tool arguments must be a mapping")
+        if effect not in ("read", "write"):
+            raise InvalidInput("effect must be 'read' or 'write'")
+        if not callable(run):
+            raise InvalidInput("run must be callable")
+        try:
+            arguments = json.loads(canonical_json(dict(args)))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"tool arguments must be JSON-serializable: {exc}") from None
+        signature = signature_of(name, arguments)
+        touched = resources_of(arguments, resources)
+        session = self.session
+        store = self.store
+        with store.db.transaction(write=False) as conn:
+            prior = self._prior(conn, signature, idempotency_key)
+        if prior is not None and effect == "write" and not fresh:
+            if prior.state in ("started", "interrupted"):
+                raise InterruptedToolCall(
+                    f"write call {prior.call_id} ({name}) was interrupted before it finished; "
+                    "it is not re-run automatically: check its effect, then call again with "
+                    "fresh=True to run it"
+                )
+            if idempotency_key is not None and prior.state == "finished":
+                return self._served(prior, "resolved", hit=True)
+        if prior is not None and effect == "read" and not fresh:
+            if prior.state == "finished" and prior.invalidated_at is None:
+                resident = session._resident_fidelity(prior.result_key) is Fidelity.FULL
+                return self._served(prior, "resident" if resident else "resolved", hit=True)
+        duplicate = (
+            effect == "read"
+            and prior is not None
+            and prior.state == "finished"
+            and prior.invalidated_at is None
+        )
+        return self._execute(
+            name, arguments, run, effect, signature, touched, idempotency_key, duplicate
+        )
+
+    def _prior(self, conn: Connection, signature: str, idempotency_key: str | None) -> Any:
+        query = select(t.tool_calls).where(t.tool_calls.c.session_id == self.session.id)
+        if idempotency_key is not None:
+            query = query.where(t.tool_calls.c.idempotency_key == idempotency_key)
+        else:
+            query = query.where(t.tool_calls.c.signature == signature)
+        return conn.execute(query.order_by(t.tool_calls.c.id.desc()).limit(1)).first()
+
+    def _served(self, prior: Any, source: Source, *, hit: bool) -> ToolResult:
+        session = self.session
+        page = self.store.page(
+            prior.result_key,
+            project=session.project,
+            session=session.id,
+            version=prior.result_version,
+        )
+        rows = []
+        turn = session.turn
+        if hit:
+            rows.append(self._fault(fault_log.HIT, prior.result_key, {"call": prior.call_id}, turn))
+        if source == "resident":
+            rows.append(
+                self._fault(
+                    FaultKind.DUPLICATE_SIGNATURE.value,
+                    prior.result_key,
+                    {"call": prior.call_id, "tool": prior.name},
+                    turn,
+                )
+            )
+        with self.store.db.transaction(sync="normal") as conn:
+            fault_log.record(conn, rows)
+        return ToolResult(prior.result_key, page.content, source, prior.call_id, page.version)
+
+    def _fault(
+        self, kind: str, key: str | None, detail: Mapping[str, Any], turn: int
+    ) -> dict[str, Any]:
+        return fault_log.fault_row(
+            session_id=self.session.id,
+            project=self.session.project,
+            turn=turn,
+            kind=kind,
+            key=key,
+            detail=detail,
+            at=self.store.clock(),
+        )
+
+    def _execute(
+        self,
+        name: str,
+        args: dict[str, Any],
+        run: Callable[..., Any],
+        effect: Effect,
+        signature: str,
+        touched: list[str],
+        idempotency_key: str | None,
+        duplicate: bool,
+    ) -> ToolResult:
+        session = self.session
+        store = self.store
+        turn = session.turn
+        key = result_key(name, signature)
+        # The ledger entry commits before the tool runs: a crash from here on leaves a call
+        # that recovery closes as interrupted instead of one nobody knows about.
+        with store.db.transaction(sync="normal") as conn:
+            count = conn.execute(
+                select(t.tool_calls.c.id).where(
+                    t.tool_calls.c.session_id == session.id, t.tool_calls.c.turn == turn
+                )
+            ).all()
+            call_id = f"t{turn}.{len(count) + 1}"
+            row_id = inserted_id(
+                conn.execute(
+                    t.tool_calls.insert(),
+                    {
+                        "session_id": session.id,
+                        "project": session.project,
+                        "turn": turn,
+                        "call_id": call_id,
+                        "name": name,
+                        "args": canonical_json(args),
+                        "signature": signature,
+                        "effect": effect,
+                        "resources": json.dumps(touched),
+                        "idempotency_key": idempotency_key,
+                        "state": "started",
+                        "started_at": store.clock(),
+                    },
+                )
+            )
+            if duplicate:
+                fault_log.record(
+                    conn,
+                    [
+                        self._fault(
+                            FaultKind.DUPLICATE_TOOL.value,
+                            key,
+                            {"call": call_id, "tool": name},
+                            turn,
+                        )
+                    ],
+                )
+        try:
+            output = run(**args)
+        except Exception as exc:
+            self._finish(
+                row_id,
+                call_id,
+                key,
+                f"error: {type(exc).__name__}: {exc}",
+                "failed",
+                effect,
+                touched,
+                error=str(exc),
+            )
+            raise
+        content = render_output(output)
+        version = self._finish(row_id, call_id, key, content, "finished", effect, touched)
+        return ToolResult(key, content, "executed", call_id, version)
+
+    def _finish(
+        self,
+        row_id: int,
+        call_id: str,
+        key: str,
+        content: str,
+        state: str,
+        effect: Effect,
+        touched: list[str],
+        *,
+        error: str | None = None,
+    ) -> int:
+        """Write the result page and close the call, in one transaction (a whole pair or none)."""
+        session = self.session
+        store = self.store
+        with store.db.transaction() as conn:
+            version = write_result(store, conn, session.id, session.project, row_id, key, content)
+            conn.execute(
+                update(t.tool_calls)
+                .where(t.tool_calls.c.id == row_id)
+                .values(
+                    state=state,
+                    result_key=key,
+                    result_version=version,
+                    error=error,
+                    finished_at=store.clock(),
+                )
+            )
+            if effect == "write" and touched:
+                invalidate(conn, session.project, touched, store.clock())
+        return version
+
+    def history(self) -> list[ToolCallRecord]:
+        """Every call of the session with its one result, in call order."""
+        with self.store.db.transaction(write=False) as conn:
+            rows = conn.execute(
+                select(t.tool_calls)
+                .where(t.tool_calls.c.session_id == self.session.id)
+                .order_by(t.tool_calls.c.id)
+            ).all()
+        return [
+            ToolCallRecord(
+                call_id=row.call_id,
+                name=row.name,
+                args=json.loads(row.args),
+                effect=row.effect,
+                signature=row.signature,
+                state=row.state,
+                result_key=row.result_key,
+                result_version=row.result_version,
+                error=row.error,
+                turn=row.turn,
+            )
+            for row in rows
+        ]
+
+    def invalidate(self, resources: Sequence[str]) -> int:
+        """Mark cached read results touching ``resources`` stale; returns how many."""
+        with self.store.db.transaction() as conn:
+            return invalidate(conn, self.session.project, list(resources), self.store.clock())
+
+
+def write_result(
+    store: Any, conn: Connection, session_id: str, project: str, row_id: int, key: str, content: str
+) -> int:
+    """Write a call's result as the next version of its evidence page; returns the version."""
+    head = conn.execute(
+        select(t.pages.c.version, t.pages.c.deleted).where(
+            t.pages.c.project == project, t.pages.c.session_id == session_id, t.pages.c.key == key
+        )
+    ).first()
+    update_ = Update(
+        key=key,
+        op=Op.SET,
+        page_type=PageType.EVIDENCE,
+        content=content,
+        scope=Scope.SESSION,
+        provenance={"tool_call": row_id},
+        expected_version=head.version if head is not None and not head.deleted else None,
+    )
+    page, rejected = store._write_direct(conn, update_, project, session_id, None)
+    if rejected is not None:
+        raise rejected
+    assert page is not None
+    return int(page.version)
+
+
+def invalidate(conn: Connection, project: str, resources: Sequence[str], now: str) -> int:
+    """Mark finished read calls of ``project`` that touch any of ``resources`` as stale."""
+    wanted = set(resources)
+    stale = [
+        row.id
+        for row in conn.execute(
+            select(t.tool_calls.c.id, t.tool_calls.c.resources).where(
+                t.tool_calls.c.project == project,
+                t.tool_calls.c.effect == "read",
+                t.tool_calls.c.invalidated_at.is_(None),
+            )
+        )
+        if wanted & set(json.loads(row.resources))
+    ]
+    if stale:
+        conn.execute(
+            update(t.tool_calls).where(t.tool_calls.c.id.in_(stale)).values(invalidated_at=now)
+        )
+    return len(stale)
+
+
+def close_interrupted(store: Any, conn: Connection, session_id: str) -> list[str]:
+    """Recovery: give every call of a dead session that never finished an ``interrupted`` result."""
+    closed = []
+    rows = conn.execute(
+        select(t.tool_calls)
+        .where(t.tool_calls.c.session_id == session_id, t.tool_calls.c.state == "started")
+        .order_by(t.tool_calls.c.id)
+    ).all()
+    for row in rows:
+        key = result_key(row.name, row.signature)
+        content = (
+            f"interrupted: {row.effect} call {row.call_id} ({row.name}) started at {row.started_at} "
+            "and never finished; it was not re-run"
+        )
+        version = write_result(store, conn, session_id, row.project, row.id, key, content)
+        conn.execute(
+            update(t.tool_calls)
+            .where(t.tool_calls.c.id == row.id)
+            .values(
+                state="interrupted",
+                result_key=key,
+                result_version=version,
+                finished_at=store.clock(),
+            )
+        )
+        closed.append(row.call_id)
+    return closed

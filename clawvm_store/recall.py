@@ -1,0 +1,161 @@
+"""Recall: search the pages a session may see, and always say why when nothing comes back.
+
+A recall returns ``Recall(pages, reason)`` with reason ``ok`` (pages found), ``no_match``
+(nothing matches anywhere), ``denied`` (matches exist, but only in pages this session may not
+see) or ``backend_error`` (the search itself failed; ``detail`` says how). It never returns an
+empty result without a reason: a backend that does is recorded as a ``silent_recall`` fault.
+
+The default backend is SQLite FTS5 over the full text of every page's head version. The index is
+derived data, brought up to date at recall time from the versions applied since its watermark
+(the boundary event id, kept in ``meta``), so writes never pay for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import Connection, bindparam, select, text
+
+from . import schema as t
+from .pages import Page
+
+RecallReason = Literal["ok", "no_match", "denied", "backend_error"]
+_WORD = re.compile(r"\w+", re.UNICODE)
+_WATERMARK = "fts_event"
+
+
+@dataclass(frozen=True)
+class Recall:
+    """The outcome of :meth:`Session.recall` (contract): pages and the reason."""
+
+    pages: list[Page]
+    reason: RecallReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RecallHits:
+    """What a backend found: (key, owning session or '' for project pages) and, if empty, why."""
+
+    hits: list[tuple[str, str]] = field(default_factory=list)
+    reason: RecallReason | None = None
+    detail: str = ""
+
+
+class RecallBackend(Protocol):
+    """A search over pages; plug in embeddings or an external index by implementing ``search``.
+
+    It must return every matching page of the project (the caller filters by visibility) and,
+    when it returns none, a reason. Raising is reported as ``backend_error``.
+    """
+
+    def search(self, store: Any, project: str, query: str, limit: int) -> RecallHits:
+        """Pages of ``project`` matching ``query``, best first, at most ``limit`` per owner."""
+        ...
+
+
+_CHANGED = (
+    select(
+        t.pages.c.id,
+        t.pages.c.key,
+        t.pages.c.project,
+        t.pages.c.session_id,
+        t.pages.c.deleted,
+        t.representations.c.content,
+    )
+    .select_from(
+        t.journal.join(t.page_versions, t.page_versions.c.lsn == t.journal.c.lsn)
+        .join(
+            t.pages,
+            (t.pages.c.id == t.page_versions.c.page_id)
+            & (t.pages.c.version == t.page_versions.c.version),
+        )
+        .outerjoin(
+            t.representations,
+            (t.representations.c.page_id == t.pages.c.id)
+            & (t.representations.c.version == t.pages.c.version)
+            & (t.representations.c.fidelity == "full"),
+        )
+    )
+    .where(t.journal.c.event_id > bindparam("b_since"))
+)
+
+
+def fts_query(query: str) -> str | None:
+    """A safe FTS5 query: every word quoted, any word may match (``None`` if no words)."""
+    words = _WORD.findall(query)
+    if not words:
+        return None
+    return " OR ".join(f'"{word}"' for word in dict.fromkeys(word.lower() for word in words))
+
+
+class FtsRecall:
+    """The default backend: SQLite FTS5, indexed incrementally at recall time."""
+
+    def search(self, store: Any, project: str, query: str, limit: int) -> RecallHits:
+        """Match ``query`` against the full text of every page head of ``project``."""
+        match = fts_query(query)
+        if match is None:
+            return RecallHits([], "no_match", "the query has no words to search for")
+        if store.db.dialect != "sqlite":
+            return RecallHits([], "backend_error", "full-text recall needs SQLite FTS5")
+        with store.db.transaction(sync="normal") as conn:
+            self.catch_up(conn)
+            rows = conn.execute(
+                text(
+                    "SELECT key, session_id FROM pages_fts WHERE pages_fts MATCH :match "
+                    "AND project = :project ORDER BY rank LIMIT :limit"
+                ),
+                {"match": match, "project": project, "limit": limit * 4},
+            ).all()
+        return RecallHits([(row.key, row.session_id) for row in rows], None if rows else "no_match")
+
+    def catch_up(self, conn: Connection) -> None:
+        """Index the page versions applied since the watermark."""
+        since = conn.execute(select(t.meta.c.value).where(t.meta.c.name == _WATERMARK)).scalar()
+        newest = (
+            conn.execute(
+                select(t.lifecycle_events.c.id).order_by(t.lifecycle_events.c.id.desc()).limit(1)
+            ).scalar()
+            or 0
+        )
+        start = int(since or 0)
+        if newest <= start:
+            return
+        for row in conn.execute(_CHANGED, {"b_since": start}).all():
+            conn.execute(text("DELETE FROM pages_fts WHERE page_id = :id"), {"id": row.id})
+            if not row.deleted and row.content is not None:
+                conn.execute(
+                    text(
+                        "INSERT INTO pages_fts (content, key, page_id, project, session_id) "
+                        "VALUES (:content, :key, :id, :project, :session)"
+                    ),
+                    {
+                        "content": row.content,
+                        "key": row.key,
+                        "id": row.id,
+                        "project": row.project,
+                        "session": row.session_id,
+                    },
+                )
+        value = str(newest)
+        if since is None:
+            conn.execute(t.meta.insert(), {"name": _WATERMARK, "value": value})
+        else:
+            conn.execute(t.meta.update().where(t.meta.c.name == _WATERMARK).values(value=value))
+
+
+def visible(hits: Sequence[tuple[str, str]], session_id: str) -> tuple[list[str], bool]:
+    """Keys this session may see (own pages shadow project pages), and whether any were hidden."""
+    keys: list[str] = []
+    hidden = False
+    for key, owner in hits:
+        if owner in ("", session_id):
+            if key not in keys:
+                keys.append(key)
+        else:
+            hidden = True
+    return keys, hidden
