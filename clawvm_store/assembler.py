@@ -260,6 +260,7 @@ def choose(
     weights: Weights = DEFAULT_WEIGHTS,
     hysteresis: bool = True,
     recency: Sequence[float] | None = None,
+    boost: Mapping[str, float] | None = None,
 ) -> Selection:
     """The two-phase greedy selection over an in-memory page table (no SQL, no text).
 
@@ -298,6 +299,8 @@ def choose(
         base = candidate.static_utility(weights) + w_recency * recency[index]
         if candidate.key in demand:
             base += w_demand
+        if boost:
+            base += boost.get(candidate.key, 0.0)
         bases[index] = base
         before = previous.get(candidate.page_id)
         if before is not None:
@@ -665,6 +668,7 @@ class Assembler:
         record: bool = True,
         turn: int = 0,
         observe: Callable[[Sequence[RenderItem], bool], list[dict[str, Any]]] | None = None,
+        boost: Mapping[str, float] | None = None,
     ) -> Assembly:
         """Build the prompt; see the module docstring for the algorithm.
 
@@ -700,6 +704,7 @@ class Assembler:
                 weights=self.weights,
                 hysteresis=self.hysteresis,
                 recency=recency,
+                boost=boost,
             )
             by_id = {candidate.page_id: candidate for candidate in candidates}
             texts = self._texts(conn, by_id, selection)
@@ -886,6 +891,46 @@ class Assembler:
             if extra:
                 conn.execute(t.faults.insert(), list(extra))
         return dataclasses.replace(assembly, assembly_id=assembly_id)
+
+    def record_external(
+        self,
+        resident: Mapping[str, Fidelity],
+        budget: int,
+        turn: int,
+        fault_rows: Sequence[dict[str, Any]],
+    ) -> None:
+        """Record a prompt the harness built itself, so residency history covers it too."""
+        by_key = {candidate.key: candidate for candidate in self.table.candidates()}
+        items = [
+            RenderItem(
+                candidate=by_key[key],
+                fidelity=fidelity,
+                text="",
+                tokens=by_key[key].tokens.get(fidelity, 0),
+                reason="upgrade",
+            )
+            for key, fidelity in sorted(resident.items())
+            if key in by_key and fidelity in by_key[key].tokens
+        ]
+        tokens = sum(item_cost(item.candidate, item.fidelity) for item in items)
+        chosen = {item.candidate.page_id for item in items}
+        evicted = [
+            self.table.by_id[page_id]
+            for page_id in sorted(self.previous())
+            if page_id in self.table.by_id and page_id not in chosen
+        ]
+        external = Assembly(
+            items=[],
+            tokens=tokens,
+            budget=budget,
+            feasible=True,
+            text="",
+            messages=[],
+            decisions=[],
+            effective_budget=budget,
+        )
+        self._record(external, items, evicted, turn, fault_rows)
+        self._previous = {item.candidate.page_id: item.fidelity for item in items}
 
     def previous(self) -> dict[int, Fidelity]:
         """Page id → fidelity in this session's last recorded prompt."""

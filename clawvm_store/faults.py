@@ -125,11 +125,19 @@ def required_pages(candidates: Iterable[Any]) -> list[RequiredPage]:
     ]
 
 
-def report(conn: Connection, session_id: str | None, *, with_events: bool = False) -> FaultReport:
-    """Aggregate the ``faults`` table (for one session, or all)."""
+def report(
+    conn: Connection,
+    session_id: str | None,
+    *,
+    with_events: bool = False,
+    project: str | None = None,
+) -> FaultReport:
+    """Aggregate the ``faults`` table (for one session, one project, or all)."""
     query = select(t.faults.c.kind, func.count()).group_by(t.faults.c.kind)
     if session_id is not None:
         query = query.where(t.faults.c.session_id == session_id)
+    if project is not None:
+        query = query.where(t.faults.c.project == project)
     raw = {str(kind): int(count) for kind, count in conn.execute(query)}
     counts = {kind.value: raw.get(kind.value, 0) for kind in FaultKind}
     faults = sum(counts[kind.value] for kind in POLICY_FAULTS)
@@ -140,6 +148,8 @@ def report(conn: Connection, session_id: str | None, *, with_events: bool = Fals
         rows = select(t.faults).where(t.faults.c.kind != HIT).order_by(t.faults.c.id)
         if session_id is not None:
             rows = rows.where(t.faults.c.session_id == session_id)
+        if project is not None:
+            rows = rows.where(t.faults.c.project == project)
         events = [
             {
                 "session": row.session_id,

@@ -12,6 +12,7 @@ derived data, brought up to date at recall time from the versions applied since 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ _CHANGED = (
         t.pages.c.project,
         t.pages.c.session_id,
         t.pages.c.deleted,
+        t.pages.c.provenance,
         t.representations.c.content,
     )
     .select_from(
@@ -128,13 +130,17 @@ class FtsRecall:
         for row in conn.execute(_CHANGED, {"b_since": start}).all():
             conn.execute(text("DELETE FROM pages_fts WHERE page_id = :id"), {"id": row.id})
             if not row.deleted and row.content is not None:
+                content = row.content
+                call = _tool_call_words(conn, row.provenance)
+                if call:
+                    content = f"{call}\n{content}"  # find a result by the call that made it
                 conn.execute(
                     text(
                         "INSERT INTO pages_fts (content, key, page_id, project, session_id) "
                         "VALUES (:content, :key, :id, :project, :session)"
                     ),
                     {
-                        "content": row.content,
+                        "content": content,
                         "key": row.key,
                         "id": row.id,
                         "project": row.project,
@@ -146,6 +152,23 @@ class FtsRecall:
             conn.execute(t.meta.insert(), {"name": _WATERMARK, "value": value})
         else:
             conn.execute(t.meta.update().where(t.meta.c.name == _WATERMARK).values(value=value))
+
+
+def _tool_call_words(conn: Connection, provenance: str | None) -> str:
+    """The tool name and argument values of the call a page's provenance names, if any."""
+    if not provenance or "tool_call" not in provenance:
+        return ""
+    try:
+        ref = json.loads(provenance).get("tool_call")
+    except (ValueError, AttributeError):
+        return ""
+    row = conn.execute(
+        select(t.tool_calls.c.name, t.tool_calls.c.args).where(t.tool_calls.c.id == ref)
+    ).first()
+    if row is None:
+        return ""
+    values = [str(value) for value in json.loads(row.args).values()]
+    return " ".join([row.name, *values])
 
 
 def visible(hits: Sequence[tuple[str, str]], session_id: str) -> tuple[list[str], bool]:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from . import faults as fault_log
 from . import schema as t
-from .assembler import Assembler, Assembly
+from .assembler import Assembler, Assembly, Weights
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, WritebackResult, check_key, row_to_entry
 from .mediator import ToolCallRecord, ToolMediator, ToolResult
@@ -297,6 +297,7 @@ class Session:
         fixed: str = "",
         demand: Sequence[str] = (),
         on_insufficient: str = "raise",
+        boost: Mapping[str, float] | None = None,
     ) -> Assembly:
         """Assemble this turn's prompt from committed state under ``budget`` tokens.
 
@@ -304,7 +305,8 @@ class Session:
         bootstrap and constraint pages, ``demand``); phase 2 upgrades by utility per token. If the
         floor does not fit, :class:`InsufficientBudget` is raised (``on_insufficient="raise"``)
         or the floor is returned with ``feasible=False`` (``"report"``); either way the event is
-        recorded. The text, tokenized as one string, never exceeds the budget.
+        recorded. The text, tokenized as one string, never exceeds the budget. ``boost`` adds
+        utility to pages by key (the evaluation's lookahead oracle uses it).
         """
         self._require_open()
         turn = self.turn
@@ -331,6 +333,7 @@ class Session:
             record=True,
             turn=turn,
             observe=observe,
+            boost=boost,
         )
 
     def _row(self, kind: str, key: str | None, detail: Any, turn: int) -> dict[str, Any]:
@@ -357,13 +360,22 @@ class Session:
             )
         ]
 
-    def observe_prompt(self, resident: Mapping[str, Fidelity | str]) -> list[FaultKind]:
+    def observe_prompt(
+        self,
+        resident: Mapping[str, Fidelity | str],
+        *,
+        record: bool = False,
+        budget: int | None = None,
+        floor_fits: bool = True,
+    ) -> list[FaultKind]:
         """Check a prompt the harness assembled itself; record and return the faults it commits.
 
         ``resident`` maps each page key in the prompt to its fidelity. A hard-pinned or bootstrap
         or constraint page missing or below its floor is ``pinned_invariant_miss`` (or
         ``post_compaction_bootstrap`` for a bootstrap page in the first prompt after a compaction
-        or reset). The engine runs the same check on every prompt it assembles.
+        or reset), unless ``floor_fits`` is False (then no policy could have done better). With
+        ``record=True`` the prompt is recorded like an assembly. The engine runs the same check
+        on every prompt it assembles.
         """
         self._require_open()
         from .store import coerce_enum
@@ -374,11 +386,36 @@ class Session:
         with self.store.db.transaction(write=False) as conn:
             self._assembler.table.refresh(conn)
         turn = self.turn
-        rows = self._prompt_fault_rows(fidelities, True, self._after_destructive, turn)
+        rows = self._prompt_fault_rows(fidelities, floor_fits, self._after_destructive, turn)
         self._after_destructive = False
-        with self.store.db.transaction(sync="normal") as conn:
-            fault_log.record(conn, rows)
+        if record:
+            self._assembler.record_external(fidelities, budget or 0, turn, rows)
+        else:
+            with self.store.db.transaction(sync="normal") as conn:
+                fault_log.record(conn, rows)
         return [FaultKind(row["kind"]) for row in rows]
+
+    def fetch(self, key: str) -> Page:
+        """Retrieve a page by key through the retrieval path (what a harness without pointers does).
+
+        Counts a ``refetch`` when the page had been in an earlier prompt and is absent from the
+        last one: its content had been resident and was evicted with no pointer left.
+        """
+        self._require_open()
+        page = self.store.page(key, project=self.project, session=self.id)
+        rows = self._refetches([page], self.turn)
+        if rows:
+            with self.store.db.transaction(sync="normal") as conn:
+                fault_log.record(conn, rows)
+        return page
+
+    def configure_assembly(
+        self, *, weights: Weights | None = None, hysteresis: bool = True
+    ) -> None:
+        """Assemble with other utility weights or without hysteresis (the evaluation's LRU)."""
+        self._assembler = Assembler(
+            self.store, self.project, self.id, weights=weights, hysteresis=hysteresis
+        )
 
     def _resident_fidelity(self, key: str | None) -> Fidelity | None:
         """The fidelity ``key`` had in this session's last recorded prompt (None: absent)."""
@@ -560,9 +597,12 @@ class Session:
         """
         return self._boundary(Boundary.RESET, writeback=writeback)
 
-    def close(self) -> WritebackResult:
-        """Write back at ``session_end`` and release the session."""
-        result = self._boundary(Boundary.SESSION_END, close=True)
+    def close(self, *, writeback: bool = True) -> WritebackResult:
+        """Write back at ``session_end`` and release the session.
+
+        ``writeback=False`` discards staged updates as ``flush_miss`` faults (harness tests only).
+        """
+        result = self._boundary(Boundary.SESSION_END, close=True, writeback=writeback)
         self._closed = True
         return result
 

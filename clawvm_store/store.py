@@ -789,13 +789,15 @@ class Store:
 
     # -- faults ----------------------------------------------------------------------------------
 
-    def faults(self, *, session: str | None = None, events: bool = False) -> FaultReport:
-        """Fault counts by kind, alerts, hits and the thrash index (one session, or all).
+    def faults(
+        self, *, session: str | None = None, events: bool = False, project: str | None = None
+    ) -> FaultReport:
+        """Fault counts by kind, alerts, hits and the thrash index (a session, a project, or all).
 
         ``thrash = (faults + alerts) / (hits + 1)``; ``events=True`` also lists every fault.
         """
         with self.db.transaction(write=False) as conn:
-            return fault_log.report(conn, session, with_events=events)
+            return fault_log.report(conn, session, with_events=events, project=project)
 
     # -- recovery ----------------------------------------------------------------------------------
 

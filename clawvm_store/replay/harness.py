@@ -1,0 +1,255 @@
+"""The evaluation harness: replay a trace under a policy and a budget, and count what went wrong.
+
+Each configuration runs in its own copy of a freshly migrated database with a deterministic clock,
+so the same seed gives byte-identical results however the configurations are scheduled. A turn:
+
+1. the exchange is appended to the session's current conversation span page;
+2. the agent's writes are staged;
+3. the tool calls are made (first calls through the mediator; repeats as the policy handles them);
+4. a lifecycle event, if any (compaction, reset, session end), as the policy handles it;
+5. the turn ends (writeback);
+6. the policy builds the next prompt under the budget, demanding the turn's needs and results.
+
+Faults, alerts and hits come from the store's own observer (``store.faults()``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..faults import POLICY_FAULTS
+from ..pages import FaultKind
+from ..store import Store
+from .policies import POLICIES, conversation_key, floor_fits, make
+from .trace import Trace
+from .workloads import FAMILIES, build
+
+BUDGETS = (120, 180, 240, 300, 400, 500)
+REPORTED_KINDS = [kind.value for kind in POLICY_FAULTS] + [FaultKind.PHYSICAL_INSUFFICIENCY.value]
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """One configuration's outcome (the JSON contract's ``configs`` entries)."""
+
+    family: str
+    budget: int
+    policy: str
+    feasible: bool
+    faults: dict[str, int]
+    alerts: int
+    hits: int
+    thrash: float
+    tokens_used: float
+    turns: int
+    policy_us_per_turn: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract shape, in a fixed key order."""
+        return {
+            "family": self.family,
+            "budget": self.budget,
+            "policy": self.policy,
+            "feasible": self.feasible,
+            "faults": self.faults,
+            "alerts": self.alerts,
+            "hits": self.hits,
+            "thrash": round(self.thrash, 6),
+            "tokens_used": round(self.tokens_used, 3),
+            "turns": self.turns,
+        }
+
+    @property
+    def total_faults(self) -> int:
+        """Policy-controllable faults (physical insufficiency excluded)."""
+        return sum(self.faults[kind.value] for kind in POLICY_FAULTS)
+
+
+def fixed_clock() -> Callable[[], str]:
+    """A clock that ticks one microsecond per call from a fixed instant: runs are reproducible."""
+    counter = itertools.count()
+
+    def now() -> str:
+        tick = next(counter)
+        seconds, micros = divmod(tick, 1_000_000)
+        minutes, seconds = divmod(seconds, 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"2026-01-01T{hours % 24:02d}:{minutes:02d}:{seconds:02d}.{micros:06d}+00:00"
+
+    return now
+
+
+def template_database(directory: Path) -> Path:
+    """A migrated, empty database to copy for every configuration (migrating once is enough)."""
+    path = directory / "template.db"
+    if not path.exists():
+        Store.open(path, clock=fixed_clock()).close()
+    return path
+
+
+def run_config(
+    trace: Trace, budget: int, policy_name: str, *, workdir: Path, template: Path
+) -> ConfigResult:
+    """Replay ``trace`` under one policy and budget; count faults with the store's observer."""
+    path = workdir / f"{trace.name}-{budget}-{policy_name}-{os.getpid()}.db"
+    shutil.copyfile(template, path)
+    try:
+        with Store.open(path, clock=fixed_clock()) as store:
+            return _replay(store, trace, budget, policy_name)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> ConfigResult:
+    project = trace.project
+    for step in trace.setup:
+        store.put(
+            step.key,
+            type=step.type,
+            content=step.content,
+            project=project,
+            provenance=step.provenance,
+        )
+    policy = make(policy_name, store, project, trace.turns)
+    sessions: dict[str, Any] = {}
+    feasible = True
+    tokens: list[int] = []
+    policy_seconds = 0.0
+    for index, turn in enumerate(trace.turns):
+        sess = sessions.get(turn.session)
+        if sess is None or sess._closed:
+            sess = sessions[turn.session] = policy.open_session(turn.session)
+        if turn.user or turn.assistant:
+            exchange = "\n".join(
+                part
+                for part in (
+                    f"user: {turn.user}" if turn.user else "",
+                    f"assistant: {turn.assistant}" if turn.assistant else "",
+                )
+                if part
+            )
+            sess.stage(
+                conversation_key(sess.id, index), type="conversation", content=exchange, op="append"
+            )
+        for step in turn.stage:
+            policy.stage(sess, step)
+        results = [policy.tool(sess, step) for step in turn.tools]
+        if turn.event:
+            policy.boundary(sess, turn.event, turn)
+        if sess._closed:
+            continue
+        sess.end_turn()
+        demand = list(dict.fromkeys([*turn.demand, *results]))
+        fits = floor_fits(sess, demand, budget)
+        feasible = feasible and fits
+        start = time.perf_counter()
+        tokens.append(policy.prompt(sess, index, demand, budget, fits))
+        policy_seconds += time.perf_counter() - start
+    for sess in sessions.values():
+        if not sess._closed:
+            sess.close()
+    report = store.faults(project=project)
+    return ConfigResult(
+        family=trace.family,
+        budget=budget,
+        policy=policy_name,
+        feasible=feasible,
+        faults={kind: report.counts[kind] for kind in REPORTED_KINDS},
+        alerts=report.alerts,
+        hits=report.hits,
+        thrash=report.thrash,
+        tokens_used=statistics.fmean(tokens) if tokens else 0.0,
+        turns=len(trace.turns),
+        policy_us_per_turn=policy_seconds / max(len(tokens), 1) * 1e6,
+    )
+
+
+def _run_one(args: tuple[Trace, int, str, str, str]) -> ConfigResult:
+    trace, budget, policy, workdir, template = args
+    return run_config(trace, budget, policy, workdir=Path(workdir), template=Path(template))
+
+
+def run_eval(
+    *,
+    families: Sequence[str] = FAMILIES,
+    budgets: Sequence[int] = BUDGETS,
+    policies: Sequence[str] = POLICIES,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: Callable[[ConfigResult], None] | None = None,
+    traces: Sequence[Trace] | None = None,
+) -> list[ConfigResult]:
+    """Every (trace, budget, policy) configuration, in a fixed order."""
+    chosen = list(traces) if traces is not None else [build(family, seed) for family in families]
+    jobs = [
+        (trace, budget, policy) for trace in chosen for budget in budgets for policy in policies
+    ]
+    results: dict[tuple[str, int, str], ConfigResult] = {}
+    with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as tmp:
+        template = template_database(Path(tmp))
+        payloads = [(trace, budget, policy, tmp, str(template)) for trace, budget, policy in jobs]
+        count = workers if workers is not None else min(2, os.cpu_count() or 1)
+        if count <= 1:
+            outcomes: Iterable[ConfigResult] = map(_run_one, payloads)
+            for outcome in outcomes:
+                results[(outcome.family, outcome.budget, outcome.policy)] = outcome
+                if progress:
+                    progress(outcome)
+        else:
+            with ProcessPoolExecutor(max_workers=count) as pool:
+                for outcome in pool.map(_run_one, payloads, chunksize=1):
+                    results[(outcome.family, outcome.budget, outcome.policy)] = outcome
+                    if progress:
+                        progress(outcome)
+    return [results[(trace.family, budget, policy)] for trace, budget, policy in jobs]
+
+
+def summarize(results: Sequence[ConfigResult]) -> dict[str, dict[str, float]]:
+    """Per policy: mean faults and thrash per configuration (and over feasible ones)."""
+    summary: dict[str, dict[str, float]] = {}
+    for policy in dict.fromkeys(result.policy for result in results):
+        mine = [result for result in results if result.policy == policy]
+        feasible = [result for result in mine if result.feasible]
+        summary[policy] = {
+            "mean_faults": round(statistics.fmean(r.total_faults for r in mine), 4),
+            "mean_thrash": round(statistics.fmean(r.thrash for r in mine), 4),
+            "mean_faults_feasible": round(statistics.fmean(r.total_faults for r in feasible), 4)
+            if feasible
+            else 0.0,
+            "mean_tokens_used": round(statistics.fmean(r.tokens_used for r in mine), 2),
+        }
+    return summary
+
+
+def oracle_gap(results: Sequence[ConfigResult]) -> dict[str, float]:
+    """Mean (policy faults - oracle faults) over the configurations both ran."""
+    oracle = {(r.family, r.budget): r.total_faults for r in results if r.policy == "oracle"}
+    gaps: dict[str, list[int]] = {}
+    for result in results:
+        if (result.family, result.budget) in oracle:
+            gaps.setdefault(result.policy, []).append(
+                result.total_faults - oracle[(result.family, result.budget)]
+            )
+    return {policy: round(statistics.fmean(values), 4) for policy, values in gaps.items()}
+
+
+def to_json(results: Sequence[ConfigResult]) -> str:
+    """The contract JSON: ``{"configs": [...], "summary": {policy: {...}}}``, deterministic."""
+    payload = {
+        "configs": [result.as_json() for result in results],
+        "summary": summarize(results),
+        "oracle_gap": oracle_gap(results),
+    }
+    return json.dumps(payload, indent=1, sort_keys=False)
