@@ -261,6 +261,7 @@ def choose(
     hysteresis: bool = True,
     recency: Sequence[float] | None = None,
     boost: Mapping[str, float] | None = None,
+    pins: bool = True,
 ) -> Selection:
     """The two-phase greedy selection over an in-memory page table (no SQL, no text).
 
@@ -275,7 +276,9 @@ def choose(
     shortfall: list[FloorShortfall] = []
     used = fixed_tokens
     for index, candidate in enumerate(candidates):
-        reason: Reason | None = "demand" if candidate.key in demand else candidate.required
+        reason: Reason | None = (
+            "demand" if candidate.key in demand else (candidate.required if pins else None)
+        )
         if reason is None:
             continue
         rung = candidate.floor_rung
@@ -649,8 +652,10 @@ class Assembler:
         *,
         weights: Weights | None = None,
         hysteresis: bool = True,
+        pins: bool = True,
     ) -> None:
         self.store = store
+        self.pins = pins
         self.project = project
         self.session_id = session_id
         self.weights = weights or Weights()
@@ -705,6 +710,7 @@ class Assembler:
                 hysteresis=self.hysteresis,
                 recency=recency,
                 boost=boost,
+                pins=self.pins,
             )
             by_id = {candidate.page_id: candidate for candidate in candidates}
             texts = self._texts(conn, by_id, selection)

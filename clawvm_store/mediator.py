@@ -426,5 +426,8 @@ def close_interrupted(store: Any, conn: Connection, session_id: str) -> list[str
                 finished_at=store.clock(),
             )
         )
+        if row.effect == "write":
+            # It may have taken effect before the crash: reads of what it touches are stale.
+            invalidate(conn, row.project, json.loads(row.resources), store.clock())
         closed.append(row.call_id)
     return closed

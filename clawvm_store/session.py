@@ -410,11 +410,12 @@ class Session:
         return page
 
     def configure_assembly(
-        self, *, weights: Weights | None = None, hysteresis: bool = True
+        self, *, weights: Weights | None = None, hysteresis: bool = True, pins: bool = True
     ) -> None:
-        """Assemble with other utility weights or without hysteresis (the evaluation's LRU)."""
+        """Assemble with other utility weights, without hysteresis, or (an ablation for the
+        evaluation only) without the floor for pinned and bootstrap/constraint pages."""
         self._assembler = Assembler(
-            self.store, self.project, self.id, weights=weights, hysteresis=hysteresis
+            self.store, self.project, self.id, weights=weights, hysteresis=hysteresis, pins=pins
         )
 
     def _resident_fidelity(self, key: str | None) -> Fidelity | None:

@@ -290,10 +290,13 @@ class CompactionHybridPolicy(RetrievalPolicy):
         self.budget = budget  # the compaction threshold is the budget
         table = candidates(sess)
         turn = self.turns[index]
+        # Everything the turn touched joins the history, retrieved pages included: a retrieved
+        # page is read into the context like any other message.
         recent = [
             f"conversation/{sess.id}/span-{index // SPAN_TURNS}",
             *(tool_key(step) for step in turn.tools),
             *(step.key for step in turn.stage),
+            *demand,
         ]
         for key in recent:
             if key in self.fifo:
@@ -302,15 +305,13 @@ class CompactionHybridPolicy(RetrievalPolicy):
         system = [] if self.after_compaction else ["bootstrap/agent", "constraint/privacy"]
         self.after_compaction = False
         last = sess._keys_in_last_prompt()
+        obtained, self.obtained = self.obtained, set()
+        for key in demand:
+            if key in table and key not in last and key not in obtained:
+                sess.fetch(key)  # not in the window any more: retrieved again
         wanted = [key for key in system if key in table]
         for key in reversed(self.fifo):
             if key in table and key not in wanted:
-                wanted.append(key)
-        obtained, self.obtained = self.obtained, set()
-        for key in demand:
-            if key in table and key not in wanted:
-                if key not in last and key not in obtained:
-                    sess.fetch(key)
                 wanted.append(key)
         summary = {
             key: Fidelity.STRUCTURED
@@ -360,6 +361,58 @@ def fill(
     return resident, used
 
 
+class NoPointerResolution(Policy):
+    """Ablation: the engine without pointer resolution: a repeat whose result is not resident in
+    full in the last prompt runs the tool again."""
+
+    name = "clawvm-no-pointer-resolution"
+
+    def tool(self, sess: Session, step: ToolStep) -> str:
+        key = tool_key(step)
+        prior = still_valid(sess, signature_of(step.name, step.args))
+        if step.effect == "read" and prior and sess._resident_fidelity(key) is not Fidelity.FULL:
+            sess.tool_call(step.name, step.args, run=lambda **_: step.output, fresh=True)
+            return key
+        return super().tool(sess, step)
+
+
+class NoPins(Policy):
+    """Ablation: the engine without the floor for pins (bootstrap and constraints compete)."""
+
+    name = "clawvm-no-pins"
+
+    def open_session(self, session_id: str) -> Session:
+        sess = super().open_session(session_id)
+        sess.configure_assembly(pins=False)
+        return sess
+
+
+class NoWriteback(Policy):
+    """Ablation: the engine skipping writeback at destructive boundaries."""
+
+    name = "clawvm-no-writeback"
+    writeback = False
+
+
+class NoHysteresis(Policy):
+    """Ablation: the engine without hysteresis (stability, not faults, should suffer)."""
+
+    name = "clawvm-no-hysteresis"
+
+    def open_session(self, session_id: str) -> Session:
+        sess = super().open_session(session_id)
+        sess.configure_assembly(hysteresis=False)
+        return sess
+
+
+ABLATIONS: dict[str, type[Policy]] = {
+    "pointer-resolution": NoPointerResolution,
+    "pins": NoPins,
+    "writeback": NoWriteback,
+    "hysteresis": NoHysteresis,
+}
+
+
 POLICY_CLASSES: dict[str, type[Policy]] = {
     "retrieval": RetrievalPolicy,
     "retrieval_cache": RetrievalCachePolicy,
@@ -376,7 +429,10 @@ def conversation_key(session: str, index: int) -> str:
 
 
 def make(name: str, store: Store, project: str, turns: Sequence[Turn]) -> Policy:
-    """The policy called ``name``."""
+    """The policy called ``name`` (an ablation is ``clawvm-no-<ablation>``)."""
+    for ablation, cls in ABLATIONS.items():
+        if name == f"clawvm-no-{ablation}":
+            return cls(store, project, turns)
     return POLICY_CLASSES[name](store, project, turns)
 
 
