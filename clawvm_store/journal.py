@@ -334,7 +334,11 @@ def merge_fields(
                 return merged, conflict
             merged[name] = inner
         elif isinstance(current, list) and isinstance(value, list):
-            merged[name] = current + [item for item in value if item not in current]
+            extended = list(current)
+            for item in value:
+                if item not in extended:  # against the list as it grows: no new duplicates
+                    extended.append(item)
+            merged[name] = extended
         elif current != value:
             if not may_overwrite:
                 return merged, where

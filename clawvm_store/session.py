@@ -170,6 +170,10 @@ class Session:
             page_type = coerce_enum(PageType, type, "page type")
         if scope is None and page_type is not None:
             scope = POLICIES[page_type].default_scope
+        elif scope is None:
+            # No type: the update is to a page that exists; write where the session sees it
+            # (its own page, else the project's).
+            scope = self._visible_scope(key)
         update_, project, session_id = self.store._direct_update(
             key,
             type=page_type,
@@ -199,6 +203,20 @@ class Session:
         if prepared is not None and not duplicate:
             self.store._remember_prepared(lsn, prepared)
         return StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate)
+
+    def _visible_scope(self, key: str) -> Scope:
+        with self.store.db.transaction(write=False) as conn:
+            owners = {
+                row[0]
+                for row in conn.execute(
+                    select(t.pages.c.session_id).where(
+                        t.pages.c.project == self.project,
+                        t.pages.c.key == key,
+                        t.pages.c.session_id.in_([self.id, ""]),
+                    )
+                )
+            }
+        return Scope.PROJECT if owners == {""} else Scope.SESSION
 
     def staged(self) -> list[Entry]:
         """This session's entries still waiting for a boundary, oldest first."""
@@ -250,13 +268,16 @@ class Session:
         head = journal.head(conn, self.project, page_session, key)
         if head is None and page_session:
             head = None
+        # Versions keep counting through a staged delete (its tombstone is a version too), while
+        # the content starts afresh after it.
+        version = head.version if head else 0
         for entry in pending:
+            version += 1
             if entry.op is Op.DELETE:
                 head = None
                 continue
             reps = journal.prepare(entry, head)
             assert reps is not None
-            version = (head.version if head else 0) + 1
             head = _overlay_head(head, entry, reps.fields, reps.levels[0].text, version)
             last_reps, last_entry = reps, entry
         if head is None:
