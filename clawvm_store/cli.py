@@ -641,6 +641,191 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
         )
 
 
+FAMILY_NAMES = ("assistant", "coding", "research", "project")
+POLICY_NAMES = ("retrieval", "retrieval_cache", "compaction_hybrid", "lru", "clawvm", "oracle")
+ABLATION_NAMES = ("pointer-resolution", "pins", "writeback", "hysteresis")
+
+
+@app.command(name="eval")
+@click.option("--families", multiple=True, type=click.Choice(FAMILY_NAMES), help="Repeatable.")
+@click.option("--budgets", multiple=True, type=click.IntRange(min=1), help="Repeatable.")
+@click.option("--policies", multiple=True, type=click.Choice(POLICY_NAMES), help="Repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--ablate", type=click.Choice(ABLATION_NAMES), default=None, help="Add clawvm without this."
+)
+@click.option("--json", "json_file", default=None, help="Write the results JSON here.")
+@click.option("--plot", "plot_file", default=None, help="Write a PNG of faults and thrash here.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default 2).")
+@pass_context
+def eval_command(
+    obj: Context,
+    families: tuple[str, ...],
+    budgets: tuple[int, ...],
+    policies: tuple[str, ...],
+    seed: int,
+    ablate: str | None,
+    json_file: str | None,
+    plot_file: str | None,
+    workers: int | None,
+) -> None:
+    """Run the paper's experiment on this engine: workloads x budgets x policies.
+
+    Four seeded workload families, six budgets (120 to 500 tokens) and six policies, each
+    configuration replayed through a real store and counted by its fault observer. Prints mean
+    faults per configuration per policy, faults by kind, alerts, hits, thrash, tokens used and
+    the gap to the oracle. The same seed gives byte-identical JSON. Does not use --db.
+
+    \b
+    Example:
+      clawvm eval --json results.json --plot results.png
+      clawvm eval --families coding --budgets 240 --ablate pointer-resolution
+    """
+    from rich.progress import Progress
+
+    from .replay.harness import BUDGETS, run_eval, to_json
+    from .replay.report import plot, print_tables
+
+    chosen_policies = list(policies or POLICY_NAMES)
+    if ablate:
+        chosen_policies.append(f"clawvm-no-{ablate}")
+    chosen_families = list(families or FAMILY_NAMES)
+    chosen_budgets = list(budgets or BUDGETS)
+    total = len(chosen_families) * len(chosen_budgets) * len(chosen_policies)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=obj.as_json) as progress:
+        task = progress.add_task("replaying configurations", total=total)
+        results = run_eval(
+            families=chosen_families,
+            budgets=chosen_budgets,
+            policies=chosen_policies,
+            seed=seed,
+            workers=workers,
+            progress=lambda _result: progress.advance(task),
+        )
+    payload = to_json(results)
+    if json_file:
+        Path(json_file).write_text(payload + "\n", encoding="utf-8")
+    if plot_file:
+        plot(results, plot_file)
+    if obj.as_json:
+        click.echo(payload)
+        return
+    print_tables(results, Console())
+    engine = [r.policy_us_per_turn for r in results if r.policy == "clawvm"]
+    if engine:
+        click.echo(
+            f"engine per turn (full assemble: page table, selection, texts, exact count, record): "
+            f"mean {sum(engine) / len(engine):.0f} µs; selection alone: see bench/assembler.py"
+        )
+
+
+@app.group(name="import")
+@common_options
+def import_group() -> None:
+    """Turn an agent transcript into a clawvm trace that `clawvm replay` runs.
+
+    \b
+    Example:
+      clawvm import claude-code session.jsonl --out session.trace.json
+    """
+
+
+def _import(kind: str, file: str, session: str | None, out: str | None, as_json: bool) -> None:
+    from .replay.importers import import_transcript
+
+    trace = import_transcript(file, kind=kind, session=session)
+    target = Path(out) if out else Path(f"{Path(file).stem}.trace.json")
+    trace.dump(target)
+    tools = sum(len(turn.tools) for turn in trace.turns)
+    summary = {
+        "trace": str(target),
+        "source": trace.source,
+        "turns": len(trace.turns),
+        "tool_calls": tools,
+        "writes": sum(1 for turn in trace.turns for step in turn.tools if step.effect == "write"),
+        "compactions": sum(1 for turn in trace.turns if turn.event == "compaction"),
+        "warnings": trace.warnings,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(
+        f"{target}: {summary['turns']} turns, {tools} tool calls "
+        f"({summary['writes']} writes), {summary['compactions']} compactions"
+    )
+    for warning in trace.warnings[:20]:
+        click.echo(f"skipped {warning}", err=True)
+    if len(trace.warnings) > 20:
+        click.echo(f"... and {len(trace.warnings) - 20} more warnings", err=True)
+
+
+def _register_importer(kind: str) -> None:
+    """One `clawvm import KIND FILE` command per transcript format."""
+
+    @import_group.command(
+        name=kind,
+        help=(
+            f"Import a {kind} transcript as a trace; malformed lines are reported with their "
+            f"line number and skipped.\n\n\b\nExample:\n  clawvm import {kind} "
+            "transcript.jsonl --out t.trace.json"
+        ),
+    )
+    @click.argument("file")
+    @click.option("--session", default=None, help="Only this session id of the transcript.")
+    @click.option("--out", default=None, help="Trace file to write (default: FILE.trace.json).")
+    @common_options
+    @pass_context
+    def command(obj: Context, file: str, session: str | None, out: str | None) -> None:
+        _import(kind, file, session, out, obj.as_json)
+
+
+for _kind in ("auto", "claude-code", "codex", "copilot", "gemini-cli", "antigravity", "aider"):
+    _register_importer(_kind)
+
+
+@app.command()
+@click.argument("trace_file")
+@click.option("--budget", type=click.IntRange(min=1), required=True, help="Tokens per prompt.")
+@click.option("--policy", type=click.Choice(POLICY_NAMES), default="clawvm", show_default=True)
+@common_options
+@pass_context
+def replay(obj: Context, trace_file: str, budget: int, policy: str) -> None:
+    """Replay a trace (from `clawvm import`, or a transcript, imported on the fly).
+
+    Realistic budgets for real sessions are 2,000 to 64,000 tokens. Prints faults by kind,
+    alerts, hits, thrash and tokens used. Does not use --db.
+
+    \b
+    Example:
+      clawvm replay session.trace.json --budget 16000 --policy clawvm
+    """
+    from .replay.harness import run_eval
+    from .replay.trace import Trace
+
+    path = Path(trace_file)
+    if path.suffix == ".json":
+        trace = Trace.load(path)
+    else:
+        from .replay.importers import import_transcript
+
+        trace = import_transcript(path)
+    (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
+    if obj.as_json:
+        emit_json(result.as_json())
+        return
+    rows: list[tuple[str, Any]] = [(kind, count) for kind, count in result.faults.items()]
+    rows += [
+        ("(alerts)", result.alerts),
+        ("(hits)", result.hits),
+        ("(thrash)", f"{result.thrash:.3f}"),
+        ("(tokens used per turn)", f"{result.tokens_used:.0f}"),
+        ("(turns)", result.turns),
+        ("(floor fit every turn)", "yes" if result.feasible else "no"),
+    ]
+    emit_table(f"{trace.name} at {budget} tokens under {policy}", ["what", "value"], rows)
+
+
 DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (
     (
         "bootstrap/agents-md",
