@@ -54,6 +54,7 @@ class ConfigResult:
     tokens_used: float
     turns: int
     policy_us_per_turn: float = 0.0
+    trace: str = ""  # the trace's name (several imported traces share a family)
 
     def as_json(self) -> dict[str, Any]:
         """The contract shape, in a fixed key order."""
@@ -173,6 +174,7 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
         tokens_used=statistics.fmean(tokens) if tokens else 0.0,
         turns=len(trace.turns),
         policy_us_per_turn=policy_seconds / max(len(tokens), 1) * 1e6,
+        trace=trace.name,
     )
 
 
@@ -196,7 +198,7 @@ def run_eval(
     jobs = [
         (trace, budget, policy) for trace in chosen for budget in budgets for policy in policies
     ]
-    results: dict[tuple[str, int, str], ConfigResult] = {}
+    results: dict[tuple[str, int, str], ConfigResult] = {}  # by (trace name, budget, policy)
     with tempfile.TemporaryDirectory(prefix="clawvm-eval-") as tmp:
         template = template_database(Path(tmp))
         payloads = [(trace, budget, policy, tmp, str(template)) for trace, budget, policy in jobs]
@@ -204,16 +206,16 @@ def run_eval(
         if count <= 1:
             outcomes: Iterable[ConfigResult] = map(_run_one, payloads)
             for outcome in outcomes:
-                results[(outcome.family, outcome.budget, outcome.policy)] = outcome
+                results[(outcome.trace, outcome.budget, outcome.policy)] = outcome
                 if progress:
                     progress(outcome)
         else:
             with ProcessPoolExecutor(max_workers=count) as pool:
                 for outcome in pool.map(_run_one, payloads, chunksize=1):
-                    results[(outcome.family, outcome.budget, outcome.policy)] = outcome
+                    results[(outcome.trace, outcome.budget, outcome.policy)] = outcome
                     if progress:
                         progress(outcome)
-    return [results[(trace.family, budget, policy)] for trace, budget, policy in jobs]
+    return [results[(trace.name, budget, policy)] for trace, budget, policy in jobs]
 
 
 def summarize(results: Sequence[ConfigResult]) -> dict[str, dict[str, float]]:
