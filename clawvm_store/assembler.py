@@ -616,7 +616,9 @@ _TEXTS = sql_select(
 )
 MAX_MARGIN = 2.0
 
-_PREVIOUS_ITEMS = sql_select(t.assembly_items.c.page_id, t.assembly_items.c.fidelity).where(
+_PREVIOUS_ITEMS = sql_select(
+    t.assembly_items.c.page_id, t.assembly_items.c.fidelity, t.assembly_items.c.version
+).where(
     t.assembly_items.c.assembly_id
     == sql_select(t.assemblies.c.id)
     .where(t.assemblies.c.session_id == bindparam("b_session"))
@@ -662,6 +664,7 @@ class Assembler:
         self.hysteresis = hysteresis
         self.table = PageTable(project, session_id, store.counter)
         self._previous: dict[int, Fidelity] | None = None
+        self._previous_versions: dict[int, int] = {}
 
     def assemble(
         self,
@@ -692,9 +695,7 @@ class Assembler:
         with self.store.db.transaction(write=False) as conn:
             self.table.refresh(conn)
             if self._previous is None:
-                self._previous = previous_fidelities(
-                    conn.execute(_PREVIOUS_ITEMS, {"b_session": self.session_id}).all()
-                )
+                self._load_previous(conn)
             margin = learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
             candidates = self.table.candidates()
             recency = self.table.recency()
@@ -770,7 +771,7 @@ class Assembler:
         if record:
             extra = observe(items, feasible) if observe is not None else []
             assembly = self._record(assembly, items, evicted, turn, extra)
-            self._previous = {item.candidate.page_id: item.fidelity for item in items}
+            self._remember(items)
         if shortfall is not None:
             if record:
                 self.store._on_insufficient(self.session_id, self.project, turn, shortfall)
@@ -936,17 +937,30 @@ class Assembler:
             effective_budget=budget,
         )
         self._record(external, items, evicted, turn, fault_rows)
-        self._previous = {item.candidate.page_id: item.fidelity for item in items}
+        self._remember(items)
 
     def previous(self) -> dict[int, Fidelity]:
         """Page id → fidelity in this session's last recorded prompt."""
         if self._previous is None:
             with self.store.db.transaction(write=False) as conn:
                 self.table.refresh(conn)
-                self._previous = previous_fidelities(
-                    conn.execute(_PREVIOUS_ITEMS, {"b_session": self.session_id}).all()
-                )
+                self._load_previous(conn)
+        assert self._previous is not None
         return self._previous
+
+    def previous_version(self, page_id: int) -> int | None:
+        """The version of a page that the last recorded prompt held (None: absent)."""
+        self.previous()
+        return self._previous_versions.get(page_id)
+
+    def _load_previous(self, conn: Connection) -> None:
+        rows = conn.execute(_PREVIOUS_ITEMS, {"b_session": self.session_id}).all()
+        self._previous = previous_fidelities(rows)
+        self._previous_versions = {row.page_id: row.version for row in rows if row.fidelity}
+
+    def _remember(self, items: Sequence[RenderItem]) -> None:
+        self._previous = {item.candidate.page_id: item.fidelity for item in items}
+        self._previous_versions = {item.candidate.page_id: item.candidate.version for item in items}
 
     def observe_usage(self, prompt_tokens: int) -> float:
         """Record the provider's count for the last recorded prompt; return the new margin."""

@@ -151,6 +151,11 @@ class ToolMediator:
         store = self.store
         with store.db.transaction(write=False) as conn:
             prior = self._prior(conn, signature, idempotency_key)
+        if prior is not None and idempotency_key is not None and prior.signature != signature:
+            raise InvalidInput(
+                f"idempotency key {idempotency_key!r} was already used for another call "
+                f"({prior.call_id}: {prior.name})"
+            )
         if prior is not None and effect == "write" and not fresh:
             if prior.state in ("started", "interrupted"):
                 raise InterruptedToolCall(
@@ -162,7 +167,8 @@ class ToolMediator:
                 return self._served(prior, "resolved", hit=True)
         if prior is not None and effect == "read" and not fresh:
             if prior.state == "finished" and prior.invalidated_at is None:
-                resident = session._resident_fidelity(prior.result_key) is Fidelity.FULL
+                held = session._resident_fidelity(prior.result_key, prior.result_version)
+                resident = held is Fidelity.FULL
                 return self._served(prior, "resident" if resident else "resolved", hit=True)
         duplicate = (
             effect == "read"

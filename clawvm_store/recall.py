@@ -106,12 +106,17 @@ class FtsRecall:
             return RecallHits([], "backend_error", "full-text recall needs SQLite FTS5")
         with store.db.transaction(sync="normal") as conn:
             self.catch_up(conn)
+            # At most `limit` hits per owner: another session's many matches must not crowd out
+            # a session's own (visibility is filtered by the caller).
             rows = conn.execute(
                 text(
-                    "SELECT key, session_id FROM pages_fts WHERE pages_fts MATCH :match "
-                    "AND project = :project ORDER BY rank LIMIT :limit"
+                    "SELECT key, session_id FROM ("
+                    " SELECT key, session_id, rank AS score,"
+                    " row_number() OVER (PARTITION BY session_id ORDER BY rank) AS nth"
+                    " FROM pages_fts WHERE pages_fts MATCH :match AND project = :project"
+                    ") WHERE nth <= :limit ORDER BY score, key"
                 ),
-                {"match": match, "project": project, "limit": limit * 4},
+                {"match": match, "project": project, "limit": limit},
             ).all()
         return RecallHits([(row.key, row.session_id) for row in rows], None if rows else "no_match")
 

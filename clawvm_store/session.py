@@ -439,14 +439,20 @@ class Session:
             self.store, self.project, self.id, weights=weights, hysteresis=hysteresis, pins=pins
         )
 
-    def _resident_fidelity(self, key: str | None) -> Fidelity | None:
-        """The fidelity ``key`` had in this session's last recorded prompt (None: absent)."""
+    def _resident_fidelity(self, key: str | None, version: int | None = None) -> Fidelity | None:
+        """The fidelity ``key`` had in this session's last recorded prompt (None: absent).
+
+        With ``version``, only that version counts: a prompt holding an older version of the
+        page does not hold this one.
+        """
         if key is None:
             return None
         previous = self._assembler.previous()
         for page_id, fidelity in previous.items():
             candidate = self._assembler.table.by_id.get(page_id)
             if candidate is not None and candidate.key == key:
+                if version is not None and self._assembler.previous_version(page_id) != version:
+                    return None
                 return fidelity
         return None
 
