@@ -641,6 +641,100 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
         )
 
 
+@app.command()
+@click.argument("statement")
+@click.option(
+    "--param", "params", multiple=True, help="A value for ? (repeatable), or NAME=VALUE for :NAME."
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
+@common_options
+@pass_context
+def sql(
+    obj: Context, statement: str, params: tuple[str, ...], output_format: str, limit: int | None
+) -> None:
+    """Run read-only SQL over the store and its history views.
+
+    The database is opened read-only: INSERT, UPDATE, DELETE, DDL, ATTACH, VACUUM and pragmas that
+    change state are refused and nothing is changed. Views: page_history, resident_by_turn,
+    journal_outcomes, fault_counts. Values are always bound, never pasted into the SQL.
+
+    \b
+    Example:
+      clawvm sql "SELECT key, version, full_tokens FROM page_history WHERE key = ?" --param plan/main
+      clawvm sql "SELECT * FROM resident_by_turn WHERE session = :s AND turn = 3" --param s=s-1
+    """
+    bound: list[str] | dict[str, str]
+    named = [param.partition("=") for param in params]
+    if params and all(sep for _, sep, _ in named) and ":" in statement:
+        bound = {name: value for name, _, value in named}
+    else:
+        bound = list(params)
+    with obj.open() as store:
+        rows = store.query(statement, bound, limit=limit)
+    columns = list(rows[0]) if rows else []
+    if obj.as_json or output_format == "json":
+        emit_json(rows)
+    elif output_format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row[column] for column in columns])
+    else:
+        emit_table(f"{len(rows)} rows", columns, [[row[c] for c in columns] for row in rows])
+
+
+@app.command()
+@click.argument("destination")
+@common_options
+@pass_context
+def backup(obj: Context, destination: str) -> None:
+    """Write a consistent copy of the database to a new file (VACUUM INTO), mode 0600.
+
+    Safe while another process writes: the copy is one snapshot. DESTINATION must not exist.
+
+    \b
+    Example:
+      clawvm --db agent.db backup /backups/agent-2026-11-25.db
+    """
+    with obj.open() as store:
+        target = store.backup(destination)
+    with Store.open(target, create=False, recover=False) as copy:
+        report = copy.check(recount_tokens=False)
+    if obj.as_json:
+        emit_json({"backup": target, "check_ok": report.ok})
+    else:
+        click.echo(f"backed up to {target} ({'check ok' if report.ok else 'CHECK FAILED'})")
+    if not report.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@app.command()
+@common_options
+@pass_context
+def vacuum(obj: Context) -> None:
+    """Rebuild the database file to reclaim the space of deleted rows.
+
+    \b
+    Example:
+      clawvm --db agent.db gc --keep-versions 5 --apply && clawvm --db agent.db vacuum
+    """
+    with obj.open() as store:
+        before, after = store.vacuum()
+    if obj.as_json:
+        emit_json({"bytes_before": before, "bytes_after": after})
+    else:
+        click.echo(f"vacuumed: {before} -> {after} bytes")
+
+
 FAMILY_NAMES = ("assistant", "coding", "research", "project")
 POLICY_NAMES = ("retrieval", "retrieval_cache", "compaction_hybrid", "lru", "clawvm", "oracle")
 ABLATION_NAMES = ("pointer-resolution", "pins", "writeback", "hysteresis")

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +30,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from .errors import (
     ClawVMError,
     DatabaseError,
+    InvalidInput,
     MigrationError,
     NotADatabase,
+    ReadOnlyViolation,
     SchemaTooNew,
     translate_driver_error,
 )
@@ -87,6 +89,58 @@ def _prepare_sqlite_file(path: str, *, create: bool) -> None:
     except OSError as exc:
         raise DatabaseError(f"cannot create database {path!r}: {exc.strerror}") from None
     os.close(fd)
+
+
+# Pragmas that only read: introspection ones take a table or index name as their argument;
+# setting pragmas are allowed without an argument only (reading their value, never setting it).
+_INTROSPECTION_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+    }
+)
+_VALUE_PRAGMAS = frozenset(
+    {
+        "database_list",
+        "compile_options",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "encoding",
+        "user_version",
+        "schema_version",
+        "data_version",
+        "journal_mode",
+        "synchronous",
+        "function_list",
+        "pragma_list",
+        "collation_list",
+    }
+)
+_ALLOWED_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+
+
+def _read_only_authorizer(
+    action: int, first: str | None, second: str | None, database: str | None, trigger: str | None
+) -> int:
+    """SQLite authorizer for read-only SQL: reads yes, anything that could change state no."""
+    if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and first:
+        name = first.lower()
+        if name in _INTROSPECTION_PRAGMAS or (name in _VALUE_PRAGMAS and second is None):
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
 
 
 def _lenient_text(data: bytes) -> str:
@@ -251,6 +305,107 @@ class Database:
             conn.invalidate()
             if conn is self._writer:
                 self._writer = None
+
+    # -- read-only SQL, backups, vacuum ------------------------------------------------------------
+
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement; returns (column names, rows).
+
+        Three locks keep it read-only whatever the text says: the file is opened ``mode=ro``,
+        ``PRAGMA query_only`` is on, and an SQLite authorizer allows only reading (SELECT, reads
+        of columns, functions, read-only pragmas): ATTACH, VACUUM, DDL, writes and pragmas that
+        change state are refused before they run.
+        """
+        if self.dialect != "sqlite" or not self.path:
+            raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
+        if not isinstance(sql, str) or not sql.strip():
+            raise InvalidInput("the SQL statement is empty")
+        uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise translate_driver_error(exc, context=self.path) from None
+        try:
+            conn.text_factory = _lenient_text
+            conn.execute("PRAGMA query_only = ON")
+            conn.set_authorizer(_read_only_authorizer)
+            cursor = conn.execute(sql, params if params is not None else ())
+            columns = [item[0] for item in cursor.description or ()]
+            rows = cursor.fetchmany(limit) if limit is not None else cursor.fetchall()
+            return columns, [tuple(row) for row in rows]
+        except sqlite3.DatabaseError as exc:
+            message = str(exc)
+            refused = ("not authorized", "authorization denied", "readonly", "query_only")
+            if any(word in message for word in refused):
+                raise ReadOnlyViolation(
+                    f"refused: `clawvm sql` and store.query() only read ({message})"
+                ) from None
+            if (
+                isinstance(exc, sqlite3.ProgrammingError)
+                or "syntax error" in message
+                or "no such" in message
+            ):
+                raise InvalidInput(f"bad SQL: {message}") from None
+            raise translate_driver_error(exc, context="query") from None
+        except (sqlite3.Warning, sqlite3.ProgrammingError, ValueError) as exc:
+            raise InvalidInput(f"bad SQL: {exc}") from None
+        finally:
+            conn.close()
+
+    def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """A consistent copy of the database at ``destination`` (``VACUUM INTO``), mode 0600.
+
+        It reads one snapshot, so it is correct while other processes keep writing. The
+        destination must not exist; a new file is created for it.
+        """
+        if self.dialect != "sqlite" or not self.path:
+            raise DatabaseError("backup needs an SQLite database file")
+        target = Path(destination)
+        if target.exists():
+            raise InvalidInput(f"{str(target)!r} already exists; choose a new file for the backup")
+        if not target.parent.is_dir():
+            raise InvalidInput(f"directory {str(target.parent)!r} does not exist")
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            try:
+                conn.execute("VACUUM INTO ?", (str(target),))
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            target.unlink(missing_ok=True)
+            raise translate_driver_error(exc, context="backup") from None
+        return target
+
+    def vacuum(self) -> tuple[int, int]:
+        """Rebuild the database file to reclaim free pages; returns (bytes before, bytes after)."""
+        if self.dialect != "sqlite" or not self.path:
+            raise DatabaseError("vacuum needs an SQLite database file")
+        before = os.path.getsize(self.path)
+        with self._write_lock:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("VACUUM")
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise translate_driver_error(exc, context="vacuum") from None
+        return before, os.path.getsize(self.path)
 
     def dispose(self) -> None:
         """Close the writer connection and every pooled connection."""

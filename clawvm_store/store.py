@@ -1193,6 +1193,30 @@ class Store:
 
     # -- inspection ------------------------------------------------------------------------------
 
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run a read-only SQL statement and return its rows as dicts (column name → value).
+
+        Any statement that would change anything (INSERT, UPDATE, DELETE, DDL, ATTACH, a
+        state-changing PRAGMA, VACUUM) raises :class:`ReadOnlyViolation` and the database is
+        left byte for byte as it was. Bind values with ``params`` (``?`` or ``:name``).
+        """
+        columns, rows = self.db.query(sql, params, limit=limit)
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def backup(self, destination: str | os.PathLike[str]) -> str:
+        """A consistent copy of the database at a new file (``VACUUM INTO``, mode 0600)."""
+        return str(self.db.backup(destination))
+
+    def vacuum(self) -> tuple[int, int]:
+        """Reclaim free pages; returns the file size in bytes before and after."""
+        return self.db.vacuum()
+
     def info(self) -> StoreInfo:
         """Versions, pragmas in force, and row counts."""
         db = self.db
