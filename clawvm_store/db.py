@@ -483,14 +483,18 @@ class Database:
                 # A revision that rebuilds a table (batch mode's copy-and-move) must be able to
                 # drop the old one while rows refer to it; foreign keys are checked per revision
                 # instead (env.py), and switched back on before the connection is reused.
+                # Likewise, a rebuild renames its copy into place: legacy ALTER semantics keep
+                # SQLite from re-validating views mid-rebuild, when their table is briefly gone.
                 driver = conn.connection.dbapi_connection
                 if self.dialect == "sqlite" and driver is not None:
                     driver.execute("PRAGMA foreign_keys = OFF")
+                    driver.execute("PRAGMA legacy_alter_table = ON")
                 try:
                     config.attributes["connection"] = conn
                     command.upgrade(config, "head")
                 finally:
                     if self.dialect == "sqlite" and driver is not None:
+                        driver.execute("PRAGMA legacy_alter_table = OFF")
                         driver.execute("PRAGMA foreign_keys = ON")
         except MigrationError:
             raise
