@@ -43,7 +43,8 @@ _DRIVER_ERRORS = (DBAPIError, SQLAlchemyError, sqlite3.Error, UnicodeDecodeError
 Sync = Literal["full", "normal"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-BUSY_TIMEOUT_MS = 5_000
+BUSY_TIMEOUT_MS = int(os.environ.get("CLAWVM_BUSY_TIMEOUT_MS", "5000"))
+"""How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``)."""
 
 
 def database_url(target: str | os.PathLike[str]) -> str:
