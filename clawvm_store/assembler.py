@@ -38,6 +38,7 @@ from sqlalchemy import select as sql_select
 
 from . import schema as t
 from .errors import FloorShortfall, InsufficientBudget, InvalidInput
+from .journal import LATEST_EVENT, applied_since
 from .pages import POLICIES, Fidelity, PageType, Pin, Scope
 from .tokens import TokenCounter
 
@@ -375,41 +376,24 @@ def choose(
 # Page versions applied since a watermark. The watermark is the boundary event id: entries are
 # applied inside boundaries, which commit one at a time in id order, whereas LSNs are assigned at
 # staging and apply out of order across sessions.
-_TABLE_QUERY = (
-    sql_select(
-        t.pages.c.id,
-        t.pages.c.key,
-        t.pages.c.type,
-        t.pages.c.version,
-        t.pages.c.pin,
-        t.pages.c.priority,
-        t.pages.c.scope,
-        t.pages.c.deleted,
-        t.page_versions.c.lsn,
-        t.representations.c.fidelity,
-        t.representations.c.tokens,
-        t.representations.c.source,
-    )
-    .select_from(
-        t.journal.join(t.page_versions, t.page_versions.c.lsn == t.journal.c.lsn)
-        .join(
-            t.pages,
-            (t.pages.c.id == t.page_versions.c.page_id)
-            & (t.pages.c.version == t.page_versions.c.version),
-        )
-        .outerjoin(
-            t.representations,
-            (t.representations.c.page_id == t.pages.c.id)
-            & (t.representations.c.version == t.pages.c.version),
-        )
-    )
-    .where(
-        t.journal.c.event_id > bindparam("b_since"),
-        t.pages.c.project == bindparam("b_project"),
-        t.pages.c.session_id.in_([bindparam("b_session"), ""]),
-    )
+# The pages a session can see whose head changed since the table's watermark.
+_TABLE_QUERY = applied_since(
+    t.pages.c.id,
+    t.pages.c.key,
+    t.pages.c.type,
+    t.pages.c.version,
+    t.pages.c.pin,
+    t.pages.c.priority,
+    t.pages.c.scope,
+    t.pages.c.deleted,
+    t.page_versions.c.lsn,
+    t.representations.c.fidelity,
+    t.representations.c.tokens,
+    t.representations.c.source,
+).where(
+    t.pages.c.project == bindparam("b_project"),
+    t.pages.c.session_id.in_([bindparam("b_session"), ""]),
 )
-_MAX_EVENT = sql_select(t.lifecycle_events.c.id).order_by(t.lifecycle_events.c.id.desc()).limit(1)
 
 
 class PageTable:
@@ -429,7 +413,7 @@ class PageTable:
 
     def refresh(self, conn: Connection) -> None:
         """Bring the table up to date with the database."""
-        newest = conn.execute(_MAX_EVENT).scalar() or 0
+        newest = conn.execute(LATEST_EVENT).scalar() or 0
         if newest <= self.since:
             return
         rows = conn.execute(

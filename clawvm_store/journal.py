@@ -941,6 +941,38 @@ def version_row_sha256(row: Mapping[Any, Any]) -> str:
     return text_sha256(canonical_json([row[name] for name in VERSION_ROW_COLUMNS]))
 
 
+def applied_since(*columns: Any, fidelity: str | None = None) -> Any:
+    """Pages whose head version was applied in a boundary after ``:b_since`` (an event id).
+
+    Readers that follow the store incrementally (the assembler's page table, the recall index)
+    use boundary event ids as their watermark: boundaries commit one at a time in id order,
+    whereas LSNs are assigned at staging and applied out of order across sessions. Each row
+    carries the head's representations (only ``fidelity``'s, when given).
+    """
+    representation = (t.representations.c.page_id == t.pages.c.id) & (
+        t.representations.c.version == t.pages.c.version
+    )
+    if fidelity is not None:
+        representation = representation & (t.representations.c.fidelity == fidelity)
+    return (
+        select(*columns)
+        .select_from(
+            t.journal.join(t.page_versions, t.page_versions.c.lsn == t.journal.c.lsn)
+            .join(
+                t.pages,
+                (t.pages.c.id == t.page_versions.c.page_id)
+                & (t.pages.c.version == t.page_versions.c.version),
+            )
+            .outerjoin(t.representations, representation)
+        )
+        .where(t.journal.c.event_id > bindparam("b_since"))
+    )
+
+
+LATEST_EVENT = select(t.lifecycle_events.c.id).order_by(t.lifecycle_events.c.id.desc()).limit(1)
+"""The newest boundary event id: the watermark incremental readers catch up to."""
+
+
 def text_sha256(text: str) -> str:
     """Hex SHA-256 of a text's UTF-8 bytes (lone surrogates kept, so damage never verifies)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, select, text
 
 from . import schema as t
+from .journal import LATEST_EVENT, applied_since
 from .pages import Page
 
 RecallReason = Literal["ok", "no_match", "denied", "backend_error"]
@@ -58,31 +59,15 @@ class RecallBackend(Protocol):
         ...
 
 
-_CHANGED = (
-    select(
-        t.pages.c.id,
-        t.pages.c.key,
-        t.pages.c.project,
-        t.pages.c.session_id,
-        t.pages.c.deleted,
-        t.pages.c.provenance,
-        t.representations.c.content,
-    )
-    .select_from(
-        t.journal.join(t.page_versions, t.page_versions.c.lsn == t.journal.c.lsn)
-        .join(
-            t.pages,
-            (t.pages.c.id == t.page_versions.c.page_id)
-            & (t.pages.c.version == t.page_versions.c.version),
-        )
-        .outerjoin(
-            t.representations,
-            (t.representations.c.page_id == t.pages.c.id)
-            & (t.representations.c.version == t.pages.c.version)
-            & (t.representations.c.fidelity == "full"),
-        )
-    )
-    .where(t.journal.c.event_id > bindparam("b_since"))
+_CHANGED = applied_since(
+    t.pages.c.id,
+    t.pages.c.key,
+    t.pages.c.project,
+    t.pages.c.session_id,
+    t.pages.c.deleted,
+    t.pages.c.provenance,
+    t.representations.c.content,
+    fidelity="full",
 )
 
 
@@ -123,12 +108,7 @@ class FtsRecall:
     def catch_up(self, conn: Connection) -> None:
         """Index the page versions applied since the watermark."""
         since = conn.execute(select(t.meta.c.value).where(t.meta.c.name == _WATERMARK)).scalar()
-        newest = (
-            conn.execute(
-                select(t.lifecycle_events.c.id).order_by(t.lifecycle_events.c.id.desc()).limit(1)
-            ).scalar()
-            or 0
-        )
+        newest = conn.execute(LATEST_EVENT).scalar() or 0
         start = int(since or 0)
         if newest <= start:
             return

@@ -833,24 +833,10 @@ class Store:
 
     def _recover_tool_calls(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
         """Close the calls of dead sessions that started and never finished, as interrupted."""
-        session_ids = [
-            row[0]
-            for row in conn.execute(
-                select(t.tool_calls.c.session_id)
-                .where(t.tool_calls.c.state == "started")
-                .group_by(t.tool_calls.c.session_id)
-                .order_by(t.tool_calls.c.session_id)
-            )
-        ]
-        for session_id in session_ids:
-            owner = conn.execute(
-                select(t.sessions.c.owner).where(t.sessions.c.id == session_id)
-            ).scalar()
-            alive = owner_alive(owner)
-            if alive is True or (alive is None and not force):
-                if session_id not in report.skipped_live_sessions:
-                    report.skipped_live_sessions.append(session_id)
-                continue
+        column = t.tool_calls.c.session_id
+        for session_id, _row in self._dead_sessions(
+            conn, column, t.tool_calls.c.state == "started", report, force=force
+        ):
             for call_id in close_interrupted(self, conn, session_id):
                 report.interrupted.append((session_id, call_id))
 
@@ -906,15 +892,23 @@ class Store:
                 .values(state="applied", event_id=event_id)
             )
 
-    def _recover_staged(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
+    def _dead_sessions(
+        self,
+        conn: Connection,
+        column: Any,
+        pending: Any,
+        report: RecoveryReport,
+        *,
+        force: bool,
+    ) -> Iterator[tuple[str, Any]]:
+        """Sessions with pending work (``column`` rows matching ``pending``) whose owner is gone.
+
+        Sessions owned by a live process, or by another host unless ``force``, are skipped and
+        listed in the report: their work is not recovery's to resolve.
+        """
         session_ids = [
             row[0]
-            for row in conn.execute(
-                select(t.journal.c.session_id)
-                .where(t.journal.c.state == "staged")
-                .group_by(t.journal.c.session_id)
-                .order_by(t.journal.c.session_id)
-            )
+            for row in conn.execute(select(column).where(pending).group_by(column).order_by(column))
         ]
         for session_id in session_ids:
             session_row = conn.execute(
@@ -922,8 +916,16 @@ class Store:
             ).first()
             alive = owner_alive(session_row.owner) if session_row is not None else False
             if alive is True or (alive is None and not force):
-                report.skipped_live_sessions.append(session_id)
+                if session_id not in report.skipped_live_sessions:
+                    report.skipped_live_sessions.append(session_id)
                 continue
+            yield session_id, session_row
+
+    def _recover_staged(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
+        column = t.journal.c.session_id
+        for session_id, session_row in self._dead_sessions(
+            conn, column, t.journal.c.state == "staged", report, force=force
+        ):
             entries = [row_to_entry(row) for row in self._staged_rows(conn, session_id)]
             project = session_row.project if session_row is not None else entries[0].project
             result = self.journal.writeback(
