@@ -581,7 +581,8 @@ class JournalEngine:
         if not isinstance(ref, str) or not ref:
             return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"not a page reference: {ref!r}")
         key, _, version_text = ref.partition("@")
-        version = int(version_text) if version_text.isdigit() else None
+        # isdigit() accepts characters such as "²" that int() refuses: ASCII digits only.
+        version = int(version_text) if version_text.isascii() and version_text.isdigit() else None
         if version_text and version is None:
             return Verdict(ReasonCode.PROVENANCE_UNRESOLVED, f"bad version in {ref!r}")
         owners = [entry.session_id, ""] if entry.session_id else [""]

@@ -23,8 +23,11 @@ its ``page_versions`` row and all its ``representations``):
 
 References by key (3-6) resolve within the referring row's project, to a page of that key in
 any session of it, so an ambiguous name keeps every candidate. 5 and 6 are followed
-transitively: a version kept only because a removed version referred to it is not kept, but a
-version referred to by a kept one is, however long the chain.
+transitively: a version referred to by a kept version is kept, however long the chain, while a
+reference held only by a removed version dies with it. Every text and provenance enters through
+a journal payload, so in practice a version named anywhere stays as long as the journal entry
+naming it does (rule 4, and gc never removes journal entries); the version-to-version rules
+matter for data whose journal rows are gone (an imported store).
 
 What does *not* count as a reference: the journal entry that *produced* a version (its
 ``journal.version``) once it is ``applied`` or ``rejected``, and the ``expected_version`` of an
@@ -204,7 +207,7 @@ def _page_ref(value: object) -> tuple[str, int] | None:
     if not isinstance(value, str):
         return None
     key, _, version_text = value.partition("@")
-    if not key or not version_text.isdigit():
+    if not key or not (version_text.isascii() and version_text.isdigit()):
         return None
     try:
         return key, int(version_text)
@@ -278,41 +281,56 @@ def _load_pages(conn: Connection) -> dict[int, _PageInfo]:
 
 
 def _collect_references(conn: Connection, refs: _References) -> None:
-    pages = refs.pages
-    # 2. assembly records
-    for row in conn.execute(
-        select(
-            t.assembly_items.c.assembly_id, t.assembly_items.c.page_id, t.assembly_items.c.version
-        )
+    for collect in (
+        _refs_from_assemblies,
+        _refs_from_tool_calls,
+        _refs_from_journal,
+        _refs_from_heads,
+        _refs_from_versions,
+        _refs_from_texts,
     ):
-        target = (int(row.page_id), int(row.version))
+        collect(conn, refs)
+
+
+def _refs_from_assemblies(conn: Connection, refs: _References) -> None:
+    """2. Assembly records name (page id, version) directly."""
+    query = select(
+        t.assembly_items.c.assembly_id, t.assembly_items.c.page_id, t.assembly_items.c.version
+    )
+    for item in conn.execute(query):
+        target = (int(item.page_id), int(item.version))
         if target in refs.candidates:
-            refs.add(None, [target], f"assembly {row.assembly_id}")
-    # 3. tool calls (their results; pointers in their arguments and errors)
-    for row in conn.execute(
-        select(
-            t.tool_calls.c.call_id,
-            t.tool_calls.c.project,
-            t.tool_calls.c.session_id,
-            t.tool_calls.c.result_key,
-            t.tool_calls.c.result_version,
-            t.tool_calls.c.args,
-            t.tool_calls.c.error,
-        )
-    ):
-        reason = f"tool call {row.session_id}/{row.call_id}"
-        version = _as_int(row.result_version)
-        if isinstance(row.result_key, str) and version is not None:
+            refs.add(None, [target], f"assembly {item.assembly_id}")
+
+
+def _refs_from_tool_calls(conn: Connection, refs: _References) -> None:
+    """3. A call's result version; 5. pointers in its arguments and error text."""
+    query = select(
+        t.tool_calls.c.call_id,
+        t.tool_calls.c.project,
+        t.tool_calls.c.session_id,
+        t.tool_calls.c.result_key,
+        t.tool_calls.c.result_version,
+        t.tool_calls.c.args,
+        t.tool_calls.c.error,
+    )
+    for call in conn.execute(query):
+        reason = f"tool call {call.session_id}/{call.call_id}"
+        version = _as_int(call.result_version)
+        if isinstance(call.result_key, str) and version is not None:
             refs.add(
                 None,
-                refs.targets(row.project, row.result_key, version, (row.session_id, "")),
+                refs.targets(call.project, call.result_key, version, (call.session_id, "")),
                 f"result of {reason}",
             )
-        for value in (_json_or_text(row.args), row.error):
+        for value in (_json_or_text(call.args), call.error):
             for key, number in _pointers(value):
-                refs.add(None, refs.targets(row.project, key, number), f"pointer in {reason}")
-    # 4. journal entries
-    journal_query = select(
+                refs.add(None, refs.targets(call.project, key, number), f"pointer in {reason}")
+
+
+def _refs_from_journal(conn: Connection, refs: _References) -> None:
+    """4. Provenance and pointers in payloads; a pending entry's expected_version and version."""
+    query = select(
         t.journal.c.lsn,
         t.journal.c.project,
         t.journal.c.key,
@@ -326,46 +344,54 @@ def _collect_references(conn: Connection, refs: _References) -> None:
             t.journal.c.payload.contains("[ptr "),
         )
     )
-    for row in conn.execute(journal_query):
-        reason = f"journal lsn {row.lsn}"
-        payload = _json_or_text(row.payload)
+    for entry in conn.execute(query):
+        reason = f"journal lsn {entry.lsn}"
+        payload = _json_or_text(entry.payload)
         if isinstance(payload, dict):
             found = _provenance_ref(payload.get("provenance"))
             if found is not None:
-                refs.add(None, refs.targets(row.project, *found), f"provenance of {reason}")
+                refs.add(None, refs.targets(entry.project, *found), f"provenance of {reason}")
         for key, number in _pointers(payload):
-            refs.add(None, refs.targets(row.project, key, number), f"pointer in {reason}")
-        if row.state in _PENDING:
-            numbers = [_as_int(row.version)]
+            refs.add(None, refs.targets(entry.project, key, number), f"pointer in {reason}")
+        if entry.state in _PENDING:
+            numbers = [_as_int(entry.version)]
             if isinstance(payload, dict):
                 numbers.append(_as_int(payload.get("expected_version")))
-            for number in numbers:
-                if number is not None:
-                    refs.add(None, refs.targets(row.project, row.key, number), f"pending {reason}")
-    # 6. page heads' provenance (the head's version row says the same; a head is always kept)
-    for row in conn.execute(
-        select(t.pages.c.id, t.pages.c.project, t.pages.c.key, t.pages.c.provenance).where(
-            t.pages.c.provenance.contains('"page"')
-        )
-    ):
-        found = _provenance_ref(row.provenance)
+            for pending in numbers:
+                if pending is not None:
+                    refs.add(
+                        None, refs.targets(entry.project, entry.key, pending), f"pending {reason}"
+                    )
+
+
+def _refs_from_heads(conn: Connection, refs: _References) -> None:
+    """6. A page head's provenance (its version row says the same; heads are always kept)."""
+    query = select(t.pages.c.project, t.pages.c.key, t.pages.c.provenance).where(
+        t.pages.c.provenance.contains('"page"')
+    )
+    for head in conn.execute(query):
+        found = _provenance_ref(head.provenance)
         if found is not None:
-            refs.add(None, refs.targets(row.project, *found), f"provenance of {row.key} (the head)")
-    # 5, 6. versions: provenance and pointers in structured fields
-    for row in conn.execute(
-        select(
-            t.page_versions.c.page_id,
-            t.page_versions.c.version,
-            t.page_versions.c.provenance,
-            t.page_versions.c.fields,
-        ).where(
-            or_(
-                t.page_versions.c.provenance.contains('"page"'),
-                t.page_versions.c.fields.contains("[ptr "),
+            refs.add(
+                None, refs.targets(head.project, *found), f"provenance of {head.key} (the head)"
             )
+
+
+def _refs_from_versions(conn: Connection, refs: _References) -> None:
+    """6. A version's provenance; 5. pointers in its structured fields (followed if it is kept)."""
+    query = select(
+        t.page_versions.c.page_id,
+        t.page_versions.c.version,
+        t.page_versions.c.provenance,
+        t.page_versions.c.fields,
+    ).where(
+        or_(
+            t.page_versions.c.provenance.contains('"page"'),
+            t.page_versions.c.fields.contains("[ptr "),
         )
-    ):
-        info = pages.get(row.page_id)
+    )
+    for row in conn.execute(query):
+        info = refs.pages.get(row.page_id)
         if info is None:
             continue
         source = (int(row.page_id), int(row.version))
@@ -375,21 +401,23 @@ def _collect_references(conn: Connection, refs: _References) -> None:
             refs.add(source, refs.targets(info.project, *found), f"provenance of {name}")
         for key, number in _pointers(_json_or_text(row.fields)):
             refs.add(source, refs.targets(info.project, key, number), f"pointer in {name}")
-    # 5. pointers in representation texts
-    for row in conn.execute(
-        select(
-            t.representations.c.page_id,
-            t.representations.c.version,
-            t.representations.c.fidelity,
-            t.representations.c.content,
-        ).where(t.representations.c.content.contains("[ptr "))
-    ):
-        info = pages.get(row.page_id)
+
+
+def _refs_from_texts(conn: Connection, refs: _References) -> None:
+    """5. Pointer handles in the text of a version's representations (followed if it is kept)."""
+    query = select(
+        t.representations.c.page_id,
+        t.representations.c.version,
+        t.representations.c.fidelity,
+        t.representations.c.content,
+    ).where(t.representations.c.content.contains("[ptr "))
+    for rep in conn.execute(query):
+        info = refs.pages.get(rep.page_id)
         if info is None:
             continue
-        source = (int(row.page_id), int(row.version))
-        name = f"{info.key}@{row.version} {row.fidelity}"
-        for key, number in _pointers(row.content):
+        source = (int(rep.page_id), int(rep.version))
+        name = f"{info.key}@{rep.version} {rep.fidelity}"
+        for key, number in _pointers(rep.content):
             refs.add(source, refs.targets(info.project, key, number), f"pointer in {name}")
 
 
