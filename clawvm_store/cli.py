@@ -422,15 +422,37 @@ def pages(obj: Context, page_type: str | None, project: str | None, session: str
 
 @app.command()
 @click.option("--no-recount", is_flag=True, help="Skip re-counting every stored token count.")
+@click.option("--fix", is_flag=True, help="Repair what can be repaired safely, then check again.")
 @common_options
 @pass_context
-def check(obj: Context, no_recount: bool) -> None:
+def check(obj: Context, no_recount: bool, fix: bool) -> None:
     """Verify integrity, fidelities, pointers, token counts and the journal; exit 1 on findings.
+
+    With --fix, repairs what verified data allows (stale token counts, missing fidelities of a
+    verified text, head rows out of step, unapplied committed entries) and reports what it would
+    not touch (a hash mismatch is damage, never rehashed). Nothing is ever deleted.
 
     \b
     Example:
       clawvm --db agent.db check
+      clawvm --db agent.db check --fix
     """
+    if fix:
+        from .maintenance import check_fix
+
+        with obj.open() as store:
+            fixed = check_fix(store)
+        if obj.as_json:
+            emit_json(fixed)
+        else:
+            for repair in fixed.repairs:
+                click.echo(f"repaired {repair.code}: {repair.target} ({repair.action})")
+            for finding, why in fixed.unrepaired:
+                click.echo(f"not repaired {finding.code}: {finding.message} ({why})")
+            click.echo("ok" if fixed.ok else "findings remain")
+        if not fixed.ok:
+            sys.exit(EXIT_ERROR)
+        return
     with obj.open() as store:
         report = store.check(recount_tokens=not no_recount)
     if obj.as_json:
@@ -733,6 +755,54 @@ def vacuum(obj: Context) -> None:
         emit_json({"bytes_before": before, "bytes_after": after})
     else:
         click.echo(f"vacuumed: {before} -> {after} bytes")
+
+
+@app.command()
+@click.option(
+    "--keep-versions", type=click.IntRange(min=1), required=True, help="Versions to keep."
+)
+@click.option("--project", default=None, help="Only this project's pages.")
+@click.option("--apply", "apply_changes", is_flag=True, help="Remove them (default: a dry run).")
+@common_options
+@pass_context
+def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: bool) -> None:
+    """Remove old page versions beyond the newest N; a dry run unless --apply.
+
+    Never removes the head, nor a version that a journal entry, an assembly record, a tool call's
+    result, a pointer or another version's provenance still refers to.
+
+    \b
+    Example:
+      clawvm --db agent.db gc --keep-versions 5            # what would go
+      clawvm --db agent.db gc --keep-versions 5 --apply    # remove it
+    """
+    from rich.progress import Progress
+
+    from .maintenance import gc as collect
+
+    with (
+        obj.open() as store,
+        Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress,
+    ):
+        task = progress.add_task("collecting", total=None)
+        report = collect(
+            store,
+            keep_versions=keep_versions,
+            dry_run=not apply_changes,
+            project=project,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if obj.as_json:
+        emit_json(report)
+        return
+    verb = "removed" if apply_changes else "would remove"
+    click.echo(
+        f"{verb} {report.versions_removed} versions ({report.representations_removed} "
+        f"representations) of {report.pages} pages; kept {len(report.kept_referenced)} older "
+        "versions that something refers to"
+    )
+    for ref in report.removed[:20]:
+        click.echo(f"  {verb} {ref.project}/{ref.session or '-'}/{ref.key}@{ref.version}")
 
 
 FAMILY_NAMES = ("assistant", "coding", "research", "project")
