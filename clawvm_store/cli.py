@@ -97,6 +97,10 @@ class SafeGroup(click.Group):
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except BrokenPipeError:
+            # The reader (`| head`) stopped early: that is not an error worth a message.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream
+            sys.exit(EXIT_ERROR)
         except OSError as exc:
             fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         except Exception as exc:
@@ -805,6 +809,74 @@ def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: boo
         click.echo(f"  {verb} {ref.project}/{ref.session or '-'}/{ref.key}@{ref.version}")
 
 
+@app.command()
+@click.option(
+    "--format", "output_format", type=click.Choice(["jsonl"]), default="jsonl", show_default=True
+)
+@click.option("--out", default=None, help="A new file to write (default: stdout).")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--session", default=None, help="Only this session (with its project's pages).")
+@common_options
+@pass_context
+def export(
+    obj: Context, output_format: str, out: str | None, project: str | None, session: str | None
+) -> None:
+    """Export the store (or a project or session) as JSON lines; `import jsonl` restores it.
+
+    A round trip gives an identical store: pages, versions, fidelities, journal outcomes,
+    sessions, tool calls, assemblies and faults. The export is one consistent snapshot.
+
+    \b
+    Example:
+      clawvm --db agent.db export --out agent.jsonl
+      clawvm --db copy.db init && clawvm --db copy.db import jsonl agent.jsonl
+    """
+    from rich.progress import Progress
+
+    from .transfer import export_jsonl
+
+    with (
+        obj.open() as store,
+        Progress(
+            console=Console(stderr=True), transient=True, disable=out is None or obj.as_json
+        ) as progress,
+    ):
+        task = progress.add_task("exporting", total=None)
+        summary = export_jsonl(
+            store,
+            out if out is not None else sys.stdout,
+            project=project,
+            session=session,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if out is not None:
+        if obj.as_json:
+            emit_json(summary)
+        else:
+            click.echo(f"exported {summary.total} records to {out}")
+
+
+def _import_jsonl(obj: Context, file: str) -> None:
+    from rich.progress import Progress
+
+    from .transfer import import_jsonl
+
+    with (
+        obj.open() as store,
+        Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress,
+    ):
+        task = progress.add_task("importing", total=None)
+        summary = import_jsonl(
+            store,
+            file,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if obj.as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"imported {summary.total} records from {file}")
+
+
 FAMILY_NAMES = ("assistant", "coding", "research", "project")
 POLICY_NAMES = ("retrieval", "retrieval_cache", "compaction_hybrid", "lru", "clawvm", "oracle")
 ABLATION_NAMES = ("pointer-resolution", "pins", "writeback", "hysteresis")
@@ -946,6 +1018,20 @@ def _register_importer(kind: str) -> None:
 
 for _kind in ("auto", "claude-code", "codex", "copilot", "gemini-cli", "antigravity", "aider"):
     _register_importer(_kind)
+
+
+@import_group.command(name="jsonl")
+@click.argument("file")
+@common_options
+@pass_context
+def import_jsonl_command(obj: Context, file: str) -> None:
+    """Load a `clawvm export` file into an empty store (one transaction: all or nothing).
+
+    \b
+    Example:
+      clawvm --db copy.db init && clawvm --db copy.db import jsonl agent.jsonl
+    """
+    _import_jsonl(obj, file)
 
 
 @app.command()

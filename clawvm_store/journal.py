@@ -533,10 +533,13 @@ class JournalEngine:
         return None
 
     def _check_provenance(
-        self, conn: Connection, entry: Entry, page_type: PageType | None
+        self, conn: Connection, entry: Entry, page_type: PageType | None, head: Head | None
     ) -> Verdict | None:
         provenance = entry.payload.get("provenance")
         if provenance is None:
+            inherited = head is not None and not head.deleted and head.provenance is not None
+            if inherited and entry.op is not Op.SET:
+                return None  # an append or merge keeps the page's own provenance
             if page_type is PageType.EVIDENCE and entry.op is not Op.DELETE:
                 return Verdict(
                     ReasonCode.PROVENANCE_UNRESOLVED,
@@ -657,7 +660,7 @@ class JournalEngine:
         for verdict in (
             self._check_schema(entry, head),
             self._check_scope(conn, entry),
-            self._check_provenance(conn, entry, page_type),
+            self._check_provenance(conn, entry, page_type, head),
             self._check_version(entry, head),
             self._check_pin(entry, head, boundary),
         ):

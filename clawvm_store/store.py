@@ -433,6 +433,14 @@ class Store:
         )
         prepared = self._prepare_outside_txn(update, project, session_id)
         with self.db.transaction() as conn:
+            if session_id:
+                owner = conn.execute(
+                    select(t.sessions.c.project).where(t.sessions.c.id == session_id)
+                ).scalar()
+                if owner is not None and owner != project:
+                    raise InvalidInput(
+                        f"session {session_id!r} belongs to project {owner!r}, not {project!r}"
+                    )
             written, rejected = self._write_direct(conn, update, project, session_id, prepared)
         if rejected is not None:
             raise rejected
@@ -859,22 +867,25 @@ class Store:
         ).all()
         if not rows:
             return
-        # Re-applied versions belong to this recovery's boundary event, so readers that follow
-        # applied versions by event id (the assembler's page table) see them.
-        event_id = inserted_id(
-            conn.execute(
-                t.lifecycle_events.insert(),
-                {
-                    "session_id": None,
-                    "project": rows[0].project,
-                    "boundary": Boundary.RECOVERY.value,
-                    "turn": 0,
-                    "detail": '{"reason":"re-apply committed entries"}',
-                    "at": self.clock(),
-                },
+        # Re-applied versions belong to a recovery boundary event of their own project, so
+        # readers that follow applied versions by event id (the page table, recall) see them.
+        events: dict[str, int] = {}
+        for project in sorted({row.project for row in rows}):
+            events[project] = inserted_id(
+                conn.execute(
+                    t.lifecycle_events.insert(),
+                    {
+                        "session_id": None,
+                        "project": project,
+                        "boundary": Boundary.RECOVERY.value,
+                        "turn": 0,
+                        "detail": '{"reason":"re-apply committed entries"}',
+                        "at": self.clock(),
+                    },
+                )
             )
-        )
         for row in rows:
+            event_id = events[row.project]
             entry = row_to_entry(row)
             head = self.journal.head(conn, entry.project, entry.page_session, entry.key)
             current = head.version if head else 0
