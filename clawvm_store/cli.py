@@ -1060,7 +1060,11 @@ def replay(obj: Context, trace_file: str, budget: int, policy: str) -> None:
         from .replay.importers import import_transcript
 
         trace = import_transcript(path)
-    (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:
+        progress.add_task(f"replaying {len(trace.turns)} turns", total=None)
+        (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
     if obj.as_json:
         emit_json(result.as_json())
         return
