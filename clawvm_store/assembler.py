@@ -76,6 +76,7 @@ _HEADER_SUFFIX = {
     Fidelity.POINTER: "",
 }
 SEPARATOR = "\n\n"
+MAX_BUDGET = 100_000_000  # far past any context window; keeps arithmetic inside 64 bits
 
 
 @dataclass(frozen=True)
@@ -553,8 +554,8 @@ def text_digest(text: str) -> str:
 
 def check_budget(budget: object) -> int:
     """A budget must be a positive integer."""
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-        raise InvalidInput(f"budget must be a positive integer, not {budget!r}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= MAX_BUDGET:
+        raise InvalidInput(f"budget must be an integer from 1 to {MAX_BUDGET}, not {budget!r:.40}")
     return budget
 
 
@@ -670,8 +671,22 @@ class Assembler:
         budget = check_budget(budget)
         if not isinstance(fixed, str):
             raise InvalidInput("fixed must be a string")
-        if isinstance(demand, str) or not all(isinstance(key, str) for key in demand):
+        try:
+            demand = list(demand) if not isinstance(demand, str) else [0]  # type: ignore[list-item]
+        except TypeError:
+            demand = [0]  # type: ignore[list-item]
+        if not all(isinstance(key, str) for key in demand):
             raise InvalidInput("demand must be a list of page keys")
+        if boost is not None and (
+            not isinstance(boost, Mapping)
+            or not all(
+                isinstance(key, str)
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                for key, value in boost.items()
+            )
+        ):
+            raise InvalidInput("boost must map page keys to numbers")
         if on_insufficient not in ("raise", "report"):
             raise InvalidInput("on_insufficient must be 'raise' or 'report'")
         wanted = frozenset(demand)

@@ -57,14 +57,25 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def printable(text: str) -> str:
+    """Text safe to print: bytes that were not valid UTF-8 (damaged data) shown as escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def emit_json(value: Any) -> None:
     """Print ``value`` as JSON on stdout."""
-    click.echo(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, sort_keys=True))
+    click.echo(
+        printable(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, sort_keys=True))
+    )
 
 
 def emit_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A Rich table on a terminal; tab-separated lines with a header when piped."""
-    materialized = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    materialized = [["" if cell is None else printable(str(cell)) for cell in row] for row in rows]
     if sys.stdout.isatty():
         table = Table(title=title)
         for column in columns:
@@ -340,7 +351,7 @@ def show(
         emit_json(page_json(page))
     else:
         # Print the content byte for byte: `clawvm show K > f` must give back what was put.
-        click.echo(page.content, nl=not page.content.endswith("\n"))
+        click.echo(printable(page.content), nl=not page.content.endswith("\n"))
 
 
 @app.command()
@@ -513,7 +524,7 @@ def recover(obj: Context, force: bool) -> None:
 @app.command()
 @click.option("--state", type=click.Choice(list(t.JOURNAL_STATES)), default=None)
 @click.option("--session", default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=click.IntRange(min=1, max=2**31 - 1), default=None)
 @common_options
 @pass_context
 def journal(obj: Context, state: str | None, session: str | None, limit: int | None) -> None:
@@ -679,7 +690,12 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
     default="table",
     show_default=True,
 )
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=2**31 - 1),
+    default=None,
+    help="At most this many rows.",
+)
 @common_options
 @pass_context
 def sql(
@@ -713,7 +729,9 @@ def sql(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([row[column] for column in columns])
+            writer.writerow(
+                [printable(value) if isinstance(value, str) else value for value in row.values()]
+            )
     else:
         emit_table(f"{len(rows)} rows", columns, [[row[c] for c in columns] for row in rows])
 

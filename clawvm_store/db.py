@@ -43,6 +43,8 @@ _DRIVER_ERRORS = (DBAPIError, SQLAlchemyError, sqlite3.Error, UnicodeDecodeError
 Sync = Literal["full", "normal"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MAX_ROWS = 2**31 - 1
+"""The most rows a query may be limited to (SQLite's C int)."""
 BUSY_TIMEOUT_MS = int(os.environ.get("CLAWVM_BUSY_TIMEOUT_MS", "5000"))
 """How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``)."""
 
@@ -294,6 +296,10 @@ class Database:
             raise
         except _DRIVER_ERRORS as exc:
             raise translate_driver_error(exc) from exc
+        except (UnicodeEncodeError, OverflowError) as exc:
+            # Raised while binding a value: text that is not valid Unicode (a lone surrogate) or
+            # an integer beyond SQLite's 64 bits. Bad input, and nothing was written.
+            raise InvalidInput(f"a value cannot be stored: {type(exc).__name__}: {exc}") from None
 
     def _abandon(self, conn: Connection, txn: Any, *, discard: bool = False) -> None:
         """Roll back; if that fails too (or ``discard``), throw the connection away."""
@@ -336,6 +342,10 @@ class Database:
             conn.text_factory = _lenient_text
             conn.execute("PRAGMA query_only = ON")
             conn.set_authorizer(_read_only_authorizer)
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
+            ):
+                raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
             cursor = conn.execute(sql, params if params is not None else ())
             columns = [item[0] for item in cursor.description or ()]
             rows = cursor.fetchmany(limit) if limit is not None else cursor.fetchall()
@@ -354,8 +364,14 @@ class Database:
             ):
                 raise InvalidInput(f"bad SQL: {message}") from None
             raise translate_driver_error(exc, context="query") from None
-        except (sqlite3.Warning, sqlite3.ProgrammingError, ValueError) as exc:
-            raise InvalidInput(f"bad SQL: {exc}") from None
+        except (
+            sqlite3.Warning,
+            sqlite3.ProgrammingError,
+            ValueError,
+            TypeError,
+            OverflowError,
+        ) as exc:
+            raise InvalidInput(f"bad SQL or parameters: {exc}") from None
         finally:
             conn.close()
 

@@ -135,7 +135,17 @@ def check_key(key: object) -> str:
         raise InvalidInput(f"a page key must be at most {MAX_KEY_CHARS} characters")
     if _KEY_FORBIDDEN.search(key):
         raise InvalidInput(f"a page key must not contain whitespace or control characters: {key!r}")
+    if not key.isprintable() or not _encodable(key):
+        raise InvalidInput(f"a page key must be valid, printable Unicode text: {key!r}")
     return key
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

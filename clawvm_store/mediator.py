@@ -109,8 +109,21 @@ def result_key(name: str, signature: str) -> str:
 
 
 def render_output(output: object) -> str:
-    """A tool's output as page content."""
-    text = output if isinstance(output, str) else canonical_json(output)
+    """A tool's output as page content: text as is, bytes decoded, data as canonical JSON,
+    anything else by its repr (so a result is always recorded, never left half-done)."""
+    if isinstance(output, str):
+        text = output
+    elif isinstance(output, bytes | bytearray):
+        text = bytes(output).decode("utf-8", "replace")
+    else:
+        try:
+            text = canonical_json(output)
+        except (TypeError, ValueError):
+            text = repr(output)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if text.strip() else "(empty result)"
 
 
@@ -141,8 +154,19 @@ class ToolMediator:
             raise InvalidInput("effect must be 'read' or 'write'")
         if not callable(run):
             raise InvalidInput("run must be callable")
+        if resources is not None and (
+            isinstance(resources, str)
+            or not isinstance(resources, Sequence)
+            or not all(isinstance(resource, str) for resource in resources)
+        ):
+            raise InvalidInput("resources must be a list of strings")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise InvalidInput("an idempotency key must be a string")
         try:
             arguments = json.loads(canonical_json(dict(args)))
+            f"{name}\x00{canonical_json(arguments)}".encode()
+        except UnicodeEncodeError:
+            raise InvalidInput("a tool name and its arguments must be valid Unicode text") from None
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"tool arguments must be JSON-serializable: {exc}") from None
         signature = signature_of(name, arguments)

@@ -804,8 +804,10 @@ class Store:
 
         ``thrash = (faults + alerts) / (hits + 1)``; ``events=True`` also lists every fault.
         """
+        session = check_filter(session, "session")
+        project = check_filter(project, "project")
         with self.db.transaction(write=False) as conn:
-            return fault_log.report(conn, session, with_events=events, project=project)
+            return fault_log.report(conn, session, with_events=bool(events), project=project)
 
     # -- recovery ----------------------------------------------------------------------------------
 
@@ -964,6 +966,8 @@ class Store:
         limit: int | None = None,
     ) -> list[JournalRecord]:
         """Journal entries, oldest first, filtered by state and session."""
+        session = check_filter(session, "session")
+        limit = check_limit(limit)
         if state is not None and state not in t.JOURNAL_STATES:
             raise InvalidInput(
                 f"unknown journal state {state!r}; expected one of: {', '.join(t.JOURNAL_STATES)}"
@@ -1034,6 +1038,8 @@ class Store:
         type's ladder.
         """
         check_key(key)
+        project = check_name(project, "project")
+        session = check_filter(session, "session")
         chosen = coerce_enum(Fidelity, fidelity, "fidelity")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise InvalidInput("version must be an integer")
@@ -1098,6 +1104,8 @@ class Store:
         self, handle: str, *, project: str = DEFAULT_PROJECT, session: str | None = None
     ) -> Page:
         """The full content behind a pointer handle (or a plain key), exactly as written."""
+        if not isinstance(handle, str):
+            raise InvalidInput(f"a pointer handle or key must be a string, not {type_name(handle)}")
         parsed = parse_pointer(handle)
         if parsed is None:
             return self.page(handle.strip(), project=project, session=session)
@@ -1109,6 +1117,8 @@ class Store:
     ) -> list[PageVersion]:
         """Every committed version of a page, oldest first, with token counts per fidelity."""
         check_key(key)
+        project = check_name(project, "project")
+        session = check_filter(session, "session")
         with self.db.transaction(write=False) as conn:
             head = self._find_page(conn, key, project, session)
             versions = conn.execute(
@@ -1156,6 +1166,8 @@ class Store:
         include_deleted: bool = False,
     ) -> list[PageSummary]:
         """Current heads, filtered by project, type and owning session, ordered by key."""
+        project = check_filter(project, "project")
+        session = check_filter(session, "session")
         page_type = coerce_enum(PageType, type, "page type") if type is not None else None
         query = select(t.pages)
         if project is not None:
@@ -1468,6 +1480,24 @@ def check_name(value: object, what: str) -> str:
         raise InvalidInput(f"{what} must be a non-empty string")
     if len(value) > 256 or "\x00" in value:
         raise InvalidInput(f"{what} must be at most 256 characters with no NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} must be valid Unicode text: {value!r}") from None
+    return value
+
+
+def check_filter(value: object, what: str) -> str | None:
+    """An optional project or session filter: None, or a valid name."""
+    return None if value is None else check_name(value, what)
+
+
+def check_limit(value: object) -> int | None:
+    """An optional row limit: None, or an integer from 1 to 2**31 - 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
+        raise InvalidInput("limit must be an integer from 1 to 2147483647")
     return value
 
 
