@@ -140,6 +140,13 @@ def check_key(key: object) -> str:
     return key
 
 
+def _too_large(text: str, limit: int) -> bool:
+    # Measured in bytes, as the limit is; the encode only runs when the text could exceed it.
+    return len(text) > limit or (
+        len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+    )
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -390,10 +397,10 @@ class JournalEngine:
         """
         payload = update.payload()
         content = payload.get("content")
-        if isinstance(content, str) and len(content) > self.max_content_bytes:
+        if isinstance(content, str) and _too_large(content, self.max_content_bytes):
             # Keep the journal row small; the rejection reason says what was too large.
             payload["content"] = None
-            payload["content_chars"] = len(content)
+            payload["content_bytes"] = len(content.encode("utf-8", "surrogatepass"))
         try:
             payload_json = canonical_json(payload)
             payload_json.encode("utf-8")
@@ -484,10 +491,10 @@ class JournalEngine:
                     f"{entry.op.value} on a {head.type.value} page cannot change its type "
                     f"to {entry.page_type.value}",
                 )
-        if "content_chars" in payload:
+        if "content_bytes" in payload:
             return Verdict(
                 ReasonCode.SCHEMA_INVALID,
-                f"content of {payload['content_chars']} characters exceeds the limit of "
+                f"content of {payload['content_bytes']} bytes exceeds the limit of "
                 f"{self.max_content_bytes} bytes",
             )
         content = payload.get("content")
