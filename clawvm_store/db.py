@@ -151,6 +151,22 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def create_private_file(target: Path, purpose: str) -> int:
+    """Create ``target`` (which must not exist yet) with mode 0600; returns its open descriptor.
+
+    Backups and exports hold the agent's state: they get the database's own permissions, and
+    never overwrite a file that is already there.
+    """
+    if target.exists():
+        raise InvalidInput(f"{str(target)!r} already exists; choose a new file for {purpose}")
+    if not target.parent.is_dir():
+        raise InvalidInput(f"directory {str(target.parent)!r} does not exist")
+    try:
+        return os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
+
+
 def _refuse_foreign_database(path: str) -> None:
     """Refuse, without writing a byte, an SQLite file that holds someone else's tables.
 
@@ -384,15 +400,7 @@ class Database:
         if self.dialect != "sqlite" or not self.path:
             raise DatabaseError("backup needs an SQLite database file")
         target = Path(destination)
-        if target.exists():
-            raise InvalidInput(f"{str(target)!r} already exists; choose a new file for the backup")
-        if not target.parent.is_dir():
-            raise InvalidInput(f"directory {str(target.parent)!r} does not exist")
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
-        except OSError as exc:
-            raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
-        os.close(fd)
+        os.close(create_private_file(target, "the backup"))
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             try:

@@ -868,9 +868,8 @@ def _refresh_fts(conn: Connection, page_id: int) -> None:
     ).first()
     if exists is None:
         return
-    from .recall import _tool_call_words
+    from .recall import index_page
 
-    conn.execute(text("DELETE FROM pages_fts WHERE page_id = :id"), {"id": page_id})
     row = conn.execute(
         select(
             t.pages.c.key,
@@ -890,25 +889,7 @@ def _refresh_fts(conn: Connection, page_id: int) -> None:
         )
         .where(t.pages.c.id == page_id)
     ).first()
-    if row is None or row.deleted or not isinstance(row.content, str):
-        return
-    content = row.content
-    words = _tool_call_words(conn, row.provenance)
-    if words:
-        content = f"{words}\n{content}"
-    conn.execute(
-        text(
-            "INSERT INTO pages_fts (content, key, page_id, project, session_id) "
-            "VALUES (:content, :key, :id, :project, :session)"
-        ),
-        {
-            "content": content,
-            "key": row.key,
-            "id": page_id,
-            "project": row.project,
-            "session": row.session_id,
-        },
-    )
+    index_page(conn, page_id, None if row is None or row.deleted else row)
 
 
 def check_fix(store: Store) -> FixReport:

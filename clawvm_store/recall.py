@@ -113,30 +113,41 @@ class FtsRecall:
         if newest <= start:
             return
         for row in conn.execute(_CHANGED, {"b_since": start}).all():
-            conn.execute(text("DELETE FROM pages_fts WHERE page_id = :id"), {"id": row.id})
-            if not row.deleted and row.content is not None:
-                content = row.content
-                call = _tool_call_words(conn, row.provenance)
-                if call:
-                    content = f"{call}\n{content}"  # find a result by the call that made it
-                conn.execute(
-                    text(
-                        "INSERT INTO pages_fts (content, key, page_id, project, session_id) "
-                        "VALUES (:content, :key, :id, :project, :session)"
-                    ),
-                    {
-                        "content": content,
-                        "key": row.key,
-                        "id": row.id,
-                        "project": row.project,
-                        "session": row.session_id,
-                    },
-                )
+            index_page(conn, row.id, None if row.deleted else row)
         value = str(newest)
         if since is None:
             conn.execute(t.meta.insert(), {"name": _WATERMARK, "value": value})
         else:
             conn.execute(t.meta.update().where(t.meta.c.name == _WATERMARK).values(value=value))
+
+
+def index_page(conn: Connection, page_id: int, head: Any | None) -> None:
+    """Put one page's head into the recall index, replacing what was there.
+
+    ``head`` has the page's key, project, session_id, provenance and full ``content``; ``None``
+    (a deleted page) only removes it. A tool result is indexed with the words of the call that
+    made it, so a repeat can be found by the call.
+    """
+    conn.execute(text("DELETE FROM pages_fts WHERE page_id = :id"), {"id": page_id})
+    if head is None or not isinstance(head.content, str):
+        return
+    content = head.content
+    call = _tool_call_words(conn, head.provenance)
+    if call:
+        content = f"{call}\n{content}"
+    conn.execute(
+        text(
+            "INSERT INTO pages_fts (content, key, page_id, project, session_id) "
+            "VALUES (:content, :key, :id, :project, :session)"
+        ),
+        {
+            "content": content,
+            "key": head.key,
+            "id": page_id,
+            "project": head.project,
+            "session": head.session_id,
+        },
+    )
 
 
 def _tool_call_words(conn: Connection, provenance: str | None) -> str:

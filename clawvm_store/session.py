@@ -106,8 +106,11 @@ class StagedUpdate:
 class Session:
     """One agent session: stage updates, read your own writes, write back at boundaries."""
 
-    def __init__(self, store: Store, session_id: str, project: str, principal: str | None):
+    def __init__(
+        self, store: Store, session_id: str, project: str, principal: str | None, turn: int = 0
+    ):
         self.store = store
+        self._turn = turn
         self.id = session_id
         self.project = project
         self.principal = principal
@@ -129,12 +132,12 @@ class Session:
 
     @property
     def turn(self) -> int:
-        """How many turns this session has ended."""
-        with self.store.db.transaction(write=False) as conn:
-            value = conn.execute(
-                select(t.sessions.c.turn).where(t.sessions.c.id == self.id)
-            ).scalar()
-        return int(value or 0)
+        """How many turns this session has ended.
+
+        Held here rather than read each time (it is on every assembly and tool call): only the
+        session's owner advances it, and a second owner is refused with SessionInUse.
+        """
+        return self._turn
 
     def _require_open(self) -> None:
         if self._closed:
@@ -586,6 +589,8 @@ class Session:
     ) -> WritebackResult:
         self._require_open()
         result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
+        if boundary is Boundary.TURN_END:
+            self._turn += 1
         if boundary in (Boundary.COMPACTION, Boundary.RESET):
             self._after_destructive = True
         return result

@@ -634,7 +634,8 @@ class Store:
                 owner=self.owner,
                 now=self.clock(),
             )
-        return Session(self, session_id, project, principal)
+            turn = conn.execute(_SESSION_TURN, {"b_session": session_id}).scalar()
+        return Session(self, session_id, project, principal, int(turn or 0))
 
     def assemble(
         self,
@@ -700,16 +701,15 @@ class Store:
     def _staged_rows(self, conn: Connection, session_id: str) -> list[Any]:
         return list(conn.execute(_STAGED_ROWS, {"b_session": session_id}).all())
 
-    def _quarantine(self, conn: Connection, row: Any, problem: str) -> None:
+    def _quarantine(
+        self, conn: Connection, row: Any, problem: str, *, reason: str = "CORRUPT"
+    ) -> None:
+        """Set an entry aside for good: it is kept, with why, and never applied."""
+        detail = f"{problem} (was {row.state})" if reason == "CORRUPT" else problem
         conn.execute(
             update(t.journal)
             .where(t.journal.c.lsn == row.lsn)
-            .values(
-                state="quarantined",
-                reason="CORRUPT",
-                detail=f"{problem} (was {row.state})",
-                resolved_at=self.clock(),
-            )
+            .values(state="quarantined", reason=reason, detail=detail, resolved_at=self.clock())
         )
 
     def _sound_entries(
@@ -767,15 +767,11 @@ class Store:
         turn = int(conn.execute(_SESSION_TURN, {"b_session": sess.id}).scalar() or 0)
         now = self.clock()
         for entry in entries:
-            conn.execute(
-                update(t.journal)
-                .where(t.journal.c.lsn == entry.lsn)
-                .values(
-                    state="quarantined",
-                    reason="DISCARDED",
-                    detail=f"discarded by a {boundary.value} that skipped writeback",
-                    resolved_at=now,
-                )
+            self._quarantine(
+                conn,
+                entry,
+                f"discarded by a {boundary.value} that skipped writeback",
+                reason="DISCARDED",
             )
         fault_log.record(
             conn,

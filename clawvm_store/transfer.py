@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +60,8 @@ from sqlalchemy import Connection, Table, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
-from .errors import CorruptDatabase, DatabaseError, InvalidInput, NotFound
+from .db import create_private_file
+from .errors import CorruptDatabase, InvalidInput, NotFound
 from .recall import _WATERMARK as FTS_WATERMARK
 from .representations import canonical_json
 
@@ -176,14 +176,7 @@ def export_jsonl(
         raise InvalidInput("session must be a non-empty string")
     if isinstance(out, str | os.PathLike):
         target = Path(out)
-        if target.exists():
-            raise InvalidInput(f"{str(target)!r} already exists; choose a new file for the export")
-        if not target.parent.is_dir():
-            raise InvalidInput(f"directory {str(target.parent)!r} does not exist")
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
-        except OSError as exc:
-            raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
+        fd = create_private_file(target, "the export")
         try:
             with os.fdopen(fd, "wb") as handle:
                 summary = _export(
