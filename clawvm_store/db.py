@@ -11,9 +11,11 @@ through :meth:`Database.transaction`.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import (
+    Busy,
     ClawVMError,
     DatabaseError,
     InvalidInput,
@@ -35,6 +38,7 @@ from .errors import (
     NotADatabase,
     ReadOnlyViolation,
     SchemaTooNew,
+    is_busy,
     translate_driver_error,
 )
 
@@ -46,7 +50,21 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_ROWS = 2**31 - 1
 """The most rows a query may be limited to (SQLite's C int)."""
 BUSY_TIMEOUT_MS = int(os.environ.get("CLAWVM_BUSY_TIMEOUT_MS", "5000"))
-"""How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``)."""
+"""How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``).
+
+It bounds the whole wait: SQLite's own busy handler plus our retries of ``BEGIN IMMEDIATE``
+(or, on PostgreSQL, the wait for the writers' advisory lock)."""
+BUSY_SLICE_MS = 100
+"""How long one ``BEGIN IMMEDIATE`` attempt lets SQLite's busy handler wait before we retry.
+
+SQLite's handler polls on a fixed schedule, so under contention the same process can lose the
+lock again and again; short attempts separated by jittered exponential backoff spread the
+writers out and keep any one of them from starving until its deadline."""
+_BACKOFF_BASE_S = 0.002
+_BACKOFF_CAP_S = 0.05
+WRITER_LOCK_KEY = 0x636C6177766D
+"""The PostgreSQL advisory lock every writer transaction holds (``pg_advisory_xact_lock``): one
+writer at a time per database, as SQLite's ``BEGIN IMMEDIATE`` gives."""
 
 
 def database_url(target: str | os.PathLike[str]) -> str:
@@ -214,17 +232,35 @@ class Database:
         url = make_url(self.url)
         self.dialect = url.get_backend_name()
         self.path: str | None = url.database if self.dialect == "sqlite" else None
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise DatabaseError(
+                f"unsupported database {url.render_as_string(hide_password=True)!r}: "
+                "use an SQLite file or a postgresql+psycopg:// URL"
+            )
+        connect_args: dict[str, Any] = {}
         if self.dialect == "sqlite":
             _prepare_sqlite_file(self.path or "", create=create)
+        else:
+            # The writers' advisory lock waits at most the busy timeout, then fails as Busy.
+            connect_args["options"] = f"-c lock_timeout={int(BUSY_TIMEOUT_MS)}"
         try:
-            self.engine: Engine = create_engine(self.url)
+            self.engine: Engine = create_engine(self.url, connect_args=connect_args)
         except (SQLAlchemyError, ImportError) as exc:
-            raise DatabaseError(f"cannot open {self.url!r}: {exc}") from None
+            raise DatabaseError(
+                f"cannot open {url.render_as_string(hide_password=True)!r}: {exc}"
+                + (
+                    " (pip install 'clawvm-store[postgresql]')"
+                    if isinstance(exc, ImportError)
+                    else ""
+                )
+            ) from None
         self._writer: Connection | None = None
         self._write_lock = threading.RLock()
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
+        else:
+            event.listen(self.engine, "begin", self._on_begin_postgresql)
 
     # -- connection settings, applied to every new DBAPI connection in this one place ---------
 
@@ -258,7 +294,65 @@ class Database:
         if info.get("synchronous") != wanted:
             driver.execute(f"PRAGMA synchronous = {wanted.upper()}")
             info["synchronous"] = wanted
-        driver.execute("BEGIN" if options.get("clawvm_read") else "BEGIN IMMEDIATE")
+        read = bool(options.get("clawvm_read"))
+        # Readers keep the full busy timeout (they wait only while a crashed writer's WAL is
+        # recovered); a writer's BEGIN IMMEDIATE waits in short slices, retried below.
+        timeout = BUSY_TIMEOUT_MS if read else min(BUSY_SLICE_MS, BUSY_TIMEOUT_MS)
+        if info.get("busy_timeout") != timeout:
+            driver.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+            info["busy_timeout"] = timeout
+        if read:
+            driver.execute("BEGIN")
+            return
+        self._begin_immediate(driver)
+
+    def _begin_immediate(self, driver: Any) -> None:
+        """``BEGIN IMMEDIATE``, retried with jittered exponential backoff until the busy timeout.
+
+        Nothing has run in the transaction yet, so a retry is always safe. Past the deadline
+        the writer gets :class:`Busy` with one line saying how long it waited.
+        """
+        started = time.monotonic()
+        deadline = started + BUSY_TIMEOUT_MS / 1000
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                if not is_busy(exc) or now >= deadline:
+                    if not is_busy(exc):
+                        raise
+                    raise Busy(
+                        f"the database is locked by another writer: gave up after "
+                        f"{now - started:.1f}s and {attempts} attempts "
+                        "(set CLAWVM_BUSY_TIMEOUT_MS to wait longer)"
+                    ) from None
+            ceiling = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempts, 16))
+            time.sleep(min(max(deadline - now, 0.0), random.uniform(ceiling / 2, ceiling)))
+
+    def _on_begin_postgresql(self, conn: Connection) -> None:
+        # psycopg opens the transaction itself on the first statement (SQLAlchemy's do_begin is
+        # a no-op for it), so the first statement we send here is the transaction's first.
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            if conn.get_execution_options().get("clawvm_read"):
+                # One snapshot for the whole read, as an SQLite read transaction has.
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            else:
+                # READ COMMITTED plus one advisory lock: writers run one at a time, and every
+                # statement after the lock sees everything committed before it was granted
+                # (a REPEATABLE READ snapshot would be taken before the wait, and be stale).
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK_KEY,))
+        except Exception as exc:
+            driver.rollback()
+            raise translate_driver_error(exc) from None
+        finally:
+            cursor.close()
 
     # -- the transaction primitive -------------------------------------------------------------
 
@@ -295,7 +389,15 @@ class Database:
     def _run(self, conn: Connection, *, read: bool, sync: Sync) -> Iterator[Connection]:
         try:
             conn.execution_options(clawvm_read=read, clawvm_sync=sync)
-            txn = conn.begin()
+            try:
+                txn = conn.begin()
+            except BaseException:
+                # A BEGIN that failed (Busy after every retry) leaves SQLAlchemy's connection
+                # state half-set: never reuse the connection.
+                conn.invalidate()
+                if conn is self._writer:
+                    self._writer = None
+                raise
             try:
                 yield conn
             except BaseException:
