@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import stat
 import threading
@@ -164,6 +165,47 @@ def _read_only_authorizer(
     return sqlite3.SQLITE_DENY
 
 
+def _to_pyformat(
+    sql: str, params: Sequence[Any] | Mapping[str, Any] | None
+) -> tuple[str, Sequence[Any] | Mapping[str, Any]]:
+    """SQLite-style placeholders (``?``, ``:name``) as psycopg's (``%s``, ``%(name)s``).
+
+    ``store.query`` takes the same SQL on both backends. Quoted text is copied as it is, and a
+    literal ``%`` is doubled, since psycopg always parses the statement for placeholders here.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(sql):
+        char = sql[i]
+        if char in "'\"":
+            end = sql.find(char, i + 1)
+            while end != -1 and sql[end + 1 : end + 2] == char:
+                end = sql.find(char, end + 2)
+            end = len(sql) - 1 if end == -1 else end
+            out.append(sql[i : end + 1].replace("%", "%%"))
+            i = end + 1
+            continue
+        if char == "%":
+            out.append("%%")
+        elif char == "?" and not isinstance(params, Mapping):
+            out.append("%s")
+        elif char == ":" and isinstance(params, Mapping) and sql[i + 1 : i + 2] != ":":
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", sql[i + 1 :])
+            if name and (i == 0 or sql[i - 1] != ":"):
+                out.append(f"%({name.group(0)})s")
+                i += 1 + len(name.group(0))
+                continue
+            out.append(char)
+        else:
+            out.append(char)
+        i += 1
+    if params is None:
+        return "".join(out), ()
+    if isinstance(params, (str, bytes)):
+        raise InvalidInput("parameters must be a sequence or a mapping, not a string")
+    return "".join(out), params
+
+
 def _lenient_text(data: bytes) -> str:
     """Decode a TEXT value; invalid UTF-8 becomes lone surrogates, which never verify."""
     return data.decode("utf-8", "surrogateescape")
@@ -230,6 +272,8 @@ class Database:
         self.url = database_url(target)
         self.durability: Durability = durability
         url = make_url(self.url)
+        self.display_url = url.render_as_string(hide_password=True)
+        """The URL with any password masked, for reports and messages."""
         self.dialect = url.get_backend_name()
         self.path: str | None = url.database if self.dialect == "sqlite" else None
         if self.dialect not in ("sqlite", "postgresql"):
@@ -447,10 +491,12 @@ class Database:
         of columns, functions, read-only pragmas): ATTACH, VACUUM, DDL, writes and pragmas that
         change state are refused before they run.
         """
-        if self.dialect != "sqlite" or not self.path:
-            raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidInput("the SQL statement is empty")
+        if self.dialect == "postgresql":
+            return self._query_postgresql(sql, params, limit=limit)
+        if not self.path:
+            raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
         uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -493,6 +539,65 @@ class Database:
         finally:
             conn.close()
 
+    def _query_postgresql(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        *,
+        limit: int | None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Read-only SQL on PostgreSQL: one statement in a ``READ ONLY`` transaction, rolled back.
+
+        The statement is sent with the extended protocol, which takes exactly one statement, so
+        no ``COMMIT; DELETE ...`` can leave the read-only transaction; the server refuses any
+        write inside it. The connection is discarded afterwards, so a
+        session setting the statement changed never reaches another caller.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
+        ):
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
+        statement, bound = _to_pyformat(sql, params)
+        try:
+            conn = self.engine.connect()
+        except _DRIVER_ERRORS as exc:
+            raise translate_driver_error(exc) from exc
+        try:
+            conn.execution_options(clawvm_read=True)
+            txn = conn.begin()
+            try:
+                driver = conn.connection.dbapi_connection
+                assert driver is not None
+                cursor: Any = driver.cursor()
+                # Read-only twice over: this transaction, and any the statement could start.
+                cursor.execute("SET TRANSACTION READ ONLY")
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                # prepare=True forces the extended protocol, whose Parse takes one statement:
+                # without it, psycopg sends parameterless SQL as a simple query, which runs
+                # "COMMIT; DELETE ..." as two statements.
+                cursor.execute(statement, bound, prepare=True)
+                if cursor.description is None:
+                    return [], []  # a statement that returns no rows (and changed nothing)
+                columns = [item[0] for item in cursor.description]
+                rows = cursor.fetchmany(limit) if limit is not None else cursor.fetchall()
+                return columns, [tuple(row) for row in rows]
+            finally:
+                txn.rollback()
+        except ClawVMError:
+            raise
+        except Exception as exc:
+            translated = translate_driver_error(exc, context="query")
+            if isinstance(translated, ReadOnlyViolation):
+                raise ReadOnlyViolation(
+                    f"refused: `clawvm sql` and store.query() only read ({exc})".splitlines()[0]
+                ) from None
+            if type(translated) is DatabaseError and isinstance(exc, (TypeError, ValueError)):
+                raise InvalidInput(f"bad SQL or parameters: {exc}") from None
+            raise translated from None
+        finally:
+            conn.invalidate()
+            conn.close()
+
     def backup(self, destination: str | os.PathLike[str]) -> Path:
         """A consistent copy of the database at ``destination`` (``VACUUM INTO``), mode 0600.
 
@@ -500,7 +605,9 @@ class Database:
         destination must not exist; a new file is created for it.
         """
         if self.dialect != "sqlite" or not self.path:
-            raise DatabaseError("backup needs an SQLite database file")
+            raise DatabaseError(
+                "backup needs an SQLite database file; back up PostgreSQL with pg_dump"
+            )
         target = Path(destination)
         os.close(create_private_file(target, "the backup"))
         try:
@@ -517,7 +624,9 @@ class Database:
     def vacuum(self) -> tuple[int, int]:
         """Rebuild the database file to reclaim free pages; returns (bytes before, bytes after)."""
         if self.dialect != "sqlite" or not self.path:
-            raise DatabaseError("vacuum needs an SQLite database file")
+            raise DatabaseError(
+                "vacuum needs an SQLite database file; PostgreSQL runs its own (autovacuum)"
+            )
         before = os.path.getsize(self.path)
         with self._write_lock:
             try:

@@ -179,6 +179,10 @@ def translate_driver_error(exc: BaseException, *, context: str = "") -> ClawVMEr
         return StorageFull(f"{where}no space left for the write; nothing was committed ({text})")
     if state == "25006":
         return ReadOnlyViolation(f"{where}refused: a read-only transaction cannot write ({text})")
+    if state == "25001":  # a statement that cannot run inside a transaction (VACUUM ...)
+        return ReadOnlyViolation(f"{where}refused here ({text})")
+    if state.startswith("42") or state in ("22P02", "22007", "22008", "22012", "0A000"):
+        return InvalidInput(f"{where}bad SQL: {text}")
     if state in ("22003", "22P05"):
         return InvalidInput(f"{where}a value cannot be stored ({text})")
     if "file is not a database" in lowered or "file is encrypted" in lowered:

@@ -1284,7 +1284,7 @@ class Store:
             schema_revision=db.current_revision(),
             head_revision=db.head_revision(),
             sqlite_version=sqlite3.sqlite_version,
-            url=db.url,
+            url=db.display_url,
             encoding=self.encoding,
             durability=db.durability,
             pragmas=pragmas,

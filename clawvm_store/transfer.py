@@ -676,5 +676,4 @@ def _install_meta(store: Store, conn: Connection, meta: dict[str, str]) -> None:
             conn.execute(t.meta.insert(), {"name": name, "value": value})
     # The full-text index is derived: drop whatever the target had, recall rebuilds it.
     conn.execute(delete(t.meta).where(t.meta.c.name == FTS_WATERMARK))
-    if store.db.dialect == "sqlite":
-        conn.execute(text(f"DELETE FROM {t.FTS_TABLE}"))
+    conn.execute(text(f"DELETE FROM {t.FTS_TABLE}"))
