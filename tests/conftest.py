@@ -24,7 +24,7 @@ def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
 
-def _admin_execute(admin_url: str, sql: str) -> None:
+def admin_execute(admin_url: str, sql: str) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -41,7 +41,7 @@ def postgres_server() -> str:
     if admin is None:
         pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (set by .ci/run)")
     try:
-        _admin_execute(admin, "SELECT 1")
+        admin_execute(admin, "SELECT 1")
     except Exception as exc:  # any failure to reach it fails the run
         pytest.fail(f"{POSTGRES_ENV} is set but the server is unreachable: {exc}")
     return admin
@@ -52,14 +52,14 @@ def new_postgres_database(admin_url: str) -> tuple[str, str]:
     from sqlalchemy.engine import make_url
 
     name = f"t_{uuid.uuid4().hex}"
-    _admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    admin_execute(admin_url, f'CREATE DATABASE "{name}"')
     url = make_url(admin_url).set(database=name)
     return url.render_as_string(hide_password=False), name
 
 
 def drop_postgres_database(admin_url: str, name: str) -> None:
     """Drop a test database, disconnecting whoever is still in it."""
-    _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
