@@ -286,7 +286,11 @@ class Database:
             _prepare_sqlite_file(self.path or "", create=create)
         else:
             # The writers' advisory lock waits at most the busy timeout, then fails as Busy.
-            connect_args["options"] = f"-c lock_timeout={int(BUSY_TIMEOUT_MS)}"
+            # Text is UTF-8 whatever the server's default (an SQL_ASCII server would hand
+            # back bytes).
+            connect_args["options"] = (
+                f"-c lock_timeout={int(BUSY_TIMEOUT_MS)} -c client_encoding=UTF8"
+            )
         try:
             self.engine: Engine = create_engine(self.url, connect_args=connect_args)
         except (SQLAlchemyError, ImportError) as exc:
