@@ -686,7 +686,31 @@ class Database:
         A blank database is created from scratch; a database from a newer clawvm-store raises
         :class:`SchemaTooNew`; an SQLite file holding someone else's tables raises
         :class:`NotADatabase` rather than mixing our tables into it.
+
+        Several processes may open a blank database at once: each revision is atomic, so the
+        one that loses a race on a revision fails it without a trace, sees that the schema
+        moved on, and continues from there.
         """
+        attempts = 0
+        while True:
+            before = self._current_heads()
+            try:
+                self._migrate_once(script_location)
+                return
+            except MigrationError:
+                attempts += 1
+                if attempts >= 20 or self._current_heads() == before:
+                    raise  # nobody else is migrating: a real failure
+            time.sleep(random.uniform(0.01, 0.05) * attempts)
+
+    def _current_heads(self) -> tuple[str, ...]:
+        try:
+            with self.transaction(write=False) as conn:
+                return tuple(MigrationContext.configure(conn).get_current_heads())
+        except ClawVMError:
+            return ()
+
+    def _migrate_once(self, script_location: Path | None = None) -> None:
         config = self._alembic_config(script_location)
         script = ScriptDirectory.from_config(config)
         with self.transaction(write=False) as conn:
@@ -740,7 +764,7 @@ class Database:
             raise
         except (DBAPIError, sqlite3.Error) as exc:
             translated = translate_driver_error(exc, context="migration")
-            if type(translated) is DatabaseError:
+            if type(translated) is DatabaseError or isinstance(translated, InvalidInput):
                 raise MigrationError(
                     f"schema migration failed and was rolled back: {translated}"
                 ) from exc

@@ -211,3 +211,24 @@ def test_busy_retry_waits_out_a_short_lock(tmp_path: Path) -> None:
             holder.close()
         assert page.version == 1
         assert store.check().ok
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(db_target: str) -> None:
+    """Four processes create and migrate the same blank database at the same moment."""
+    code = "import sys, clawvm_store as cvm; s = cvm.Store.open(sys.argv[1]); print(s.info().schema_revision); s.close()"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, db_target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(WRITERS)
+    ]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * WRITERS, [err for _, err in outputs]
+    with closing(cvm.Store.open(db_target)) as store:
+        head = store.info().head_revision
+        assert [out.strip() for out, _ in outputs] == [head] * WRITERS
+        assert len(store.query("SELECT name FROM meta WHERE name = 'encoding'")) == 1
+        assert store.check().ok
