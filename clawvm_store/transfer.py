@@ -518,6 +518,7 @@ def _import(store: Store, lines: Iterator[str], progress: Progress | None) -> Im
             )
         _verify(store, conn, checked)
         _install_meta(store, conn, header.meta)
+        _advance_sequences(conn)
     return ImportSummary(
         counts=inserted, project=header.project, session=header.session, checked=checked
     )
@@ -645,6 +646,27 @@ def _insert(
         reason = original[0] if original else type(exc).__name__
         where = f"line {first}" if first == last else f"lines {first}-{last}"
         raise InvalidInput(f"{where}: {table.name} rows the schema refuses ({reason})") from None
+
+
+def _advance_sequences(conn: Connection) -> None:
+    """On PostgreSQL, move each id sequence past the ids the import wrote explicitly.
+
+    SQLite hands out max(id) + 1 by itself; a PostgreSQL sequence does not look at the table,
+    and the next insert would collide with an imported row.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for table in t.metadata.sorted_tables:
+        column = table.autoincrement_column
+        if column is None:
+            continue
+        conn.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                f"COALESCE(MAX({column.name}), 1), MAX({column.name}) IS NOT NULL) "
+                f"FROM {table.name}"
+            )
+        )
 
 
 def _verify(store: Store, conn: Connection, checked: dict[str, int]) -> None:
