@@ -232,3 +232,28 @@ def test_processes_opening_a_new_database_at_once_all_succeed(db_target: str) ->
         assert [out.strip() for out, _ in outputs] == [head] * WRITERS
         assert len(store.query("SELECT name FROM meta WHERE name = 'encoding'")) == 1
         assert store.check().ok
+
+
+def test_busy_on_postgresql_after_the_lock_timeout(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer holds the writers' advisory lock: Busy after the timeout, then recovery."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 300)
+    with closing(cvm.Store.open(postgres_url)) as store:
+        conninfo = make_url(postgres_url).set(drivername="postgresql")
+        with psycopg.connect(conninfo.render_as_string(hide_password=False)) as holder:
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (db_module.WRITER_LOCK_KEY,))
+            started = time.monotonic()
+            with pytest.raises(Busy) as caught:
+                store.put("pref/x", type="preference", content="x")
+            waited = time.monotonic() - started
+            holder.rollback()  # releases the lock
+        message = str(caught.value)
+        assert "\n" not in message and "locked" in message
+        assert 0.25 <= waited < 5, waited
+        assert not [e for e in store.journal_entries() if e.key == "pref/x"]
+        assert store.put("pref/x", type="preference", content="x").version == 1
+        assert store.check().ok
