@@ -22,6 +22,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
+from .checkpoints import damaged_rows
 from .db import Database, Durability
 from .errors import (
     ClawVMError,
@@ -1300,7 +1301,8 @@ class Store:
           that never increase down the ladder;
         * every pointer resolves to its own page and version;
         * stored token counts equal a fresh count (``recount_tokens``);
-        * every journal entry's checksum verifies, and nothing is left committed-but-unapplied.
+        * every journal entry's checksum verifies, and nothing is left committed-but-unapplied;
+        * every LangGraph checkpoint and pending write verifies against its checksum.
         """
         findings: list[Finding] = []
         checked: dict[str, int] = {}
@@ -1313,6 +1315,7 @@ class Store:
                     findings.append(Finding("foreign_key", f"{row[0]} rowid {row[1]} -> {row[2]}"))
             findings.extend(self._check_pages(conn, checked, recount_tokens))
             findings.extend(self._check_journal(conn, checked))
+            findings.extend(Finding(kind, detail) for kind, detail in damaged_rows(conn, checked))
         return CheckReport(ok=not findings, findings=findings, checked=checked)
 
     def _check_pages(
