@@ -17,17 +17,17 @@ from sqlalchemy import Connection, select
 from . import schema as t
 
 
-def _frame(*parts: str | bytes | None) -> bytes:
-    """Join fields unambiguously: each is length-prefixed (None differs from '')."""
-    out = bytearray()
+def _digest(*parts: str | bytes | None) -> str:
+    """SHA-256 over fields joined unambiguously: each is length-prefixed (None differs from '')."""
+    digest = hashlib.sha256()
     for part in parts:
         if part is None:
-            out += b"-"
+            digest.update(b"-")
             continue
-        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        out += f"{len(data)}:".encode()
-        out += data
-    return bytes(out)
+        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(data))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def checkpoint_checksum(
@@ -40,10 +40,9 @@ def checkpoint_checksum(
     metadata: str,
 ) -> str:
     """SHA-256 of a checkpoint row: identity, parent, serializer type, bytes and metadata."""
-    frame = _frame(
+    return _digest(
         thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type_, blob, metadata
     )
-    return hashlib.sha256(frame).hexdigest()
 
 
 def write_checksum(
@@ -58,14 +57,15 @@ def write_checksum(
     blob: bytes,
 ) -> str:
     """SHA-256 of a pending-write row: identity, task, channel, serializer type and bytes."""
-    frame = _frame(
+    return _digest(
         thread_id, checkpoint_ns, checkpoint_id, task_id, str(idx), task_path, channel, type_, blob
     )
-    return hashlib.sha256(frame).hexdigest()
 
 
 def checkpoint_row_problem(row: Any) -> str | None:
     """Why a stored checkpoint row cannot be trusted, or None when its checksum verifies."""
+    if not isinstance(row.checkpoint, bytes | memoryview):
+        return "checkpoint is not stored as bytes"
     expected = checkpoint_checksum(
         row.thread_id,
         row.checkpoint_ns,
@@ -76,12 +76,14 @@ def checkpoint_row_problem(row: Any) -> str | None:
         row.metadata,
     )
     if expected != row.checksum:
-        return "checksum mismatch"
+        return "checksum does not match"
     return None
 
 
 def write_row_problem(row: Any) -> str | None:
     """Why a stored pending-write row cannot be trusted, or None when its checksum verifies."""
+    if not isinstance(row.value, bytes | memoryview):
+        return "value is not stored as bytes"
     expected = write_checksum(
         row.thread_id,
         row.checkpoint_ns,
@@ -94,7 +96,7 @@ def write_row_problem(row: Any) -> str | None:
         bytes(row.value),
     )
     if expected != row.checksum:
-        return "checksum mismatch"
+        return "checksum does not match"
     return None
 
 

@@ -37,6 +37,7 @@ import asyncio
 import builtins
 import json
 import random
+from collections import namedtuple
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -55,7 +56,7 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, bindparam, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import schema as t
@@ -109,6 +110,49 @@ def _matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(key in metadata and metadata[key] == value for key, value in wanted.items())
 
 
+class _Prepared:
+    """A statement compiled once for the store's dialect and run as driver SQL.
+
+    A ``get_tuple`` runs two statements and a ``put`` one; building and cache-keying a Core
+    statement on every call cost several times what SQLite takes to run it. Driver errors
+    raised here still leave through the store's transaction, which translates them.
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        selected = getattr(statement, "selected_columns", None)
+        names = [column.name for column in selected] if selected is not None else ["unused"]
+        self.row = namedtuple("Row", names)  # type: ignore[misc]
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        self.order = tuple(compiled.positiontup or ())
+        # Values fixed in the statement itself (a LIMIT) travel as bound parameters too.
+        self.fixed = {k: v for k, v in compiled.params.items() if v is not None}
+
+    def rows(self, conn: Connection, **params: Any) -> builtins.list[Any]:
+        """Every row, as named tuples, straight from the driver's cursor."""
+        values = {**self.fixed, **params}
+        bound: Any = tuple(values[name] for name in self.order) if self.positional else values
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, bound)
+            return [self.row._make(found) for found in cursor.fetchall()]  # type: ignore[attr-defined]
+        finally:
+            cursor.close()
+
+    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Run a write once per row of parameters."""
+        if self.positional:
+            bound: Any = [tuple(row[name] for name in self.order) for row in rows]
+        else:
+            bound = rows
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(self.sql, bound)
+        finally:
+            cursor.close()
+
+
 class ClawVMSaver(BaseCheckpointSaver[str]):
     """A LangGraph checkpointer on a clawvm-store :class:`~clawvm_store.Store`.
 
@@ -123,6 +167,61 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         db = store.db
         self._db = db
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        dialect = db.engine.dialect
+        c, w = t.lg_checkpoints, t.lg_writes
+        by_thread = select(*_CHECKPOINT_COLUMNS).where(
+            c.c.thread_id == bindparam("thread_id"), c.c.checkpoint_ns == bindparam("ns")
+        )
+        self._latest = _Prepared(by_thread.order_by(c.c.checkpoint_id.desc()).limit(1), dialect)
+        self._by_id = _Prepared(by_thread.where(c.c.checkpoint_id == bindparam("id")), dialect)
+        self._writes = _Prepared(
+            select(w).where(
+                w.c.thread_id == bindparam("thread_id"),
+                w.c.checkpoint_ns == bindparam("ns"),
+                w.c.checkpoint_id == bindparam("id"),
+            ),
+            dialect,
+        )
+        self._writes_span = _Prepared(
+            select(w).where(
+                w.c.thread_id == bindparam("thread_id"),
+                w.c.checkpoint_ns == bindparam("ns"),
+                w.c.checkpoint_id >= bindparam("low"),
+                w.c.checkpoint_id <= bindparam("high"),
+            ),
+            dialect,
+        )
+        checkpoint_keys = ["thread_id", "checkpoint_ns", "checkpoint_id"]
+        write_keys = [*checkpoint_keys, "task_id", "idx"]
+        # A put (and a copy) replaces a checkpoint with the same id, as LangGraph's savers do;
+        # only its first created_at is kept.
+        upsert = self._insert(c)
+        self._put = _Prepared(
+            upsert.on_conflict_do_update(
+                index_elements=checkpoint_keys,
+                set_={
+                    col.name: upsert.excluded[col.name]
+                    for col in c.columns
+                    if not col.primary_key and col.name != "created_at"
+                },
+            ),
+            dialect,
+        )
+        # Special channels (error, interrupt, ...) are replaced; ordinary writes are idempotent:
+        # a task retried after a crash must not change what was already recorded.
+        upsert = self._insert(w)
+        self._write_replace = _Prepared(
+            upsert.on_conflict_do_update(
+                index_elements=write_keys,
+                set_={
+                    col.name: upsert.excluded[col.name] for col in w.columns if not col.primary_key
+                },
+            ),
+            dialect,
+        )
+        self._write_keep = _Prepared(
+            self._insert(w).on_conflict_do_nothing(index_elements=write_keys), dialect
+        )
 
     @classmethod
     @contextmanager
@@ -142,12 +241,12 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _checkpoint_tuple(self, conn: Connection, row: Any) -> CheckpointTuple:
+    def _checkpoint_tuple(self, row: Any, write_rows: Sequence[Any]) -> CheckpointTuple:
         problem = checkpoint_row_problem(row)
         if problem:
             raise CorruptDatabase(
                 f"LangGraph checkpoint {row.thread_id}/{row.checkpoint_ns}/{row.checkpoint_id}"
-                f" fails its {problem}; run `clawvm check`"
+                f" fails its check: {problem}; run `clawvm check`"
             )
         parent = (
             _ref(row.thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
@@ -159,48 +258,64 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
             self.serde.loads_typed((row.type, bytes(row.checkpoint))),
             cast(CheckpointMetadata, json.loads(row.metadata)),
             parent,
-            self._pending_writes(conn, row.thread_id, row.checkpoint_ns, row.checkpoint_id),
+            self._pending_writes(write_rows),
         )
 
-    def _pending_writes(
-        self, conn: Connection, thread_id: str, checkpoint_ns: str, checkpoint_id: str
-    ) -> builtins.list[PendingWrite]:
-        w = t.lg_writes
-        rows = conn.execute(
-            select(w).where(
-                w.c.thread_id == thread_id,
-                w.c.checkpoint_ns == checkpoint_ns,
-                w.c.checkpoint_id == checkpoint_id,
-            )
-        ).all()
+    def _pending_writes(self, rows: Sequence[Any]) -> builtins.list[PendingWrite]:
         writes: builtins.list[PendingWrite] = []
         # LangGraph replays a super-step's writes in this order (writes_sort_key's contract).
         for row in sorted(rows, key=lambda r: writes_sort_key(r.task_path, r.task_id, r.idx)):
             problem = write_row_problem(row)
             if problem:
                 raise CorruptDatabase(
-                    f"LangGraph pending write {thread_id}/{checkpoint_ns}/{checkpoint_id}"
-                    f" task {row.task_id} #{row.idx} fails its {problem}; run `clawvm check`"
+                    f"LangGraph pending write {row.thread_id}/{row.checkpoint_ns}/"
+                    f"{row.checkpoint_id} task {row.task_id} #{row.idx} fails its check:"
+                    f" {problem}; run `clawvm check`"
                 )
             writes.append((row.task_id, row.channel, self.serde.loads_typed((row.type, row.value))))
         return writes
 
+    def _writes_of(
+        self, conn: Connection, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], builtins.list[Any]]:
+        """The pending-write rows of many checkpoints, grouped by checkpoint.
+
+        One query per (thread, namespace), over the span of listed checkpoint ids: a listing
+        is usually one thread's newest checkpoints, so this reads little beyond what it needs.
+        """
+        grouped: dict[tuple[str, str, str], builtins.list[Any]] = {key: [] for key in keys}
+        spans: dict[tuple[str, str], builtins.list[str]] = {}
+        for thread_id, checkpoint_ns, checkpoint_id in keys:
+            spans.setdefault((thread_id, checkpoint_ns), []).append(checkpoint_id)
+        for (thread_id, checkpoint_ns), ids in spans.items():
+            rows = self._writes_span.rows(
+                conn, thread_id=thread_id, ns=checkpoint_ns, low=min(ids), high=max(ids)
+            )
+            for row in rows:
+                group = grouped.get((row.thread_id, row.checkpoint_ns, row.checkpoint_id))
+                if group is not None:
+                    group.append(row)
+        return grouped
+
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint named by ``config`` (or the thread's latest), with its pending writes."""
         thread_id, checkpoint_ns = _thread_ns(config)
-        c = t.lg_checkpoints
-        query = select(*_CHECKPOINT_COLUMNS).where(
-            c.c.thread_id == thread_id, c.c.checkpoint_ns == checkpoint_ns
-        )
         checkpoint_id = get_checkpoint_id(config)
-        if checkpoint_id:
-            query = query.where(c.c.checkpoint_id == str(checkpoint_id))
-        else:
-            # Checkpoint ids are UUIDv6: ordered by time, so the greatest is the latest.
-            query = query.order_by(c.c.checkpoint_id.desc()).limit(1)
         with self._db.transaction(write=False) as conn:
-            row = conn.execute(query).first()
-            return None if row is None else self._checkpoint_tuple(conn, row)
+            if checkpoint_id:
+                found = self._by_id.rows(
+                    conn, thread_id=thread_id, ns=checkpoint_ns, id=str(checkpoint_id)
+                )
+            else:
+                # Checkpoint ids are UUIDv6: ordered by time, so the greatest is the latest.
+                found = self._latest.rows(conn, thread_id=thread_id, ns=checkpoint_ns)
+            if not found:
+                return None
+            row = found[0]
+            write_rows = self._writes.rows(
+                conn, thread_id=row.thread_id, ns=row.checkpoint_ns, id=row.checkpoint_id
+            )
+        return self._checkpoint_tuple(row, write_rows)
 
     def list(
         self,
@@ -234,15 +349,20 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         # (JSON equality, nested values included); without one, the database applies the limit.
         if not filter and limit is not None:
             query = query.limit(limit)
-        found: builtins.list[CheckpointTuple] = []
+        chosen: builtins.list[Any] = []
         with self._db.transaction(write=False) as conn:
             for row in conn.execute(query):
                 if filter and not _matches(json.loads(row.metadata), filter):
                     continue
-                found.append(self._checkpoint_tuple(conn, row))
-                if limit is not None and len(found) >= limit:
+                chosen.append(row)
+                if limit is not None and len(chosen) >= limit:
                     break
-        yield from found
+            write_rows = self._writes_of(
+                conn, [(row.thread_id, row.checkpoint_ns, row.checkpoint_id) for row in chosen]
+            )
+        for row in chosen:
+            key = (row.thread_id, row.checkpoint_ns, row.checkpoint_id)
+            yield self._checkpoint_tuple(row, write_rows[key])
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -280,13 +400,8 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
             ),
             "created_at": utc_now(),
         }
-        statement = self._insert(t.lg_checkpoints)
-        statement = statement.on_conflict_do_update(
-            index_elements=["thread_id", "checkpoint_ns", "checkpoint_id"],
-            set_={name: statement.excluded[name] for name in row if name != "created_at"},
-        )
         with self._db.transaction(sync="full") as conn:
-            conn.execute(statement, row)
+            self._put.execute(conn, [row])
         return _ref(thread_id, checkpoint_ns, checkpoint_id)
 
     def put_writes(
@@ -336,22 +451,9 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
                     "created_at": now,
                 }
             )
-        statement = self._insert(t.lg_writes)
-        keys = ["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"]
-        # Special channels (error, interrupt, ...) are replaced; ordinary writes are idempotent:
-        # a task retried after a crash must not change what was already recorded.
-        if all(channel in WRITES_IDX_MAP for channel, _ in writes):
-            statement = statement.on_conflict_do_update(
-                index_elements=keys,
-                set_={
-                    name: statement.excluded[name]
-                    for name in ("task_path", "channel", "type", "value", "checksum", "created_at")
-                },
-            )
-        else:
-            statement = statement.on_conflict_do_nothing(index_elements=keys)
+        special = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         with self._db.transaction(sync="normal") as conn:
-            conn.execute(statement, rows)
+            (self._write_replace if special else self._write_keep).execute(conn, rows)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint and pending write of a thread (all namespaces)."""
@@ -445,38 +547,8 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
                 )
                 copied_writes.append(copy)
             # The copy replaces whatever the target thread held under the same ids.
-            if copied_checkpoints:
-                statement = self._insert(c)
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["thread_id", "checkpoint_ns", "checkpoint_id"],
-                        set_={
-                            col.name: statement.excluded[col.name]
-                            for col in c.columns
-                            if not col.primary_key
-                        },
-                    ),
-                    copied_checkpoints,
-                )
-            if copied_writes:
-                statement = self._insert(w)
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[
-                            "thread_id",
-                            "checkpoint_ns",
-                            "checkpoint_id",
-                            "task_id",
-                            "idx",
-                        ],
-                        set_={
-                            col.name: statement.excluded[col.name]
-                            for col in w.columns
-                            if not col.primary_key
-                        },
-                    ),
-                    copied_writes,
-                )
+            self._put.execute(conn, copied_checkpoints)
+            self._write_replace.execute(conn, copied_writes)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: ``keep_latest`` keeps each namespace's newest checkpoint (with its
