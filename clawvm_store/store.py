@@ -1264,6 +1264,8 @@ class Store:
                 ("sessions", t.sessions),
                 ("journal", t.journal),
                 ("lifecycle_events", t.lifecycle_events),
+                ("langgraph_checkpoints", t.lg_checkpoints),
+                ("langgraph_writes", t.lg_writes),
             ):
                 counts[name] = int(
                     conn.execute(select(func.count()).select_from(table)).scalar() or 0
