@@ -76,18 +76,27 @@ def _write(record: dict[str, Any]) -> None:
 
 
 def label(name: str) -> str:
-    """``Qualname/point`` of the outermost library function on the stack (for reports)."""
+    """``Qualname/point`` of the library function the caller called (for reports).
+
+    Walks up from the crash point through the library's own frames (and contextlib's, which
+    run the transaction primitive) and stops at the first frame of anything else: the harness.
+    """
     frame = sys._getframe(1)
     outer = None
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
-        if module.startswith("clawvm_store.") and not module.startswith(
-            ("clawvm_store.testing", "clawvm_store._crashpoints")
-        ):
-            outer = frame
+        if module == "contextlib" or module == __name__:
+            frame = frame.f_back  # type: ignore[assignment]
+            continue
+        if not module.startswith("clawvm_store.") or module.startswith(_NOT_LIBRARY):
+            break
+        outer = frame
         frame = frame.f_back  # type: ignore[assignment]
     where = outer.f_code.co_qualname if outer is not None else "?"
     return f"{where}/{name}"
+
+
+_NOT_LIBRARY = ("clawvm_store.testing", "clawvm_store.cli")
 
 
 def point(name: str) -> None:

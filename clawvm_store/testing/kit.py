@@ -588,6 +588,7 @@ class CrashHarness:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> CrashTestReport:
         """Run a campaign; raise :class:`CrashInvariantError` with the report if anything broke."""
+        __tracebackhide__ = True  # pytest: the report says it all, not the kit's frames
         report = run_crashtest(
             harness, kills=kills, seed=seed, workdir=self._next_dir(), timeout=timeout
         )
@@ -599,6 +600,7 @@ class CrashHarness:
         self, harness: Harness, *, seed: int = 0, kill_at: int, timeout: float = DEFAULT_TIMEOUT_S
     ) -> CrashTestReport:
         """Reproduce one case (from a failure report); raise if it still breaks an invariant."""
+        __tracebackhide__ = True
         report = replay(
             harness, seed=seed, kill_at=kill_at, workdir=self._next_dir(), timeout=timeout
         )
