@@ -104,7 +104,7 @@ def point(name: str) -> None:
     global _count
     _count += 1
     if _count == _kill_at:
-        _write({"k": "killed", "op": _count, "label": label(name)})
+        _write({"k": "killed", "at": _count, "label": label(name)})
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -120,7 +120,7 @@ def digest(value: object) -> str | None:
 
 def ack(kind: str, **fields: Any) -> None:
     """Acknowledge one operation (written before the library returns to its caller)."""
-    _write({"k": kind, "op": _count, **fields})
+    _write({"k": kind, "at": _count, **fields})
 
 
 _env_acks = os.environ.get("CLAWVM_CRASHTEST_ACKS")

@@ -347,15 +347,19 @@ def check_write_reruns(
     findings: Findings,
 ) -> None:
     """Write tools ran no more often across the crash and restart than in the uncrashed run."""
-    problems = []
-    for (session, name, signature), count in sorted(write_executions(acks).items()):
+    # Signatures hash the arguments, which may name paths under the kit's work directory: the
+    # report names the tool and the counts only, so a replay elsewhere reports the same text.
+    reruns: Counter[tuple[str, str, int, int]] = Counter()
+    for (session, name, signature), count in write_executions(acks).items():
         wanted = baseline.get((session, name, signature), 0)
         if count > wanted:
-            problems.append(
-                f"write tool {name!r} (session {session}, signature {signature[:12]}) ran "
-                f"{count} times across the crash and the restart; an uncrashed run runs it "
-                f"{wanted} time{'s' if wanted != 1 else ''}"
-            )
+            reruns[(session, name, count, wanted)] += 1
+    problems = [
+        f"write tool {name!r} (session {session}) ran {count} times with the same arguments "
+        f"across the crash and the restart; an uncrashed run runs it {wanted} "
+        f"time{'s' if wanted != 1 else ''}" + (f" ({calls} such calls)" if calls > 1 else "")
+        for (session, name, count, wanted), calls in sorted(reruns.items())
+    ]
     findings.check("write_tools_not_rerun", problems)
 
 

@@ -289,7 +289,7 @@ def _run_child(harness: Harness, db: Path, kill_at: int | None, name: str, timeo
         elif line["k"] == "error":
             run.outcome, run.error = "error", line["error"]
         elif line["k"] == "killed":
-            run.outcome, run.ops, run.label = "killed", line["op"], line["label"]
+            run.outcome, run.ops, run.label = "killed", line["at"], line["label"]
     if timed_out:
         run.outcome = "timeout"
         run.error = f"the harness did not finish within {timeout:.0f} s"
