@@ -422,3 +422,22 @@ def test_the_pytest_plugin_fixture(pytester: pytest.Pytester) -> None:
             "*in pytest:  crash_harness.replay(replaying_agent, seed=0, kill_at=*",
         ]
     )
+
+
+# --- the README's example -------------------------------------------------------------------------
+
+
+def readme_harness() -> Any:
+    """The harness the README shows, taken from the README itself."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Crash-test your own harness", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["main"]
+
+
+def test_the_readme_harness_survives(tmp_path: Path) -> None:
+    report = run_crashtest(readme_harness(), kills=12, seed=0, workdir=tmp_path)
+    assert report.ok, report.render()
+    assert report.harness == "readme_example:main"
