@@ -1040,11 +1040,17 @@ def crashtest(
     except CrashTestSetupError as exc:
         fail(str(exc), 2)
     console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=obj.as_json) as progress:
+    # No refresh thread: the kit forks, and a fork should not copy a thread that may hold the
+    # console's lock. The bar is redrawn after each case instead.
+    with Progress(
+        console=console, transient=True, disable=obj.as_json, auto_refresh=False
+    ) as progress:
         task = progress.add_task("uncrashed run", total=None)
+        progress.refresh()
 
         def advance(done: int, total: int) -> None:
             progress.update(task, description="kills", completed=done, total=total)
+            progress.refresh()
 
         try:
             report = run_crashtest(

@@ -64,6 +64,32 @@ def failing_agent(db_path: str) -> None:
         raise RuntimeError("the model endpoint is down")
 
 
+def handmade_prompt_agent(db_path: str) -> None:
+    """BROKEN: builds its prompts by hand from what it remembers writing.
+
+    After a restart it remembers nothing, so its first prompt lacks the bootstrap page.
+    """
+    remembered: dict[str, str] = {}
+    with cvm.Store.open(db_path) as store:
+        try:
+            store.page("policy/agents", project="p")
+        except cvm.NotFound:
+            store.put("policy/agents", type="bootstrap", content="Be careful.", project="p")
+            remembered["policy/agents"] = "full"
+        sess = store.session("s", project="p")
+        for turn in range(sess.turn, 3):
+            sess.observe_prompt(remembered, record=True)
+            sess.stage(
+                "conversation/main",
+                type="conversation",
+                op="append",
+                content=f"user: {turn}",
+                idempotency_key=f"c{turn}",
+            )
+            sess.end_turn()
+        sess.close()
+
+
 def make_drifting_agent(counter: Path) -> Any:
     """BROKEN: does fewer operations on every run after the first (it is not deterministic)."""
 
@@ -169,6 +195,17 @@ def test_a_harness_that_discards_staged_updates_is_caught_without_a_crash(tmp_pa
     )
     assert first.kill_point == "none (the uncrashed run)"
     assert first.replay_command.endswith(":discarding_agent --kills 0")
+
+
+def test_a_harness_whose_first_prompt_after_a_restart_lacks_its_bootstrap_is_caught(
+    tmp_path: Path,
+) -> None:
+    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, workdir=tmp_path)
+    assert {failure.invariant for failure in report.failures} == {"floor_after_restart"}
+    assert report.failures[0].detail == (
+        "bootstrap page 'policy/agents' is absent in the first assembly of s after the "
+        "restart (floor structured)"
+    )
 
 
 def test_a_harness_that_fails_on_its_own_is_reported_as_such(tmp_path: Path) -> None:

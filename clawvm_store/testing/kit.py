@@ -161,7 +161,10 @@ class CrashTestReport:
             if len(self.failures) > 11:
                 lines.append(f"  ... and {len(self.failures) - 11} more")
         if self.kept:
-            lines.append(f"the failing cases' databases are kept under {self.kept}")
+            lines.append(
+                f"the failing cases are kept under {self.kept} (per case: agent.db after the "
+                "restart, after-crash/agent.db as the kit recovered it, the runs' acks and logs)"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -240,6 +243,7 @@ def _child(harness: Harness, db: Path, acks: Path, kill_at: int | None, log: Pat
         code = 0
     except BaseException:
         try:
+            traceback.print_exc()  # into the run's log, kept with a failing case
             _crashpoints.ack("error", error=traceback.format_exc()[-4000:])
         except BaseException:
             code = 2
@@ -431,9 +435,9 @@ class _Campaign:
             return self.finish_case(findings, number, kill_at, total, None)
 
         # Check a copy, so the harness's own Store.open does the recovery when it restarts
-        # (and the original stays exactly as the crash left it).
-        check_dir = self.workdir / "check"
-        shutil.rmtree(check_dir, ignore_errors=True)
+        # (and the original stays exactly as the crash left it). The copy stays in the run
+        # directory: a kept failing case has it as ``after-crash/agent.db``.
+        check_dir = self.run_dir / "after-crash"
         check_dir.mkdir()
         for suffix in ("", "-wal"):
             if Path(f"{db}{suffix}").exists():
@@ -445,14 +449,16 @@ class _Campaign:
                 after_id, required = floor_pages(store)
         else:
             after_id, required = 0, {}  # killed before the database file existed
-        shutil.rmtree(check_dir, ignore_errors=True)
 
         restarted = _run_child(self.harness, db, None, "restarted", self.timeout)
         self.count_acks(restarted.acks)
         if restarted.outcome != "done":
             findings.check(
                 "harness_completes",
-                [f"the restarted run failed: {_last_line(restarted.error)}"],
+                [
+                    f"the restarted run failed: {_last_line(restarted.error)} "
+                    "(its traceback: restarted.log in the kept case)"
+                ],
             )
             return self.finish_case(findings, number, kill_at, total, killed.label)
         findings.check("harness_completes", [])
@@ -538,7 +544,6 @@ def run_crashtest(
                     progress(number, len(points))
     finally:
         shutil.rmtree(root / "run", ignore_errors=True)
-        shutil.rmtree(root / "check", ignore_errors=True)
         if campaign.kept:
             report.kept = str(root)
         elif temporary:
