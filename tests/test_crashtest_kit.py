@@ -308,6 +308,23 @@ def test_the_environment_turns_acks_and_kills_on(tmp_path: Path) -> None:
         assert store.check().ok
 
 
+def test_a_harness_that_ignores_the_path_is_refused(tmp_path: Path) -> None:
+    def elsewhere(db_path: str) -> None:
+        cvm.Store.open(tmp_path / "elsewhere.db").close()
+
+    with pytest.raises(CrashTestSetupError, match="without creating a database at the path"):
+        run_crashtest(elsewhere, kills=1, workdir=tmp_path / "work")
+
+
+def test_the_pytest_plugin_does_not_import_the_library_at_startup() -> None:
+    probe = (
+        "import sys, pytest_clawvm; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'clawvm_store'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 

@@ -400,6 +400,11 @@ class _Campaign:
             self.keep("uncrashed")
             return None, self.fail(findings, None, None, 0, None)
         findings.check("harness_completes", [])
+        if not db.exists():
+            raise CrashTestSetupError(
+                "the harness finished without creating a database at the path it was given: "
+                "it must open Store.open(db_path) with the path the kit passes"
+            )
         with Store.open(db, recover=False, create=False) as store:
             recover_twice(store, findings)
             check_state(store, run.acks, findings)
