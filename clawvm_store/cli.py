@@ -992,6 +992,17 @@ def eval_command(
     help="Replay one case: kill at this library operation (from a failure report).",
 )
 @click.option(
+    "--then-kill-at",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --kill-at: also kill the restarted run at this operation of its own.",
+)
+@click.option(
+    "--no-restart-kills",
+    is_flag=True,
+    help="Never kill a restarted run (by default about half the kills do).",
+)
+@click.option(
     "--workdir",
     default=None,
     help="Where the databases go (default: a temporary directory; failing cases are kept).",
@@ -1011,6 +1022,8 @@ def crashtest(
     kills: int,
     seed: int,
     kill_at: int | None,
+    then_kill_at: int | None,
+    no_restart_kills: bool,
     workdir: str | None,
     timeout: float,
 ) -> None:
@@ -1021,7 +1034,7 @@ def crashtest(
     library operations, each kill runs it on a fresh database and kills it at a seeded
     operation, recovers, checks the invariants (acknowledged stages and puts present exactly,
     nothing half-applied, recovery idempotent, tool calls paired, check() clean), restarts it
-    to the end and checks again (no write tool re-run, floor pages in the first assembly, the
+    (about half the time killing the restart too, and checking again) to the end and checks again (no write tool re-run, floor pages in the first assembly, the
     same pages as the uncrashed run). Exits 1 with a report and a replay line when an
     invariant breaks. Does not use --db.
 
@@ -1029,6 +1042,7 @@ def crashtest(
     Example:
       clawvm crashtest clawvm_store.testing.examples:correct_agent --kills 20
       clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37
+      clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37 --then-kill-at 12
     """
     from rich.progress import Progress
 
@@ -1058,6 +1072,8 @@ def crashtest(
                 kills=kills,
                 seed=seed,
                 kill_at=kill_at,
+                then_kill_at=then_kill_at,
+                restart_kills=not no_restart_kills,
                 workdir=workdir,
                 timeout=timeout,
                 progress=advance,
@@ -1072,6 +1088,7 @@ def crashtest(
             f"crash test of {target} (seed {seed})",
             [
                 "kills",
+                "restarts killed",
                 "operations per run",
                 "acknowledged writes",
                 "invariants checked",
@@ -1080,6 +1097,7 @@ def crashtest(
             [
                 (
                     report.kills,
+                    report.restart_kills,
                     report.total_ops,
                     report.acknowledged_writes,
                     report.invariants_checked,

@@ -117,9 +117,12 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     assert all(1 <= point <= report.total_ops for point in report.kill_points)
     # Every invariant ran: the post-crash ones on the uncrashed run, after each kill and after
     # each restart; the comparisons once per kill.
-    # The floor is checked when the restarted run assembles a prompt: not when the kill came
-    # after the last turn's assembly, leaving nothing to redo.
-    expected = {name: 1 + 2 * 25 for name in POST_CRASH}
+    # About half the cases also kill the restarted run; where that kill lands, the recovered
+    # state is checked once more. The floor is checked when a restarted run assembles a prompt:
+    # not when the kill came after the last turn's assembly, leaving nothing to redo.
+    assert sum(point is not None for point in report.then_kill_points) == 12
+    assert 1 <= report.restart_kills <= 12
+    expected = {name: 1 + 2 * 25 + report.restart_kills for name in POST_CRASH}
     expected.update(
         harness_completes=1 + 25,
         write_tools_not_rerun=25,
@@ -127,7 +130,7 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     )
     floors = report.checked.pop("floor_after_restart")
     assert dict(report.checked) == expected
-    assert 15 <= floors <= 25
+    assert 15 <= floors <= 25 + report.restart_kills
     assert report.acknowledged_writes > 25 * 10
     assert report.kept is None
     assert sorted(os.listdir(tmp_path)) == []  # passing cases leave nothing behind
@@ -138,7 +141,13 @@ def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
     second = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "b")
     other = run_crashtest(correct_agent, kills=4, seed=12, workdir=tmp_path / "c")
     assert first.kill_points == second.kill_points
+    assert first.then_kill_points == second.then_kill_points
     assert first.kill_points != other.kill_points
+    alone = run_crashtest(
+        correct_agent, kills=4, seed=11, restart_kills=False, workdir=tmp_path / "d"
+    )
+    assert alone.kill_points == first.kill_points
+    assert (alone.then_kill_points, alone.restart_kills) == ([None] * 4, 0)
     assert first.to_json() | {"elapsed_s": 0} == second.to_json() | {"elapsed_s": 0}
 
 
@@ -160,14 +169,18 @@ def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> N
     assert "an uncrashed run runs it 1 time" in rerun.detail
     assert rerun.harness == f"{EXAMPLES}:memory_agent"
     assert rerun.kill_number is not None and rerun.kill_at is not None
+    then = f" --then-kill-at {rerun.then_kill_at}" if rerun.then_kill_at else ""
     assert rerun.replay_command == (
-        f"clawvm crashtest {EXAMPLES}:memory_agent --seed 0 --kill-at {rerun.kill_at}"
+        f"clawvm crashtest {EXAMPLES}:memory_agent --seed 0 --kill-at {rerun.kill_at}{then}"
     )
-    assert (
-        rerun.replay_call == f"crash_harness.replay(memory_agent, seed=0, kill_at={rerun.kill_at})"
+    then_call = f", then_kill_at={rerun.then_kill_at}" if rerun.then_kill_at else ""
+    assert rerun.replay_call == (
+        f"crash_harness.replay(memory_agent, seed=0, kill_at={rerun.kill_at}{then_call})"
     )
     assert report.kept == str(tmp_path)
-    assert (tmp_path / f"kill-{rerun.kill_number}-op-{rerun.kill_at}" / "agent.db").exists()
+    suffix = f"-then-{rerun.then_kill_at}" if rerun.then_kill_at else ""
+    kept = tmp_path / f"kill-{rerun.kill_number}-op-{rerun.kill_at}{suffix}"
+    assert (kept / "agent.db").exists() and (kept / "after-crash" / "agent.db").exists()
 
 
 def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(tmp_path: Path) -> None:
@@ -233,11 +246,28 @@ def test_a_failure_replays_exactly_from_its_seed_and_kill_point(tmp_path: Path) 
     report = run_crashtest(memory_agent, kills=12, seed=5, workdir=tmp_path / "campaign")
     failure = report.failures[0]
     assert failure.kill_at is not None
-    again = replay(memory_agent, seed=5, kill_at=failure.kill_at, workdir=tmp_path / "replay")
+    again = replay(
+        memory_agent,
+        seed=5,
+        kill_at=failure.kill_at,
+        then_kill_at=failure.then_kill_at,
+        workdir=tmp_path / "replay",
+    )
     assert again.kill_points == [failure.kill_at]
     replayed = [f for f in again.failures if f.kill_at == failure.kill_at]
     original = [f for f in report.failures if f.kill_at == failure.kill_at]
-    fields = ("invariant", "detail", "kill_at", "total_ops", "label", "seed", "harness")
+    fields = (
+        "invariant",
+        "detail",
+        "kill_at",
+        "total_ops",
+        "label",
+        "then_kill_at",
+        "then_label",
+        "seed",
+        "harness",
+        "replay_command",
+    )
     assert [tuple(getattr(f, n) for n in fields) for f in replayed] == [
         tuple(getattr(f, n) for n in fields) for f in original
     ]
@@ -256,7 +286,7 @@ def test_the_fixture_raises_a_readable_assertion(tmp_path: Path) -> None:
         harness.run(replaying_agent, kills=12)
     assert isinstance(caught.value, AssertionError)
     text = str(caught.value)
-    assert text.startswith(f"crash test of {EXAMPLES}:replaying_agent: 12 kills (seed 0) over ")
+    assert text.startswith(f"crash test of {EXAMPLES}:replaying_agent: 12 kills (seed 0; ")
     assert "crash test failed: invariant final_state_matches_uncrashed" in text
     assert "  kill point: op " in text
     assert f"  replay:     clawvm crashtest {EXAMPLES}:replaying_agent --seed 0 --kill-at " in text
@@ -333,14 +363,23 @@ def invoke(*args: str) -> Any:
 
 
 def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
-    result = invoke("crashtest", f"{EXAMPLES}:correct_agent", "--kills", "3", "--seed", "1")
+    result = invoke(
+        "crashtest",
+        f"{EXAMPLES}:correct_agent",
+        "--kills",
+        "3",
+        "--seed",
+        "1",
+        "--no-restart-kills",
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert (
-        lines[0] == "kills\toperations per run\tacknowledged writes\tinvariants checked\tfailures"
+        lines[0] == "kills\trestarts killed\toperations per run\tacknowledged writes\t"
+        "invariants checked\tfailures"
     )
-    kills, ops, acked, checked, failures = lines[1].split("\t")
-    assert (kills, failures, checked) == ("3", "0", str(8 + 18 * 3))
+    kills, restarts, ops, acked, checked, failures = lines[1].split("\t")
+    assert (kills, restarts, failures, checked) == ("3", "0", "0", str(8 + 18 * 3))
     assert int(ops) > 50 and int(acked) > 30
     assert lines[2] == "invariant\tchecked\tfailed"
     assert [line.split("\t")[0] for line in lines[3:]] == list(INVARIANTS)
@@ -360,6 +399,8 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "invariants_checked",
         "checked",
         "kill_points",
+        "then_kill_points",
+        "restart_kills",
         "failures",
         "elapsed_s",
     }
@@ -405,6 +446,8 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
         "kill_at",
         "total_ops",
         "label",
+        "then_kill_at",
+        "then_label",
         "kill_point",
         "replay",
     }
@@ -416,14 +459,14 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
         f"{EXAMPLES}:replaying_agent",
         "--kill-at",
         str(failure["kill_at"]),
+        *(["--then-kill-at", str(failure["then_kill_at"])] if failure["then_kill_at"] else []),
         "--workdir",
         str(tmp_path / "replay"),
     )
     assert replayed.exit_code == 1
     again = json.loads(replayed.stdout)["failures"][0]
-    assert {k: again[k] for k in ("invariant", "detail", "kill_at", "label")} == {
-        k: failure[k] for k in ("invariant", "detail", "kill_at", "label")
-    }
+    same = ("invariant", "detail", "kill_at", "label", "then_kill_at", "then_label", "replay")
+    assert {k: again[k] for k in same} == {k: failure[k] for k in same}
 
 
 @pytest.mark.parametrize(

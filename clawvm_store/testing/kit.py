@@ -61,27 +61,38 @@ class CrashFailure:
     kill_at: int | None
     total_ops: int
     label: str | None
+    then_kill_at: int | None = None
+    then_label: str | None = None
 
     @property
     def kill_point(self) -> str:
-        """``op 37 of 112: Session.end_turn/commit``, or why there was no kill."""
+        """``op 37 of 112: Session.end_turn/commit``, or why there was no kill.
+
+        A case that also killed the restarted run adds ``, then op 12 of the restart: ...``.
+        """
         if self.kill_at is None:
             return "none (the uncrashed run)"
         where = f": {self.label}" if self.label else ""
-        return f"op {self.kill_at} of {self.total_ops}{where}"
+        text = f"op {self.kill_at} of {self.total_ops}{where}"
+        if self.then_kill_at is not None:
+            then = f": {self.then_label}" if self.then_label else ""
+            text += f", then op {self.then_kill_at} of the restart{then}"
+        return text
 
     @property
     def replay_command(self) -> str:
         """The command line that reproduces exactly this case."""
         if self.kill_at is None:
             return f"clawvm crashtest {self.harness} --kills 0"
-        return f"clawvm crashtest {self.harness} --seed {self.seed} --kill-at {self.kill_at}"
+        then = f" --then-kill-at {self.then_kill_at}" if self.then_kill_at is not None else ""
+        return f"clawvm crashtest {self.harness} --seed {self.seed} --kill-at {self.kill_at}{then}"
 
     @property
     def replay_call(self) -> str:
         """The pytest call that reproduces exactly this case."""
         function = self.harness.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-        return f"crash_harness.replay({function}, seed={self.seed}, kill_at={self.kill_at})"
+        then = f", then_kill_at={self.then_kill_at}" if self.then_kill_at is not None else ""
+        return f"crash_harness.replay({function}, seed={self.seed}, kill_at={self.kill_at}{then})"
 
     def render(self) -> str:
         """The failure as a readable block of text."""
@@ -110,6 +121,8 @@ class CrashFailure:
             "kill_at": self.kill_at,
             "total_ops": self.total_ops,
             "label": self.label,
+            "then_kill_at": self.then_kill_at,
+            "then_label": self.then_label,
             "kill_point": self.kill_point,
             "replay": self.replay_command,
         }
@@ -127,6 +140,8 @@ class CrashTestReport:
     checked: Counter[str] = field(default_factory=Counter)
     failures: list[CrashFailure] = field(default_factory=list)
     kill_points: list[int] = field(default_factory=list)
+    then_kill_points: list[int | None] = field(default_factory=list)
+    restart_kills: int = 0
     elapsed_s: float = 0.0
     kept: str | None = None
 
@@ -143,7 +158,8 @@ class CrashTestReport:
     def render(self) -> str:
         """A summary line, then every failure (the first in full)."""
         head = (
-            f"crash test of {self.harness}: {self.kills} kills (seed {self.seed}) over "
+            f"crash test of {self.harness}: {self.kills} kills (seed {self.seed}; "
+            f"{self.restart_kills} of them killed the restart too) over "
             f"{self.total_ops} library operations per run, {self.acknowledged_writes} "
             f"acknowledged writes, {self.invariants_checked} invariant checks, "
             f"{len(self.failures)} failures"
@@ -179,6 +195,8 @@ class CrashTestReport:
             "invariants_checked": self.invariants_checked,
             "checked": dict(sorted(self.checked.items())),
             "kill_points": self.kill_points,
+            "then_kill_points": self.then_kill_points,
+            "restart_kills": self.restart_kills,
             "failures": [failure.to_json() for failure in self.failures],
             "elapsed_s": round(self.elapsed_s, 3),
         }
@@ -366,6 +384,7 @@ class _Campaign:
         kill_at: int | None,
         total: int,
         label: str | None,
+        then: tuple[int, str | None] | None = None,
     ) -> list[CrashFailure]:
         return [
             CrashFailure(
@@ -378,6 +397,8 @@ class _Campaign:
                 kill_at=kill_at,
                 total_ops=total,
                 label=label,
+                then_kill_at=then[0] if then else None,
+                then_label=then[1] if then else None,
             )
             for name, detail in findings.broken.items()
         ]
@@ -415,8 +436,11 @@ class _Campaign:
             self.keep("uncrashed")
         return baseline, self.fail(findings, None, None, run.ops, None)
 
-    def case(self, number: int, kill_at: int, baseline: _Baseline) -> list[CrashFailure]:
-        """Kill at ``kill_at``; check the recovered state; restart to the end; check again."""
+    def case(
+        self, number: int, kill_at: int, then_kill_at: int | None, baseline: _Baseline
+    ) -> list[CrashFailure]:
+        """Kill at ``kill_at``; check the recovered state; restart (killing the restart too at
+        ``then_kill_at``, and checking again); run to the end; check everything."""
         db = self.fresh()
         findings = Findings()
         killed = _run_child(self.harness, db, kill_at, "killed", self.timeout)
@@ -438,51 +462,77 @@ class _Campaign:
                     [f"the run failed before the kill point: {_last_line(killed.error)}"],
                 )
             return self.finish_case(findings, number, kill_at, total, None)
+        acks = list(killed.acks)
+        floors = [self.check_copy(db, acks, findings, "after-crash")]
 
-        # Check a copy, so the harness's own Store.open does the recovery when it restarts
-        # (and the original stays exactly as the crash left it). The copy stays in the run
-        # directory: a kept failing case has it as ``after-crash/agent.db``.
-        check_dir = self.run_dir / "after-crash"
-        check_dir.mkdir()
-        for suffix in ("", "-wal"):
-            if Path(f"{db}{suffix}").exists():
-                shutil.copyfile(f"{db}{suffix}", check_dir / f"{DB_NAME}{suffix}")
-        if (check_dir / DB_NAME).exists():
-            with Store.open(check_dir / DB_NAME, recover=False, create=False) as store:
-                recover_twice(store, findings)
-                check_state(store, killed.acks, findings)
-                after_id, required = floor_pages(store)
-        else:
-            after_id, required = 0, {}  # killed before the database file existed
-
-        restarted = _run_child(self.harness, db, None, "restarted", self.timeout)
+        then: tuple[int, str | None] | None = None
+        restarted = _run_child(self.harness, db, then_kill_at, "restarted", self.timeout)
         self.count_acks(restarted.acks)
+        acks += restarted.acks
+        if restarted.outcome == "killed":
+            # A second crash, in the restart (its own recovery included): check the recovered
+            # state again, then restart once more and run to the end.
+            assert then_kill_at is not None
+            then = (then_kill_at, restarted.label)
+            self.report.restart_kills += 1
+            floors.append(self.check_copy(db, acks, findings, "after-second-crash"))
+            restarted = _run_child(self.harness, db, None, "finished", self.timeout)
+            self.count_acks(restarted.acks)
+            acks += restarted.acks
         if restarted.outcome != "done":
             findings.check(
                 "harness_completes",
                 [
                     f"the restarted run failed: {_last_line(restarted.error)} "
-                    "(its traceback: restarted.log in the kept case)"
+                    "(its traceback is in the kept case's logs)"
                 ],
             )
-            return self.finish_case(findings, number, kill_at, total, killed.label)
+            return self.finish_case(findings, number, kill_at, total, killed.label, then)
         findings.check("harness_completes", [])
-        acks = killed.acks + restarted.acks
         with Store.open(db, recover=False, create=False) as store:
             recover_twice(store, findings)
             check_state(store, acks, findings)
             check_write_reruns(acks, baseline.writes, findings)
-            check_floor_after_restart(store, after_id, required, findings)
+            for after_id, required in floors:
+                check_floor_after_restart(store, after_id, required, findings)
             check_final_state(final_pages(store), baseline.pages, findings)
-        return self.finish_case(findings, number, kill_at, total, killed.label)
+        return self.finish_case(findings, number, kill_at, total, killed.label, then)
+
+    def check_copy(
+        self, db: Path, acks: list[dict[str, Any]], findings: Findings, name: str
+    ) -> tuple[int, dict[str, list[tuple[str, str]]]]:
+        """Recover and check a copy of the crashed database; returns what the floor check needs.
+
+        A copy, so the harness's own ``Store.open`` does the recovery when it restarts (and the
+        original stays exactly as the crash left it). The copy stays in the run directory: a
+        kept failing case has it as ``after-crash/agent.db``.
+        """
+        check_dir = self.run_dir / name
+        check_dir.mkdir()
+        for suffix in ("", "-wal"):
+            if Path(f"{db}{suffix}").exists():
+                shutil.copyfile(f"{db}{suffix}", check_dir / f"{DB_NAME}{suffix}")
+        if not (check_dir / DB_NAME).exists():
+            return 0, {}  # killed before the database file existed
+        with Store.open(check_dir / DB_NAME, recover=False, create=False) as store:
+            recover_twice(store, findings)
+            check_state(store, acks, findings)
+            return floor_pages(store)
 
     def finish_case(
-        self, findings: Findings, number: int, kill_at: int, total: int, label: str | None
+        self,
+        findings: Findings,
+        number: int,
+        kill_at: int,
+        total: int,
+        label: str | None,
+        then: tuple[int, str | None] | None = None,
     ) -> list[CrashFailure]:
         self.report.checked.update(findings.checked)
         if findings.broken:
-            self.keep(f"kill-{number}-op-{kill_at}")
-        return self.fail(findings, number, kill_at, total, label)
+            suffix = f"-then-{then[0]}" if then else ""
+            self.keep(f"kill-{number}-op-{kill_at}{suffix}")
+        return self.fail(findings, number, kill_at, total, label, then)
 
 
 def run_crashtest(
@@ -491,12 +541,18 @@ def run_crashtest(
     kills: int = 50,
     seed: int = 0,
     kill_at: int | None = None,
+    then_kill_at: int | None = None,
+    restart_kills: bool = True,
     workdir: str | os.PathLike[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: Callable[[int, int], None] | None = None,
     name: str | None = None,
 ) -> CrashTestReport:
     """Crash-test ``harness``: ``kills`` seeded kill points (or exactly ``kill_at``).
+
+    With ``restart_kills`` (the default) about half the cases also kill the restarted run, at a
+    second seeded point (a crash during the restart's own recovery, or while it redoes a turn);
+    ``then_kill_at`` replays such a case exactly.
 
     Returns a :class:`CrashTestReport`; it does not raise on a broken invariant (the pytest
     fixture does). ``workdir`` holds the databases (a temporary directory by default, removed
@@ -514,6 +570,13 @@ def run_crashtest(
         isinstance(kill_at, bool) or not isinstance(kill_at, int) or kill_at < 1
     ):
         raise CrashTestSetupError("kill_at must be a positive integer")
+    if then_kill_at is not None and (
+        kill_at is None
+        or isinstance(then_kill_at, bool)
+        or not isinstance(then_kill_at, int)
+        or then_kill_at < 1
+    ):
+        raise CrashTestSetupError("then_kill_at must be a positive integer, with kill_at")
     started = time.monotonic()
     report = CrashTestReport(harness=name or harness_name(harness), seed=seed)
     temporary = workdir is None
@@ -534,17 +597,27 @@ def run_crashtest(
                         "of a run"
                     )
                 points = [kill_at]
+                thens: list[int | None] = [then_kill_at]
             else:
                 # Every crash point equally likely; all of them when asked for at least as many.
                 population = range(1, baseline.ops + 1)
                 rng = random.Random(seed)
                 points = rng.sample(population, kills) if kills < baseline.ops else list(population)
+                # Drawn after the first points, so those do not depend on restart_kills. A
+                # second point the restart does not reach just lets the restart finish.
+                thens = [
+                    rng.randrange(1, baseline.ops + 1) if rng.random() < 0.5 else None
+                    for _ in points
+                ]
+                if not restart_kills:
+                    thens = [None] * len(points)
             report.kills = len(points)
             report.kill_points = points
+            report.then_kill_points = thens
             if progress is not None:
                 progress(0, len(points))
-            for number, point in enumerate(points, start=1):
-                report.failures.extend(campaign.case(number, point, baseline))
+            for number, (point, then) in enumerate(zip(points, thens, strict=True), start=1):
+                report.failures.extend(campaign.case(number, point, then, baseline))
                 if progress is not None:
                     progress(number, len(points))
     finally:
@@ -562,11 +635,20 @@ def replay(
     *,
     seed: int = 0,
     kill_at: int,
+    then_kill_at: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> CrashTestReport:
-    """Reproduce exactly one case of a campaign: the uncrashed run, then the kill at ``kill_at``."""
-    return run_crashtest(harness, seed=seed, kill_at=kill_at, workdir=workdir, timeout=timeout)
+    """Reproduce exactly one case of a campaign: the uncrashed run, then the kill at ``kill_at``
+    (and the restart's kill at ``then_kill_at``, when the case had one)."""
+    return run_crashtest(
+        harness,
+        seed=seed,
+        kill_at=kill_at,
+        then_kill_at=then_kill_at,
+        workdir=workdir,
+        timeout=timeout,
+    )
 
 
 class CrashInvariantError(AssertionError):
@@ -607,12 +689,23 @@ class CrashHarness:
         return report
 
     def replay(
-        self, harness: Harness, *, seed: int = 0, kill_at: int, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        harness: Harness,
+        *,
+        seed: int = 0,
+        kill_at: int,
+        then_kill_at: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> CrashTestReport:
         """Reproduce one case (from a failure report); raise if it still breaks an invariant."""
         __tracebackhide__ = True
         report = replay(
-            harness, seed=seed, kill_at=kill_at, workdir=self._next_dir(), timeout=timeout
+            harness,
+            seed=seed,
+            kill_at=kill_at,
+            then_kill_at=then_kill_at,
+            workdir=self._next_dir(),
+            timeout=timeout,
         )
         if not report.ok:
             raise CrashInvariantError(report)
