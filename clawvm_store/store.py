@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
@@ -446,6 +447,16 @@ class Store:
         if rejected is not None:
             raise rejected
         assert written is not None
+        if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
+            _crashpoints.ack(
+                "put",
+                project=written.project,
+                session=written.session,
+                key=written.key,
+                version=written.version,
+                deleted=written.deleted,
+                content=_crashpoints.digest(written.content),
+            )
         return written
 
     def _write_direct(
