@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from . import _crashpoints
 from .errors import (
     Busy,
     ClawVMError,
@@ -415,6 +416,8 @@ class Database:
         """
         if write:
             with self._write_lock:
+                if _crashpoints.ACTIVE:  # the crash-test kit's kill points (before, in, after)
+                    _crashpoints.point("begin")
                 try:
                     # One writer connection per process (DESIGN 2): kept open, so a write skips
                     # the pool's checkout and reset, and no two writers of ours ever race.
@@ -424,6 +427,8 @@ class Database:
                 except _DRIVER_ERRORS as exc:
                     raise translate_driver_error(exc) from exc
                 yield from self._run(self._writer, read=False, sync=sync)
+                if _crashpoints.ACTIVE:
+                    _crashpoints.point("committed")
             return
         try:
             conn = self.engine.connect()
@@ -451,6 +456,8 @@ class Database:
             except BaseException:
                 self._abandon(conn, txn)
                 raise
+            if _crashpoints.ACTIVE and not read:
+                _crashpoints.point("commit")
             try:
                 txn.commit()
             except BaseException:

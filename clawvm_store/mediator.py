@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, select, update
 
+from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .errors import InterruptedToolCall, InvalidInput
@@ -274,6 +275,18 @@ class ToolMediator:
                 )
             ).all()
             call_id = f"t{turn}.{len(count) + 1}"
+            if idempotency_key is not None:
+                # A deliberate re-run (fresh=True) of a call that holds this key: the new call
+                # takes the key over, so later repeats find the newest call (the key is unique
+                # per session; the older call keeps its row, signature and result).
+                conn.execute(
+                    update(t.tool_calls)
+                    .where(
+                        t.tool_calls.c.session_id == session.id,
+                        t.tool_calls.c.idempotency_key == idempotency_key,
+                    )
+                    .values(idempotency_key=None)
+                )
             row_id = inserted_id(
                 conn.execute(
                     t.tool_calls.insert(),
@@ -305,6 +318,18 @@ class ToolMediator:
                         )
                     ],
                 )
+        if _crashpoints.ACTIVE:
+            # Written right before the tool runs, with no crash point in between: a line here
+            # means the tool's effect may have happened (the kit counts executions by it).
+            _crashpoints.ack(
+                "tool_exec",
+                session=session.id,
+                call=row_id,
+                call_id=call_id,
+                name=name,
+                signature=signature,
+                effect=effect,
+            )
         try:
             output = run(**args)
         except Exception as exc:
@@ -353,6 +378,15 @@ class ToolMediator:
             )
             if effect == "write" and touched:
                 invalidate(conn, session.project, touched, store.clock())
+        if _crashpoints.ACTIVE:
+            _crashpoints.ack(
+                "tool_finish",
+                session=session.id,
+                call=row_id,
+                state=state,
+                key=key,
+                version=version,
+            )
         return version
 
     def history(self) -> list[ToolCallRecord]:

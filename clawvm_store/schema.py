@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -271,6 +272,45 @@ tool_calls = Table(
         sqlite_where=text("idempotency_key IS NOT NULL"),
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
+)
+
+# LangGraph checkpoints (clawvm_store.integrations.langgraph). A checkpoint and a task's pending
+# writes are opaque blobs made by LangGraph's serializer; the columns beside them are what SQL
+# needs (step, source, run id: copied out of the metadata at write time so the views need no
+# JSON functions) and a SHA-256 over the stored bytes that reads and check() verify.
+lg_checkpoints = Table(
+    "lg_checkpoints",
+    metadata,
+    Column("thread_id", String, primary_key=True),
+    Column("checkpoint_ns", String, primary_key=True),
+    Column("checkpoint_id", String, primary_key=True),
+    Column("parent_checkpoint_id", String, nullable=True),
+    Column("run_id", String, nullable=True),
+    Column("step", Integer, nullable=True),
+    Column("source", String, nullable=True),
+    Column("type", String, nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),
+    # JSON text, as LangGraph's own savers keep it, so filters and SQL can read it.
+    Column("metadata", Text, nullable=False),
+    Column("checksum", String, nullable=False),
+    Column("created_at", String, nullable=False),
+    Index("ix_lg_checkpoints_run_id", "run_id"),
+)
+
+lg_writes = Table(
+    "lg_writes",
+    metadata,
+    Column("thread_id", String, primary_key=True),
+    Column("checkpoint_ns", String, primary_key=True),
+    Column("checkpoint_id", String, primary_key=True),
+    Column("task_id", String, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("task_path", String, nullable=False),
+    Column("channel", String, nullable=False),
+    Column("type", String, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("checksum", String, nullable=False),
+    Column("created_at", String, nullable=False),
 )
 
 # Full-text index for recall (SQLite FTS5). It is derived data, rebuilt incrementally from page

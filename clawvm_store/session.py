@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly, Weights
@@ -205,6 +206,17 @@ class Session:
             )
         if prepared is not None and not duplicate:
             self.store._remember_prepared(lsn, prepared)
+        if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
+            _crashpoints.ack(
+                "stage",
+                session=self.id,
+                lsn=lsn,
+                key=update_.key,
+                op=update_.op.value,
+                content=_crashpoints.digest(update_.content),
+                structured=_crashpoints.digest(update_.structured),
+                duplicate=duplicate,
+            )
         return StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate)
 
     def _visible_scope(self, key: str) -> Scope:
@@ -593,6 +605,17 @@ class Session:
             self._turn += 1
         if boundary in (Boundary.COMPACTION, Boundary.RESET):
             self._after_destructive = True
+        if _crashpoints.ACTIVE:
+            _crashpoints.ack(
+                "boundary",
+                session=self.id,
+                boundary=boundary.value,
+                event=result.event_id,
+                committed=result.committed,
+                rejected=result.rejected,
+                versions={str(lsn): version for lsn, version in result.versions.items()},
+                discarded=result.discarded,
+            )
         return result
 
     def end_turn(self) -> WritebackResult:

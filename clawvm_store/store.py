@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
+from .checkpoints import damaged_rows
 from .db import Database, Durability
 from .errors import (
     ClawVMError,
@@ -456,6 +458,16 @@ class Store:
         if rejected is not None:
             raise rejected
         assert written is not None
+        if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
+            _crashpoints.ack(
+                "put",
+                project=written.project,
+                session=written.session,
+                key=written.key,
+                version=written.version,
+                deleted=written.deleted,
+                content=_crashpoints.digest(written.content),
+            )
         return written
 
     def _write_direct(
@@ -1274,6 +1286,8 @@ class Store:
                 ("sessions", t.sessions),
                 ("journal", t.journal),
                 ("lifecycle_events", t.lifecycle_events),
+                ("langgraph_checkpoints", t.lg_checkpoints),
+                ("langgraph_writes", t.lg_writes),
             ):
                 counts[name] = int(
                     conn.execute(select(func.count()).select_from(table)).scalar() or 0
@@ -1311,7 +1325,8 @@ class Store:
           that never increase down the ladder;
         * every pointer resolves to its own page and version;
         * stored token counts equal a fresh count (``recount_tokens``);
-        * every journal entry's checksum verifies, and nothing is left committed-but-unapplied.
+        * every journal entry's checksum verifies, and nothing is left committed-but-unapplied;
+        * every LangGraph checkpoint and pending write verifies against its checksum.
         """
         findings: list[Finding] = []
         checked: dict[str, int] = {}
@@ -1324,6 +1339,7 @@ class Store:
                     findings.append(Finding("foreign_key", f"{row[0]} rowid {row[1]} -> {row[2]}"))
             findings.extend(self._check_pages(conn, checked, recount_tokens))
             findings.extend(self._check_journal(conn, checked))
+            findings.extend(Finding(kind, detail) for kind, detail in damaged_rows(conn, checked))
         return CheckReport(ok=not findings, findings=findings, checked=checked)
 
     def _check_pages(

@@ -18,6 +18,10 @@ spaces, non-ASCII as is), so the same store always exports to the same bytes.
   foreign-key order (events before the journal rows that name them, pages before their versions
   before their representations, assemblies before their items), so rows insert as they come.
 
+Byte columns (the serialized checkpoints and pending writes of LangGraph threads, see
+:mod:`clawvm_store.integrations.langgraph`) are written as base64 text. LangGraph threads belong
+to no project or session, so only a whole-store export carries them.
+
 What is not exported: the full-text index (derived; recall rebuilds it in the target) and the
 schema version table (the header names the revision). ``sessions.owner`` is written as null: it
 names the process holding the session on the exporting host, a lease that does not travel. An
@@ -49,6 +53,8 @@ target exactly as it was.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -56,10 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table, delete, func, select, text, update
+from sqlalchemy import Connection, LargeBinary, Table, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from . import schema as t
+from .checkpoints import damaged_rows
 from .db import create_private_file
 from .errors import CorruptDatabase, InvalidInput, NotFound
 from .recall import _WATERMARK as FTS_WATERMARK
@@ -83,8 +90,18 @@ TABLE_ORDER: tuple[Table, ...] = (
     t.assemblies,
     t.assembly_items,
     t.faults,
+    t.lg_checkpoints,
+    t.lg_writes,
 )
 """The exported tables, in the order their records appear (parents before children)."""
+
+_BINARY: frozenset[tuple[str, str]] = frozenset(
+    (table.name, column.name)
+    for table in TABLE_ORDER
+    for column in table.columns
+    if isinstance(column.type, LargeBinary)
+)
+"""Byte columns (LangGraph's serialized checkpoints): written to the file as base64 text."""
 
 TABLE_NAMES: tuple[str, ...] = tuple(table.name for table in TABLE_ORDER)
 _BY_NAME: dict[str, Table] = {table.name: table for table in TABLE_ORDER}
@@ -240,6 +257,9 @@ def _export(
                 if table is t.sessions:
                     values["owner"] = None  # a process lease of the exporting host
                 where = f"{table.name} row {_pk_text(table, values)}"
+                for name, column in _BINARY:
+                    if name == table.name:
+                        values[column] = _base64(values[column], where)
                 written += write(_line({"table": table.name, "row": values}, where))
                 done += 1
                 reporter.tick(done)
@@ -257,6 +277,12 @@ def _line(value: Any, where: str) -> bytes:
             f"{where} holds a value that cannot be exported as text ({type(exc).__name__}); "
             "run check"
         ) from None
+
+
+def _base64(value: Any, where: str) -> str:
+    if not isinstance(value, bytes | memoryview):
+        raise CorruptDatabase(f"{where} holds text where bytes belong; run check")
+    return base64.b64encode(bytes(value)).decode("ascii")
 
 
 def _pk_text(table: Table, values: dict[str, Any]) -> str:
@@ -360,6 +386,9 @@ def _selection(conn: Connection, project: str | None, session: str | None) -> Se
         "assemblies": ("id", assemblies),
         "assembly_items": ("assembly_id", assemblies),
         "faults": ("id", faults),
+        # LangGraph threads belong to no project or session: only a whole-store export has them.
+        "lg_checkpoints": ("thread_id", set()),
+        "lg_writes": ("thread_id", set()),
     }
 
 
@@ -397,7 +426,11 @@ class _Column:
 
 _COLUMNS: dict[str, tuple[_Column, ...]] = {
     table.name: tuple(
-        _Column(column.name, column.type.python_type, bool(column.nullable))
+        _Column(
+            column.name,
+            str if (table.name, column.name) in _BINARY else column.type.python_type,
+            bool(column.nullable),
+        )
         for column in table.columns
     )
     for table in TABLE_ORDER
@@ -618,6 +651,13 @@ def _parse_record(line: str, number: int) -> tuple[str, dict[str, Any]]:
                 raise InvalidInput(
                     f"line {number}: {name}.{column.name} holds text that is not valid Unicode"
                 ) from None
+            if (name, column.name) in _BINARY:
+                try:
+                    row[column.name] = base64.b64decode(item, validate=True)
+                except (binascii.Error, ValueError):
+                    raise InvalidInput(
+                        f"line {number}: {name}.{column.name} is not base64 text"
+                    ) from None
     return name, row
 
 
@@ -682,6 +722,7 @@ def _verify(store: Store, conn: Connection, checked: dict[str, int]) -> None:
     problems.extend(
         f"{finding.code}: {finding.message}" for finding in store._check_journal(conn, checked)
     )
+    problems.extend(f"{code}: {message}" for code, message in damaged_rows(conn, checked))
     if problems:
         first = " ".join(problems[0].split())
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""

@@ -578,3 +578,35 @@ def test_args_round_trip_through_the_ledger(sess: cvm.Session) -> None:
     [record] = sess.tool_history()
     assert record.args == {"a": "é", "b": [1, {"x": 1, "y": 2}]}
     assert json.dumps(record.args, sort_keys=True) == json.dumps(args, sort_keys=True)
+
+
+def test_fresh_rerun_of_a_write_with_an_idempotency_key_takes_the_key_over(
+    store: cvm.Store, sess: cvm.Session
+) -> None:
+    # Found by the crash-test kit: the documented way to re-run an interrupted write
+    # (fresh=True) inserted a second ledger row with the same idempotency key and failed on
+    # the key's UNIQUE index. The new call takes the key over; the old one keeps its row.
+    outputs = iter(["first", "second"])
+    tool = Tool(lambda path, text: next(outputs))
+    args = {"path": "notes.md", "text": "step 1"}
+    first = sess.tool_call("write_note", args, tool, effect="write", idempotency_key="note-1")
+    again = sess.tool_call(
+        "write_note", args, tool, effect="write", idempotency_key="note-1", fresh=True
+    )
+    assert (first.source, first.version, again.source, again.version) == (
+        "executed",
+        1,
+        "executed",
+        2,
+    )
+    served = sess.tool_call("write_note", args, tool, effect="write", idempotency_key="note-1")
+    assert (served.source, served.version, served.content, tool.runs) == (
+        "resolved",
+        2,
+        "second",
+        2,
+    )
+    with store.db.transaction(write=False) as conn:
+        keys = conn.exec_driver_sql("SELECT call_id, idempotency_key FROM tool_calls ORDER BY id")
+        assert [tuple(row) for row in keys] == [("t0.1", None), ("t0.2", "note-1")]
+    assert store.check().ok

@@ -8,6 +8,7 @@ imports into a fresh store of its own.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.base import empty_checkpoint
 
 import clawvm_store as cvm
 from clawvm_store import schema as t
 from clawvm_store import transfer
+from clawvm_store.integrations.langgraph import ClawVMSaver
 from clawvm_store.transfer import TABLE_NAMES, export_jsonl, import_jsonl
 
 T = cvm.PageType
@@ -117,6 +120,18 @@ def populate(store: cvm.Store) -> None:
     s3 = store.session("s3", project="q", principal="alice")
     s3.tool_call("ls", {"path": "."}, run=lambda **kw: "README.md\nsetup.cfg")
     s3.end_turn()
+
+    # A LangGraph thread kept in the same store: byte columns travel as base64.
+    saver = ClawVMSaver(store)
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"messages": ["hi", "Ünïcödé"]}
+    config = saver.put(
+        {"configurable": {"thread_id": "lg-1", "checkpoint_ns": ""}},
+        checkpoint,
+        {"source": "input", "step": -1},
+        {},
+    )
+    saver.put_writes(config, [("messages", ["more"]), ("__error__", "boom")], task_id="task-1")
 
 
 @pytest.fixture(scope="module")
@@ -451,7 +466,7 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     "truncated": (lambda x: "".join(x.splitlines(keepends=True)[:-3]), "the export is truncated"),
     "an extra record": (
         lambda x: x + x.splitlines(keepends=True)[-1],
-        "more faults records than the",
+        "more lg_writes records than the",
     ),
     "unknown table": (
         lambda x: replace_line(x, 3, '{"table": "secrets", "row": {}}'),
@@ -475,7 +490,7 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     ),
     "out of order": (
         lambda x: x + x.splitlines(keepends=True)[1],
-        "a projects record after faults records",
+        "a projects record after lg_writes records",
     ),
     "duplicate key": (
         lambda x: edit_row(x, "projects", offset=1, name="p"),
@@ -582,3 +597,29 @@ def test_every_exported_table_is_in_the_schema() -> None:
     exported_tables = set(TABLE_NAMES)
     others = {table.name for table in t.metadata.sorted_tables} - exported_tables
     assert others == {"meta"}  # meta travels in the header
+
+
+def test_langgraph_bytes_travel_as_base64_and_bad_base64_is_refused(
+    source: cvm.Store, exported: str, target: cvm.Store
+) -> None:
+    line = first_line_of(exported, "lg_checkpoints")
+    record = json.loads(exported.splitlines()[line - 1])
+    assert (
+        base64.b64decode(record["row"]["checkpoint"])
+        == rows(source, "lg_checkpoints")[0]["checkpoint"]
+    )
+    broken = edit_row(exported, "lg_writes", value="not base64!")
+    number = first_line_of(exported, "lg_writes")
+    with pytest.raises(
+        cvm.InvalidInput, match=rf"^line {number}: lg_writes\.value is not base64 text$"
+    ):
+        import_jsonl(target, io.StringIO(broken))
+    assert rows(target, "lg_writes") == []
+
+
+def test_filtered_exports_leave_langgraph_threads_out(source: cvm.Store, target: cvm.Store) -> None:
+    text = round_trip(source, target, project="p")
+    header = json.loads(text.splitlines()[0])
+    assert header["counts"]["lg_checkpoints"] == 0
+    assert header["counts"]["lg_writes"] == 0
+    assert rows(target, "lg_checkpoints") == []

@@ -1,0 +1,455 @@
+"""The invariants the crash-test kit checks, each with the name a failure report uses.
+
+Every check reads the database through a plain read transaction and the acknowledgements the
+library wrote (see :mod:`clawvm_store._crashpoints`); none trusts the harness's own output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..pages import POLICIES, Fidelity, PageType
+from ..store import Store
+
+INVARIANTS: dict[str, str] = {
+    "harness_completes": (
+        "the harness runs to its end: without a crash, and again after a crash on the same "
+        "database (it must be resumable)"
+    ),
+    "deterministic_harness": (
+        "every run does the same library operations as the first (a fake model, fixed inputs), "
+        "so a kill point names the same instant on every run and a failure can be replayed"
+    ),
+    "acked_stages_present": (
+        "every acknowledged stage is in the journal with its exact content, and recovery "
+        "resolved it: committed into its page (the version holds exactly what the stage "
+        "wrote) or rejected with a reason code; never lost, discarded or left staged"
+    ),
+    "acked_puts_present": "every acknowledged put is there at its version, with its exact content",
+    "acked_boundaries_kept": (
+        "every acknowledged boundary's event is recorded, and the entries it reported as "
+        "committed (at their versions) or rejected (with their reasons) are still so"
+    ),
+    "nothing_half_applied": (
+        "no journal entry left staged or committed after recovery; every applied entry made "
+        "exactly one page version and every version came from one; page heads and fidelities "
+        "complete"
+    ),
+    "check_clean": "store.check() finds nothing",
+    "recovery_idempotent": "a second store.recover() finds nothing to do and changes no row",
+    "tool_calls_paired": (
+        "every tool call has exactly one result (finished, failed or an explicit interrupted) "
+        "whose evidence page names the call; no call id twice; acknowledged results unchanged"
+    ),
+    "write_tools_not_rerun": (
+        "a crash never makes a write-effect tool run more often than in an uncrashed run: a "
+        "write acknowledged as executed is not executed again after the restart"
+    ),
+    "floor_after_restart": (
+        "the first assembly after the restart holds every bootstrap and constraint page at or "
+        "above its floor fidelity"
+    ),
+    "final_state_matches_uncrashed": (
+        "after the restart ran to its end, every page (tool evidence aside) has the content it "
+        "has after an uncrashed run: nothing lost, nothing written twice"
+    ),
+}
+"""Every invariant's name and what it means (the README lists them too)."""
+
+_DIGEST_TABLES = (
+    ("pages", "id"),
+    ("page_versions", "page_id, version"),
+    ("representations", "page_id, version, fidelity"),
+    ("journal", "lsn"),
+    ("lifecycle_events", "id"),
+    ("sessions", "id"),
+    ("tool_calls", "id"),
+    ("faults", "id"),
+)
+ACK_WRITES = ("stage", "put", "boundary", "tool_finish")
+"""Acknowledgement kinds that count as acknowledged writes in the summary."""
+
+
+@dataclass
+class Findings:
+    """What one round of checks found: broken invariants with details, and how many ran."""
+
+    broken: dict[str, str] = field(default_factory=dict)
+    checked: Counter[str] = field(default_factory=Counter)
+
+    def check(self, name: str, problems: Sequence[str]) -> None:
+        """Count one evaluation of ``name``; keep its first problems if it failed."""
+        self.checked[name] += 1
+        if problems and name not in self.broken:
+            shown = "; ".join(problems[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            self.broken[name] = shown + more
+
+
+def sha(text: str | None) -> str | None:
+    """SHA-256 of a text (``None`` stays ``None``), as the library's acknowledgements hash it."""
+    if text is None:
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def state_digest(store: Store) -> str:
+    """A hash of every row recovery may touch (to prove a second recovery changes nothing)."""
+    hasher = hashlib.sha256()
+    with store.db.transaction(write=False) as conn:
+        for table, order in _DIGEST_TABLES:
+            hasher.update(table.encode())
+            for row in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY {order}"):
+                hasher.update(repr(tuple(row)).encode())
+    return hasher.hexdigest()
+
+
+def recover_twice(store: Store, findings: Findings) -> None:
+    """Recover, then recover again: the second must report nothing and change no row."""
+    store.recover()
+    before = state_digest(store)
+    again = store.recover()
+    after = state_digest(store)
+    problems = []
+    if again.changed:
+        problems.append(f"the second recovery did work: {again}")
+    if before != after:
+        problems.append("the second recovery changed rows")
+    findings.check("recovery_idempotent", problems)
+
+
+def _ident(row: Any) -> tuple[str, str, str]:
+    return (row.project, row.session_id if row.scope == "session" else "", row.key)
+
+
+def check_state(store: Store, acks: Iterable[Mapping[str, Any]], findings: Findings) -> None:
+    """Every invariant about the recovered database and the acknowledged operations."""
+    acks = list(acks)
+    with store.db.transaction(write=False) as conn:
+        journal = {
+            row.lsn: row
+            for row in conn.exec_driver_sql(
+                "SELECT lsn, session_id, project, key, op, scope, payload, state, reason,"
+                " version, event_id FROM journal"
+            )
+        }
+        versions = {
+            (row.project, row.session_id, row.key, row.version): row
+            for row in conn.exec_driver_sql(
+                "SELECT p.project, p.session_id, p.key, pv.page_id, pv.version, pv.type,"
+                " pv.deleted, pv.lsn, pv.provenance, r.content"
+                " FROM page_versions pv JOIN pages p ON p.id = pv.page_id"
+                " LEFT JOIN representations r ON r.page_id = pv.page_id"
+                " AND r.version = pv.version AND r.fidelity = 'full'"
+            )
+        }
+        heads = list(conn.exec_driver_sql("SELECT id, key, version FROM pages"))
+        rep_counts = {
+            (row[0], row[1]): row[2]
+            for row in conn.exec_driver_sql(
+                "SELECT page_id, version, COUNT(*) FROM representations GROUP BY page_id, version"
+            )
+        }
+        events = {
+            row.id: row
+            for row in conn.exec_driver_sql("SELECT id, session_id, boundary FROM lifecycle_events")
+        }
+        calls = list(
+            conn.exec_driver_sql(
+                "SELECT id, session_id, project, call_id, name, state, result_key, result_version"
+                " FROM tool_calls ORDER BY id"
+            )
+        )
+
+    def content_of(ident: tuple[str, str, str], version: int) -> str | None:
+        row = versions.get((*ident, version))
+        return None if row is None or row.deleted else row.content
+
+    # -- acknowledged stages -------------------------------------------------------------------
+    problems: list[str] = []
+    for ack in acks:
+        if ack["k"] != "stage":
+            continue
+        lsn, key = ack["lsn"], ack["key"]
+        row = journal.get(lsn)
+        if row is None:
+            problems.append(f"stage lsn {lsn} of {key!r} is missing from the journal")
+            continue
+        payload = json.loads(row.payload)
+        structured = payload.get("structured")
+        if (
+            row.key != key
+            or sha(payload.get("content")) != ack["content"]
+            or (sha(json.dumps(structured, sort_keys=True)) if structured is not None else None)
+            != ack["structured"]
+        ):
+            problems.append(f"stage lsn {lsn} of {key!r} holds other content than was staged")
+            continue
+        if row.state == "quarantined":
+            why = (
+                "discarded by a boundary that skipped writeback"
+                if row.reason == "DISCARDED"
+                else row.reason
+            )
+            problems.append(f"stage lsn {lsn} of {key!r} was lost: {why}")
+            continue
+        if row.state in ("staged", "committed"):
+            problems.append(f"stage lsn {lsn} of {key!r} is still {row.state} after recovery")
+            continue
+        if row.state == "rejected":
+            if not row.reason:
+                problems.append(f"stage lsn {lsn} of {key!r} was rejected without a reason code")
+            continue
+        ident = _ident(row)
+        got = versions.get((*ident, row.version))
+        if got is None or got.lsn != lsn:
+            problems.append(
+                f"stage lsn {lsn} of {key!r} is applied but not at version {row.version}"
+            )
+            continue
+        new = payload.get("content")
+        if ack["op"] == "delete":
+            if not got.deleted:
+                problems.append(f"delete lsn {lsn} of {key!r} did not delete the page")
+            continue
+        if ack["op"] == "set":
+            expected = new
+        else:
+            previous = content_of(ident, row.version - 1) if row.version > 1 else None
+            expected = new if previous is None else f"{previous}\n{new}" if new else previous
+        if expected is not None and got.content != expected:
+            problems.append(
+                f"stage lsn {lsn} of {key!r}: version {row.version} does not hold what was staged"
+            )
+    findings.check("acked_stages_present", problems)
+
+    # -- acknowledged puts ---------------------------------------------------------------------
+    problems = []
+    for ack in acks:
+        if ack["k"] != "put":
+            continue
+        ident = (ack["project"], ack["session"] or "", ack["key"])
+        row = versions.get((*ident, ack["version"]))
+        if row is None:
+            problems.append(f"put of {ack['key']!r} version {ack['version']} is missing")
+        elif bool(row.deleted) != bool(ack["deleted"]) or (
+            not row.deleted and sha(row.content) != ack["content"]
+        ):
+            problems.append(f"put of {ack['key']!r} version {ack['version']} has other content")
+    findings.check("acked_puts_present", problems)
+
+    # -- acknowledged boundaries ---------------------------------------------------------------
+    problems = []
+    for ack in acks:
+        if ack["k"] != "boundary":
+            continue
+        event = events.get(ack["event"])
+        if event is None or (event.session_id, event.boundary) != (ack["session"], ack["boundary"]):
+            problems.append(
+                f"{ack['boundary']} event {ack['event']} of {ack['session']} is missing"
+            )
+            continue
+        for lsn in ack["committed"]:
+            row = journal.get(lsn)
+            version = ack["versions"].get(str(lsn))
+            if row is None or (row.state, row.version, row.event_id) != (
+                "applied",
+                version,
+                ack["event"],
+            ):
+                problems.append(f"lsn {lsn}, committed by {ack['boundary']}, is no longer applied")
+        for lsn, reason in ack["rejected"]:
+            row = journal.get(lsn)
+            if row is None or (row.state, row.reason) != ("rejected", reason):
+                problems.append(f"lsn {lsn}, rejected ({reason}) by {ack['boundary']}, changed")
+    findings.check("acked_boundaries_kept", problems)
+
+    # -- nothing half-applied ------------------------------------------------------------------
+    problems = []
+    left = Counter(row.state for row in journal.values() if row.state in ("staged", "committed"))
+    for state, count in sorted(left.items()):
+        problems.append(f"{count} journal entries left {state}")
+    by_lsn: dict[int, list[Any]] = {}
+    for row in versions.values():
+        by_lsn.setdefault(row.lsn, []).append(row)
+    for lsn, row in sorted(journal.items()):
+        produced = [
+            version
+            for version in by_lsn.get(lsn, [])
+            if (version.project, version.session_id, version.key) == _ident(row)
+        ]
+        if row.state == "applied" and len(produced) != 1:
+            problems.append(f"lsn {lsn} is applied but made {len(produced)} page versions")
+        elif row.state != "applied" and produced:
+            problems.append(f"lsn {lsn} is {row.state} but made a page version")
+    per_page: dict[int, list[int]] = {}
+    for row in versions.values():
+        per_page.setdefault(row.page_id, []).append(row.version)
+        wanted = 0 if row.deleted else len(POLICIES[PageType(row.type)].ladder)
+        if rep_counts.get((row.page_id, row.version), 0) != wanted:
+            problems.append(f"{row.key}@{row.version} lacks fidelities")
+    for head in heads:
+        if sorted(per_page.get(head.id, [])) != list(range(1, head.version + 1)):
+            problems.append(f"page {head.key!r}: head version {head.version} without its history")
+    findings.check("nothing_half_applied", problems)
+
+    # -- tool calls ------------------------------------------------------------------------------
+    problems = []
+    seen: set[tuple[str, str]] = set()
+    by_id = {row.id: row for row in calls}
+    for row in calls:
+        if (row.session_id, row.call_id) in seen:
+            problems.append(f"call {row.call_id} of {row.session_id} appears twice")
+        seen.add((row.session_id, row.call_id))
+        if row.state not in ("finished", "failed", "interrupted"):
+            problems.append(f"call {row.call_id} ({row.name}) has no result (state {row.state})")
+            continue
+        result = versions.get((row.project, row.session_id, row.result_key, row.result_version))
+        provenance = json.loads(result.provenance) if result and result.provenance else {}
+        if result is None or provenance.get("tool_call") != row.id:
+            problems.append(f"call {row.call_id} ({row.name}): its result page is not its own")
+    for ack in acks:
+        if ack["k"] != "tool_finish":
+            continue
+        row = by_id.get(ack["call"])
+        if row is None or (row.state, row.result_key, row.result_version) != (
+            ack["state"],
+            ack["key"],
+            ack["version"],
+        ):
+            problems.append(f"the acknowledged result of call row {ack['call']} changed")
+    findings.check("tool_calls_paired", problems)
+
+    # -- check() ---------------------------------------------------------------------------------
+    report = store.check()
+    findings.check(
+        "check_clean", [f"{finding.code}: {finding.message}" for finding in report.findings]
+    )
+
+
+def write_executions(acks: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str, str]]:
+    """How often each write tool ran, by (session, tool name, signature)."""
+    return Counter(
+        (ack["session"], ack["name"], ack["signature"])
+        for ack in acks
+        if ack["k"] == "tool_exec" and ack["effect"] == "write"
+    )
+
+
+def check_write_reruns(
+    acks: Iterable[Mapping[str, Any]],
+    baseline: Counter[tuple[str, str, str]],
+    findings: Findings,
+) -> None:
+    """Write tools ran no more often across the crash and restart than in the uncrashed run."""
+    # Signatures hash the arguments, which may name paths under the kit's work directory: the
+    # report names the tool and the counts only, so a replay elsewhere reports the same text.
+    reruns: Counter[tuple[str, str, int, int]] = Counter()
+    for (session, name, signature), count in write_executions(acks).items():
+        wanted = baseline.get((session, name, signature), 0)
+        if count > wanted:
+            reruns[(session, name, count, wanted)] += 1
+    problems = [
+        f"write tool {name!r} (session {session}) ran {count} times with the same arguments "
+        f"across the crash and the restart; an uncrashed run runs it {wanted} "
+        f"time{'s' if wanted != 1 else ''}" + (f" ({calls} such calls)" if calls > 1 else "")
+        for (session, name, count, wanted), calls in sorted(reruns.items())
+    ]
+    findings.check("write_tools_not_rerun", problems)
+
+
+def final_pages(store: Store) -> dict[tuple[str, str, str], tuple[str, bool, str]]:
+    """Every page's head (tool evidence aside): (type, deleted, full content)."""
+    with store.db.transaction(write=False) as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT p.project, p.session_id, p.key, p.type, p.deleted, r.content FROM pages p"
+            " LEFT JOIN representations r ON r.page_id = p.id AND r.version = p.version"
+            " AND r.fidelity = 'full' WHERE p.type != 'evidence'"
+        ).all()
+    return {(row[0], row[1], row[2]): (row[3], bool(row[4]), row[5] or "") for row in rows}
+
+
+def check_final_state(
+    got: Mapping[tuple[str, str, str], tuple[str, bool, str]],
+    wanted: Mapping[tuple[str, str, str], tuple[str, bool, str]],
+    findings: Findings,
+) -> None:
+    """The pages after crash + restart equal those of the uncrashed run."""
+    problems = []
+    for ident in sorted(set(got) | set(wanted)):
+        name = "/".join(part for part in ident if part)
+        if ident not in got:
+            problems.append(f"page {name} is missing (the uncrashed run has it)")
+        elif ident not in wanted:
+            problems.append(f"page {name} exists only after the crash")
+        elif got[ident] != wanted[ident]:
+            mine, theirs = got[ident][2].splitlines(), wanted[ident][2].splitlines()
+            where = next(
+                (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+                min(len(mine), len(theirs)),
+            )
+            line = mine[where] if where < len(mine) else "(end)"
+            problems.append(
+                f"page {name} differs from the uncrashed run's: {len(mine)} lines against "
+                f"{len(theirs)}, first difference at line {where + 1}: {line!r}"
+            )
+    findings.check("final_state_matches_uncrashed", problems)
+
+
+def floor_pages(store: Store) -> tuple[int, dict[str, list[tuple[str, str]]]]:
+    """The last assembly id, and per session the live bootstrap/constraint pages it must see."""
+    with store.db.transaction(write=False) as conn:
+        last = conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM assemblies").scalar()
+        sessions = conn.exec_driver_sql("SELECT id, project FROM sessions").all()
+        pages = conn.exec_driver_sql(
+            "SELECT project, session_id, key, type FROM pages"
+            " WHERE deleted = 0 AND type IN ('bootstrap', 'constraint')"
+        ).all()
+    required = {
+        session_id: sorted(
+            (key, kind)
+            for page_project, page_session, key, kind in pages
+            if page_project == project and page_session in ("", session_id)
+        )
+        for session_id, project in sessions
+    }
+    return int(last or 0), required
+
+
+def check_floor_after_restart(
+    store: Store,
+    after_id: int,
+    required: Mapping[str, Sequence[tuple[str, str]]],
+    findings: Findings,
+) -> None:
+    """The first assembly of each session after the restart holds its floor pages."""
+    with store.db.transaction(write=False) as conn:
+        firsts = conn.exec_driver_sql(
+            "SELECT session_id, MIN(id) FROM assemblies WHERE id > ? GROUP BY session_id",
+            (after_id,),
+        ).all()
+        problems = []
+        for session_id, assembly_id in sorted(firsts):
+            resident = {
+                key: fidelity
+                for key, fidelity in conn.exec_driver_sql(
+                    "SELECT key, fidelity FROM assembly_items WHERE assembly_id = ?"
+                    " AND fidelity IS NOT NULL",
+                    (assembly_id,),
+                )
+            }
+            for key, kind in required.get(session_id, ()):
+                floor = POLICIES[PageType(kind)].floor
+                held = resident.get(key)
+                if held is None or Fidelity(held).rank > floor.rank:
+                    problems.append(
+                        f"{kind} page {key!r} is {'absent' if held is None else held} in the "
+                        f"first assembly of {session_id} after the restart (floor {floor.value})"
+                    )
+    if firsts:
+        findings.check("floor_after_restart", problems)

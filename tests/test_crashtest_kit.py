@@ -1,0 +1,540 @@
+"""The crash-test kit (clawvm_store.testing, ``clawvm crashtest``, the ``crash_harness`` fixture).
+
+It must pass a correct harness, catch broken ones with the exact invariant, replay a failure
+exactly from its kill point, and report in the shapes the README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import clawvm_store as cvm
+from clawvm_store import _crashpoints
+from clawvm_store.cli import app
+from clawvm_store.testing import (
+    INVARIANTS,
+    CrashHarness,
+    CrashInvariantError,
+    CrashTestSetupError,
+    replay,
+    run_crashtest,
+)
+from clawvm_store.testing.examples import correct_agent, memory_agent, replaying_agent
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kit forks")
+
+EXAMPLES = "clawvm_store.testing.examples"
+POST_CRASH = (
+    "acked_stages_present",
+    "acked_puts_present",
+    "acked_boundaries_kept",
+    "nothing_half_applied",
+    "check_clean",
+    "recovery_idempotent",
+    "tool_calls_paired",
+)
+
+
+# --- harnesses defined here: the kit forks, so any callable works ---------------------------
+
+
+def discarding_agent(db_path: str) -> None:
+    """BROKEN: compacts with writeback=False, throwing acknowledged stages away."""
+    with cvm.Store.open(db_path) as store:
+        sess = store.session("s", project="p")
+        sess.stage("plan/main", type="plan", content="Goal: keep this\n- [ ] step")
+        sess.compact(writeback=False)
+        sess.close()
+
+
+def failing_agent(db_path: str) -> None:
+    """BROKEN: raises before it finishes, crash or not."""
+    with cvm.Store.open(db_path) as store:
+        store.put("policy/agents", type="bootstrap", content="Be careful.", project="p")
+        raise RuntimeError("the model endpoint is down")
+
+
+def handmade_prompt_agent(db_path: str) -> None:
+    """BROKEN: builds its prompts by hand from what it remembers writing.
+
+    After a restart it remembers nothing, so its first prompt lacks the bootstrap page.
+    """
+    remembered: dict[str, str] = {}
+    with cvm.Store.open(db_path) as store:
+        try:
+            store.page("policy/agents", project="p")
+        except cvm.NotFound:
+            store.put("policy/agents", type="bootstrap", content="Be careful.", project="p")
+            remembered["policy/agents"] = "full"
+        sess = store.session("s", project="p")
+        for turn in range(sess.turn, 3):
+            sess.observe_prompt(remembered, record=True)
+            sess.stage(
+                "conversation/main",
+                type="conversation",
+                op="append",
+                content=f"user: {turn}",
+                idempotency_key=f"c{turn}",
+            )
+            sess.end_turn()
+        sess.close()
+
+
+def make_drifting_agent(counter: Path) -> Any:
+    """BROKEN: does fewer operations on every run after the first (it is not deterministic)."""
+
+    def drifting_agent(db_path: str) -> None:
+        runs = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(runs + 1))
+        with cvm.Store.open(db_path) as store:
+            sess = store.session("s", project="p")
+            for index in range(4 if runs == 0 else 1):
+                sess.stage(f"conversation/{index}", type="conversation", content=f"user: {index}")
+            sess.close()
+
+    return drifting_agent
+
+
+# --- the correct harness passes -----------------------------------------------------------------
+
+
+def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
+    report = run_crashtest(correct_agent, kills=25, seed=3, workdir=tmp_path)
+    assert report.ok, report.render()
+    assert report.failures == []
+    assert report.kills == 25
+    assert len(set(report.kill_points)) == 25
+    assert all(1 <= point <= report.total_ops for point in report.kill_points)
+    # Every invariant ran: the post-crash ones on the uncrashed run, after each kill and after
+    # each restart; the comparisons once per kill.
+    # About half the cases also kill the restarted run; where that kill lands, the recovered
+    # state is checked once more. The floor is checked when a restarted run assembles a prompt:
+    # not when the kill came after the last turn's assembly, leaving nothing to redo.
+    assert sum(point is not None for point in report.then_kill_points) == 12
+    assert 1 <= report.restart_kills <= 12
+    expected = {name: 1 + 2 * 25 + report.restart_kills for name in POST_CRASH}
+    expected.update(
+        harness_completes=1 + 25,
+        write_tools_not_rerun=25,
+        final_state_matches_uncrashed=25,
+    )
+    floors = report.checked.pop("floor_after_restart")
+    assert dict(report.checked) == expected
+    assert 15 <= floors <= 25 + report.restart_kills
+    assert report.acknowledged_writes > 25 * 10
+    assert report.kept is None
+    assert sorted(os.listdir(tmp_path)) == []  # passing cases leave nothing behind
+
+
+def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
+    first = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "a")
+    second = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "b")
+    other = run_crashtest(correct_agent, kills=4, seed=12, workdir=tmp_path / "c")
+    assert first.kill_points == second.kill_points
+    assert first.then_kill_points == second.then_kill_points
+    assert first.kill_points != other.kill_points
+    alone = run_crashtest(
+        correct_agent, kills=4, seed=11, restart_kills=False, workdir=tmp_path / "d"
+    )
+    assert alone.kill_points == first.kill_points
+    assert (alone.then_kill_points, alone.restart_kills) == ([None] * 4, 0)
+    assert first.to_json() | {"elapsed_s": 0} == second.to_json() | {"elapsed_s": 0}
+
+
+# --- broken harnesses are caught, with the exact invariant --------------------------------------
+
+
+def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> None:
+    report = run_crashtest(memory_agent, kills=12, seed=0, workdir=tmp_path)
+    assert not report.ok
+    caught = {failure.invariant for failure in report.failures}
+    # Restarting from scratch runs its write tool again; or, when the crash interrupted a
+    # write, the library refuses to re-run it blindly and the restart fails.
+    assert "write_tools_not_rerun" in caught
+    assert caught <= {"write_tools_not_rerun", "harness_completes", "final_state_matches_uncrashed"}
+    rerun = next(f for f in report.failures if f.invariant == "write_tools_not_rerun")
+    assert rerun.detail.startswith(
+        "write tool 'write_note' (session agent-1) ran 2 times with the same"
+    )
+    assert "an uncrashed run runs it 1 time" in rerun.detail
+    assert rerun.harness == f"{EXAMPLES}:memory_agent"
+    assert rerun.kill_number is not None and rerun.kill_at is not None
+    then = f" --then-kill-at {rerun.then_kill_at}" if rerun.then_kill_at else ""
+    assert rerun.replay_command == (
+        f"clawvm crashtest {EXAMPLES}:memory_agent --seed 0 --kill-at {rerun.kill_at}{then}"
+    )
+    then_call = f", then_kill_at={rerun.then_kill_at}" if rerun.then_kill_at else ""
+    assert rerun.replay_call == (
+        f"crash_harness.replay(memory_agent, seed=0, kill_at={rerun.kill_at}{then_call})"
+    )
+    assert report.kept == str(tmp_path)
+    suffix = f"-then-{rerun.then_kill_at}" if rerun.then_kill_at else ""
+    kept = tmp_path / f"kill-{rerun.kill_number}-op-{rerun.kill_at}{suffix}"
+    assert (kept / "agent.db").exists() and (kept / "after-crash" / "agent.db").exists()
+
+
+def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(tmp_path: Path) -> None:
+    report = run_crashtest(replaying_agent, kills=12, seed=0, workdir=tmp_path)
+    assert not report.ok
+    assert {failure.invariant for failure in report.failures} == {"final_state_matches_uncrashed"}
+    assert all(
+        failure.detail.startswith(
+            "page demo/agent-1/conversation/main differs from the uncrashed run's: "
+        )
+        for failure in report.failures
+    )
+
+
+def test_a_harness_that_discards_staged_updates_is_caught_without_a_crash(tmp_path: Path) -> None:
+    report = run_crashtest(discarding_agent, kills=3, seed=0, workdir=tmp_path)
+    first = report.failures[0]
+    assert (first.invariant, first.kill_number, first.kill_at) == (
+        "acked_stages_present",
+        None,
+        None,
+    )
+    assert first.detail == (
+        "stage lsn 1 of 'plan/main' was lost: discarded by a boundary that skipped writeback"
+    )
+    assert first.kill_point == "none (the uncrashed run)"
+    assert first.replay_command.endswith(":discarding_agent --kills 0")
+
+
+def test_a_harness_whose_first_prompt_after_a_restart_lacks_its_bootstrap_is_caught(
+    tmp_path: Path,
+) -> None:
+    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, workdir=tmp_path)
+    assert {failure.invariant for failure in report.failures} == {"floor_after_restart"}
+    assert report.failures[0].detail == (
+        "bootstrap page 'policy/agents' is absent in the first assembly of s after the "
+        "restart (floor structured)"
+    )
+
+
+def test_a_harness_that_fails_on_its_own_is_reported_as_such(tmp_path: Path) -> None:
+    report = run_crashtest(failing_agent, kills=5, workdir=tmp_path)
+    assert [(f.invariant, f.kill_at) for f in report.failures] == [("harness_completes", None)]
+    assert report.failures[0].detail == (
+        "the harness fails without any crash: RuntimeError: the model endpoint is down"
+    )
+    assert report.kills == 0
+
+
+def test_a_harness_that_is_not_deterministic_is_reported(tmp_path: Path) -> None:
+    harness = make_drifting_agent(tmp_path / "runs.txt")
+    report = run_crashtest(harness, kills=100, workdir=tmp_path / "work")
+    caught = {failure.invariant for failure in report.failures}
+    assert "deterministic_harness" in caught
+    drift = next(f for f in report.failures if f.invariant == "deterministic_harness")
+    assert "without reaching op" in drift.detail
+
+
+# --- replay -----------------------------------------------------------------------------------------
+
+
+def test_a_failure_replays_exactly_from_its_seed_and_kill_point(tmp_path: Path) -> None:
+    report = run_crashtest(memory_agent, kills=12, seed=5, workdir=tmp_path / "campaign")
+    failure = report.failures[0]
+    assert failure.kill_at is not None
+    again = replay(
+        memory_agent,
+        seed=5,
+        kill_at=failure.kill_at,
+        then_kill_at=failure.then_kill_at,
+        workdir=tmp_path / "replay",
+    )
+    assert again.kill_points == [failure.kill_at]
+    replayed = [f for f in again.failures if f.kill_at == failure.kill_at]
+    original = [f for f in report.failures if f.kill_at == failure.kill_at]
+    fields = (
+        "invariant",
+        "detail",
+        "kill_at",
+        "total_ops",
+        "label",
+        "then_kill_at",
+        "then_label",
+        "seed",
+        "harness",
+        "replay_command",
+    )
+    assert [tuple(getattr(f, n) for n in fields) for f in replayed] == [
+        tuple(getattr(f, n) for n in fields) for f in original
+    ]
+    assert replayed[0].kill_number == 1 and original[0].kill_number == 1
+
+
+def test_replay_refuses_a_kill_point_beyond_the_run(tmp_path: Path) -> None:
+    with pytest.raises(CrashTestSetupError, match=r"kill point 100000 is beyond the \d+ library"):
+        replay(correct_agent, kill_at=100000, workdir=tmp_path)
+
+
+def test_the_fixture_raises_a_readable_assertion(tmp_path: Path) -> None:
+    harness = CrashHarness(tmp_path)
+    assert harness.run(correct_agent, kills=2).ok
+    with pytest.raises(CrashInvariantError) as caught:
+        harness.run(replaying_agent, kills=12)
+    assert isinstance(caught.value, AssertionError)
+    text = str(caught.value)
+    assert text.startswith(f"crash test of {EXAMPLES}:replaying_agent: 12 kills (seed 0; ")
+    assert "crash test failed: invariant final_state_matches_uncrashed" in text
+    assert "  kill point: op " in text
+    assert f"  replay:     clawvm crashtest {EXAMPLES}:replaying_agent --seed 0 --kill-at " in text
+    assert "  in pytest:  crash_harness.replay(replaying_agent, seed=0, kill_at=" in text
+
+
+# --- the library's hooks ---------------------------------------------------------------------------
+
+
+def test_hooks_are_off_unless_the_kit_turns_them_on() -> None:
+    assert _crashpoints.ACTIVE is False
+    assert set(INVARIANTS) >= set(POST_CRASH)
+
+
+def test_the_environment_turns_acks_and_kills_on(tmp_path: Path) -> None:
+    script = (
+        "import clawvm_store as cvm\n"
+        "s = cvm.Store.open('agent.db')\n"
+        "sess = s.session('s', project='p')\n"
+        "sess.stage('plan/main', type='plan', content='Goal: g\\n- [ ] a')\n"
+        "sess.end_turn()\n"
+        "s.put('policy/x', type='bootstrap', content='Be kind.', project='p')\n"
+    )
+    env = {**os.environ, "CLAWVM_CRASHTEST_ACKS": str(tmp_path / "acks")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=False)
+    assert done.returncode == 0
+    lines = [json.loads(line) for line in (tmp_path / "acks").read_text().splitlines()]
+    assert [line["k"] for line in lines] == ["stage", "boundary", "put"]
+    assert lines[0]["lsn"] == 1 and lines[1]["committed"] == [1]
+    assert (lines[2]["key"], lines[2]["version"]) == ("policy/x", 1)
+
+    # Kill at the crash point just after the stage's commit, before its acknowledgement.
+    stage_op = lines[0]["at"]
+    (tmp_path / "acks").unlink()
+    os.unlink(tmp_path / "agent.db")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"agent.db{suffix}").unlink(missing_ok=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**env, "CLAWVM_CRASHTEST_KILL_AT": str(stage_op)},
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    lines = [json.loads(line) for line in (tmp_path / "acks").read_text().splitlines()]
+    assert lines == [{"k": "killed", "label": "Session.stage/committed", "at": stage_op}]
+    with cvm.Store.open(tmp_path / "agent.db") as store:  # in flight: here, whole
+        assert store.page("plan/main", project="p", session="s").content == "Goal: g\n- [ ] a"
+        assert store.check().ok
+
+
+def test_a_harness_that_ignores_the_path_is_refused(tmp_path: Path) -> None:
+    def elsewhere(db_path: str) -> None:
+        cvm.Store.open(tmp_path / "elsewhere.db").close()
+
+    with pytest.raises(CrashTestSetupError, match="without creating a database at the path"):
+        run_crashtest(elsewhere, kills=1, workdir=tmp_path / "work")
+
+
+def test_the_pytest_plugin_does_not_import_the_library_at_startup() -> None:
+    probe = (
+        "import sys, pytest_clawvm; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'clawvm_store'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
+    result = invoke(
+        "crashtest",
+        f"{EXAMPLES}:correct_agent",
+        "--kills",
+        "3",
+        "--seed",
+        "1",
+        "--no-restart-kills",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0] == "kills\trestarts killed\toperations per run\tacknowledged writes\t"
+        "invariants checked\tfailures"
+    )
+    kills, restarts, ops, acked, checked, failures = lines[1].split("\t")
+    assert (kills, restarts, failures, checked) == ("3", "0", "0", str(8 + 18 * 3))
+    assert int(ops) > 50 and int(acked) > 30
+    assert lines[2] == "invariant\tchecked\tfailed"
+    assert [line.split("\t")[0] for line in lines[3:]] == list(INVARIANTS)
+
+
+def test_cli_json_shape(tmp_path: Path) -> None:
+    result = invoke("crashtest", f"{EXAMPLES}:correct_agent", "--kills", "2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {
+        "harness",
+        "seed",
+        "ok",
+        "kills",
+        "total_ops",
+        "acknowledged_writes",
+        "invariants_checked",
+        "checked",
+        "kill_points",
+        "then_kill_points",
+        "restart_kills",
+        "failures",
+        "elapsed_s",
+    }
+    assert (data["harness"], data["seed"], data["ok"], data["kills"], data["failures"]) == (
+        f"{EXAMPLES}:correct_agent",
+        0,
+        True,
+        2,
+        [],
+    )
+    assert data["invariants_checked"] == sum(data["checked"].values())
+
+
+def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -> None:
+    result = invoke(
+        "crashtest", f"{EXAMPLES}:replaying_agent", "--kills", "6", "--workdir", str(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert "crash test failed: invariant final_state_matches_uncrashed" in result.output
+    assert (
+        f"replay:     clawvm crashtest {EXAMPLES}:replaying_agent --seed 0 --kill-at "
+        in result.output
+    )
+    data = json.loads(
+        invoke(
+            "--json",
+            "crashtest",
+            f"{EXAMPLES}:replaying_agent",
+            "--kills",
+            "6",
+            "--workdir",
+            str(tmp_path / "json"),
+        ).stdout
+    )
+    assert data["ok"] is False
+    failure = data["failures"][0]
+    assert set(failure) == {
+        "invariant",
+        "detail",
+        "harness",
+        "seed",
+        "kill_number",
+        "kill_at",
+        "total_ops",
+        "label",
+        "then_kill_at",
+        "then_label",
+        "kill_point",
+        "replay",
+    }
+    assert failure["invariant"] == "final_state_matches_uncrashed"
+    # The replay line reproduces that case alone.
+    replayed = invoke(
+        "--json",
+        "crashtest",
+        f"{EXAMPLES}:replaying_agent",
+        "--kill-at",
+        str(failure["kill_at"]),
+        *(["--then-kill-at", str(failure["then_kill_at"])] if failure["then_kill_at"] else []),
+        "--workdir",
+        str(tmp_path / "replay"),
+    )
+    assert replayed.exit_code == 1
+    again = json.loads(replayed.stdout)["failures"][0]
+    same = ("invariant", "detail", "kill_at", "label", "then_kill_at", "then_label", "replay")
+    assert {k: again[k] for k in same} == {k: failure[k] for k in same}
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon", "error: expected MODULE:FUNCTION, got 'no_colon'"),
+        ("no_such_module_xyz:main", "error: cannot import 'no_such_module_xyz': No module named"),
+        (f"{EXAMPLES}:nothing", f"error: '{EXAMPLES}' has no 'nothing'"),
+        (f"{EXAMPLES}:TURNS", f"error: {EXAMPLES}:TURNS is not callable"),
+    ],
+)
+def test_cli_bad_entry_point_is_one_line_and_exit_2(target: str, message: str) -> None:
+    result = CliRunner().invoke(app, ["crashtest", target])
+    assert result.exit_code == 2
+    assert result.output.startswith(message)
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_kill_point_beyond_the_run_is_exit_2() -> None:
+    result = CliRunner().invoke(
+        app, ["crashtest", f"{EXAMPLES}:correct_agent", "--kill-at", "99999"]
+    )
+    assert result.exit_code == 2
+    assert result.output.startswith("error: kill point 99999 is beyond the ")
+
+
+# --- the pytest plugin ---------------------------------------------------------------------------
+
+
+def test_the_pytest_plugin_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_agent="""
+        from clawvm_store.testing.examples import correct_agent, replaying_agent
+
+        def test_correct_survives(crash_harness):
+            report = crash_harness.run(correct_agent, kills=2)
+            assert report.ok
+
+        def test_replaying_is_caught(crash_harness):
+            crash_harness.run(replaying_agent, kills=8)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*CrashInvariantError: crash test of clawvm_store.testing.examples:replaying_agent*",
+            "*crash test failed: invariant final_state_matches_uncrashed*",
+            "*replay:     clawvm crashtest clawvm_store.testing.examples:replaying_agent --seed 0 --kill-at *",
+            "*in pytest:  crash_harness.replay(replaying_agent, seed=0, kill_at=*",
+        ]
+    )
+
+
+# --- the README's example -------------------------------------------------------------------------
+
+
+def readme_harness() -> Any:
+    """The harness the README shows, taken from the README itself."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Crash-test your own harness", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["main"]
+
+
+def test_the_readme_harness_survives(tmp_path: Path) -> None:
+    report = run_crashtest(readme_harness(), kills=12, seed=0, workdir=tmp_path)
+    assert report.ok, report.render()
+    assert report.harness == "readme_example:main"
