@@ -11,9 +11,12 @@ through :meth:`Database.transaction`.
 from __future__ import annotations
 
 import os
+import random
+import re
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import _crashpoints
 from .errors import (
+    Busy,
     ClawVMError,
     DatabaseError,
     InvalidInput,
@@ -36,6 +40,7 @@ from .errors import (
     NotADatabase,
     ReadOnlyViolation,
     SchemaTooNew,
+    is_busy,
     translate_driver_error,
 )
 
@@ -47,7 +52,21 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_ROWS = 2**31 - 1
 """The most rows a query may be limited to (SQLite's C int)."""
 BUSY_TIMEOUT_MS = int(os.environ.get("CLAWVM_BUSY_TIMEOUT_MS", "5000"))
-"""How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``)."""
+"""How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``).
+
+It bounds the whole wait: SQLite's own busy handler plus our retries of ``BEGIN IMMEDIATE``
+(or, on PostgreSQL, the wait for the writers' advisory lock)."""
+BUSY_SLICE_MS = 100
+"""How long one ``BEGIN IMMEDIATE`` attempt lets SQLite's busy handler wait before we retry.
+
+SQLite's handler polls on a fixed schedule, so under contention the same process can lose the
+lock again and again; short attempts separated by jittered exponential backoff spread the
+writers out and keep any one of them from starving until its deadline."""
+_BACKOFF_BASE_S = 0.002
+_BACKOFF_CAP_S = 0.05
+WRITER_LOCK_KEY = 0x636C6177766D
+"""The PostgreSQL advisory lock every writer transaction holds (``pg_advisory_xact_lock``): one
+writer at a time per database, as SQLite's ``BEGIN IMMEDIATE`` gives."""
 
 
 def database_url(target: str | os.PathLike[str]) -> str:
@@ -147,6 +166,47 @@ def _read_only_authorizer(
     return sqlite3.SQLITE_DENY
 
 
+def _to_pyformat(
+    sql: str, params: Sequence[Any] | Mapping[str, Any] | None
+) -> tuple[str, Sequence[Any] | Mapping[str, Any]]:
+    """SQLite-style placeholders (``?``, ``:name``) as psycopg's (``%s``, ``%(name)s``).
+
+    ``store.query`` takes the same SQL on both backends. Quoted text is copied as it is, and a
+    literal ``%`` is doubled, since psycopg always parses the statement for placeholders here.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(sql):
+        char = sql[i]
+        if char in "'\"":
+            end = sql.find(char, i + 1)
+            while end != -1 and sql[end + 1 : end + 2] == char:
+                end = sql.find(char, end + 2)
+            end = len(sql) - 1 if end == -1 else end
+            out.append(sql[i : end + 1].replace("%", "%%"))
+            i = end + 1
+            continue
+        if char == "%":
+            out.append("%%")
+        elif char == "?" and not isinstance(params, Mapping):
+            out.append("%s")
+        elif char == ":" and isinstance(params, Mapping) and sql[i + 1 : i + 2] != ":":
+            name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", sql[i + 1 :])
+            if name and (i == 0 or sql[i - 1] != ":"):
+                out.append(f"%({name.group(0)})s")
+                i += 1 + len(name.group(0))
+                continue
+            out.append(char)
+        else:
+            out.append(char)
+        i += 1
+    if params is None:
+        return "".join(out), ()
+    if isinstance(params, (str, bytes)):
+        raise InvalidInput("parameters must be a sequence or a mapping, not a string")
+    return "".join(out), params
+
+
 def _lenient_text(data: bytes) -> str:
     """Decode a TEXT value; invalid UTF-8 becomes lone surrogates, which never verify."""
     return data.decode("utf-8", "surrogateescape")
@@ -213,19 +273,43 @@ class Database:
         self.url = database_url(target)
         self.durability: Durability = durability
         url = make_url(self.url)
+        self.display_url = url.render_as_string(hide_password=True)
+        """The URL with any password masked, for reports and messages."""
         self.dialect = url.get_backend_name()
         self.path: str | None = url.database if self.dialect == "sqlite" else None
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise DatabaseError(
+                f"unsupported database {url.render_as_string(hide_password=True)!r}: "
+                "use an SQLite file or a postgresql+psycopg:// URL"
+            )
+        connect_args: dict[str, Any] = {}
         if self.dialect == "sqlite":
             _prepare_sqlite_file(self.path or "", create=create)
+        else:
+            # The writers' advisory lock waits at most the busy timeout, then fails as Busy.
+            # Text is UTF-8 whatever the server's default (an SQL_ASCII server would hand
+            # back bytes).
+            connect_args["options"] = (
+                f"-c lock_timeout={int(BUSY_TIMEOUT_MS)} -c client_encoding=UTF8"
+            )
         try:
-            self.engine: Engine = create_engine(self.url)
+            self.engine: Engine = create_engine(self.url, connect_args=connect_args)
         except (SQLAlchemyError, ImportError) as exc:
-            raise DatabaseError(f"cannot open {self.url!r}: {exc}") from None
+            raise DatabaseError(
+                f"cannot open {url.render_as_string(hide_password=True)!r}: {exc}"
+                + (
+                    " (pip install 'clawvm-store[postgresql]')"
+                    if isinstance(exc, ImportError)
+                    else ""
+                )
+            ) from None
         self._writer: Connection | None = None
         self._write_lock = threading.RLock()
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
+        else:
+            event.listen(self.engine, "begin", self._on_begin_postgresql)
 
     # -- connection settings, applied to every new DBAPI connection in this one place ---------
 
@@ -259,7 +343,65 @@ class Database:
         if info.get("synchronous") != wanted:
             driver.execute(f"PRAGMA synchronous = {wanted.upper()}")
             info["synchronous"] = wanted
-        driver.execute("BEGIN" if options.get("clawvm_read") else "BEGIN IMMEDIATE")
+        read = bool(options.get("clawvm_read"))
+        # Readers keep the full busy timeout (they wait only while a crashed writer's WAL is
+        # recovered); a writer's BEGIN IMMEDIATE waits in short slices, retried below.
+        timeout = BUSY_TIMEOUT_MS if read else min(BUSY_SLICE_MS, BUSY_TIMEOUT_MS)
+        if info.get("busy_timeout") != timeout:
+            driver.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+            info["busy_timeout"] = timeout
+        if read:
+            driver.execute("BEGIN")
+            return
+        self._begin_immediate(driver)
+
+    def _begin_immediate(self, driver: Any) -> None:
+        """``BEGIN IMMEDIATE``, retried with jittered exponential backoff until the busy timeout.
+
+        Nothing has run in the transaction yet, so a retry is always safe. Past the deadline
+        the writer gets :class:`Busy` with one line saying how long it waited.
+        """
+        started = time.monotonic()
+        deadline = started + BUSY_TIMEOUT_MS / 1000
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                if not is_busy(exc) or now >= deadline:
+                    if not is_busy(exc):
+                        raise
+                    raise Busy(
+                        f"the database is locked by another writer: gave up after "
+                        f"{now - started:.1f}s and {attempts} attempts "
+                        "(set CLAWVM_BUSY_TIMEOUT_MS to wait longer)"
+                    ) from None
+            ceiling = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** min(attempts, 16))
+            time.sleep(min(max(deadline - now, 0.0), random.uniform(ceiling / 2, ceiling)))
+
+    def _on_begin_postgresql(self, conn: Connection) -> None:
+        # psycopg opens the transaction itself on the first statement (SQLAlchemy's do_begin is
+        # a no-op for it), so the first statement we send here is the transaction's first.
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            if conn.get_execution_options().get("clawvm_read"):
+                # One snapshot for the whole read, as an SQLite read transaction has.
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            else:
+                # READ COMMITTED plus one advisory lock: writers run one at a time, and every
+                # statement after the lock sees everything committed before it was granted
+                # (a REPEATABLE READ snapshot would be taken before the wait, and be stale).
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK_KEY,))
+        except Exception as exc:
+            driver.rollback()
+            raise translate_driver_error(exc) from None
+        finally:
+            cursor.close()
 
     # -- the transaction primitive -------------------------------------------------------------
 
@@ -300,7 +442,15 @@ class Database:
     def _run(self, conn: Connection, *, read: bool, sync: Sync) -> Iterator[Connection]:
         try:
             conn.execution_options(clawvm_read=read, clawvm_sync=sync)
-            txn = conn.begin()
+            try:
+                txn = conn.begin()
+            except BaseException:
+                # A BEGIN that failed (Busy after every retry) leaves SQLAlchemy's connection
+                # state half-set: never reuse the connection.
+                conn.invalidate()
+                if conn is self._writer:
+                    self._writer = None
+                raise
             try:
                 yield conn
             except BaseException:
@@ -352,10 +502,12 @@ class Database:
         of columns, functions, read-only pragmas): ATTACH, VACUUM, DDL, writes and pragmas that
         change state are refused before they run.
         """
-        if self.dialect != "sqlite" or not self.path:
-            raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidInput("the SQL statement is empty")
+        if self.dialect == "postgresql":
+            return self._query_postgresql(sql, params, limit=limit)
+        if not self.path:
+            raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
         uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -398,6 +550,65 @@ class Database:
         finally:
             conn.close()
 
+    def _query_postgresql(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        *,
+        limit: int | None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Read-only SQL on PostgreSQL: one statement in a ``READ ONLY`` transaction, rolled back.
+
+        The statement is sent with the extended protocol, which takes exactly one statement, so
+        no ``COMMIT; DELETE ...`` can leave the read-only transaction; the server refuses any
+        write inside it. The connection is discarded afterwards, so a
+        session setting the statement changed never reaches another caller.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
+        ):
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
+        statement, bound = _to_pyformat(sql, params)
+        try:
+            conn = self.engine.connect()
+        except _DRIVER_ERRORS as exc:
+            raise translate_driver_error(exc) from exc
+        try:
+            conn.execution_options(clawvm_read=True)
+            txn = conn.begin()
+            try:
+                driver = conn.connection.dbapi_connection
+                assert driver is not None
+                cursor: Any = driver.cursor()
+                # Read-only twice over: this transaction, and any the statement could start.
+                cursor.execute("SET TRANSACTION READ ONLY")
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                # prepare=True forces the extended protocol, whose Parse takes one statement:
+                # without it, psycopg sends parameterless SQL as a simple query, which runs
+                # "COMMIT; DELETE ..." as two statements.
+                cursor.execute(statement, bound, prepare=True)
+                if cursor.description is None:
+                    return [], []  # a statement that returns no rows (and changed nothing)
+                columns = [item[0] for item in cursor.description]
+                rows = cursor.fetchmany(limit) if limit is not None else cursor.fetchall()
+                return columns, [tuple(row) for row in rows]
+            finally:
+                txn.rollback()
+        except ClawVMError:
+            raise
+        except Exception as exc:
+            translated = translate_driver_error(exc, context="query")
+            if isinstance(translated, ReadOnlyViolation):
+                raise ReadOnlyViolation(
+                    f"refused: `clawvm sql` and store.query() only read ({exc})".splitlines()[0]
+                ) from None
+            if type(translated) is DatabaseError and isinstance(exc, (TypeError, ValueError)):
+                raise InvalidInput(f"bad SQL or parameters: {exc}") from None
+            raise translated from None
+        finally:
+            conn.invalidate()
+            conn.close()
+
     def backup(self, destination: str | os.PathLike[str]) -> Path:
         """A consistent copy of the database at ``destination`` (``VACUUM INTO``), mode 0600.
 
@@ -405,7 +616,9 @@ class Database:
         destination must not exist; a new file is created for it.
         """
         if self.dialect != "sqlite" or not self.path:
-            raise DatabaseError("backup needs an SQLite database file")
+            raise DatabaseError(
+                "backup needs an SQLite database file; back up PostgreSQL with pg_dump"
+            )
         target = Path(destination)
         os.close(create_private_file(target, "the backup"))
         try:
@@ -422,7 +635,9 @@ class Database:
     def vacuum(self) -> tuple[int, int]:
         """Rebuild the database file to reclaim free pages; returns (bytes before, bytes after)."""
         if self.dialect != "sqlite" or not self.path:
-            raise DatabaseError("vacuum needs an SQLite database file")
+            raise DatabaseError(
+                "vacuum needs an SQLite database file; PostgreSQL runs its own (autovacuum)"
+            )
         before = os.path.getsize(self.path)
         with self._write_lock:
             try:
@@ -478,7 +693,31 @@ class Database:
         A blank database is created from scratch; a database from a newer clawvm-store raises
         :class:`SchemaTooNew`; an SQLite file holding someone else's tables raises
         :class:`NotADatabase` rather than mixing our tables into it.
+
+        Several processes may open a blank database at once: each revision is atomic, so the
+        one that loses a race on a revision fails it without a trace, sees that the schema
+        moved on, and continues from there.
         """
+        attempts = 0
+        while True:
+            before = self._current_heads()
+            try:
+                self._migrate_once(script_location)
+                return
+            except MigrationError:
+                attempts += 1
+                if attempts >= 20 or self._current_heads() == before:
+                    raise  # nobody else is migrating: a real failure
+            time.sleep(random.uniform(0.01, 0.05) * attempts)
+
+    def _current_heads(self) -> tuple[str, ...]:
+        try:
+            with self.transaction(write=False) as conn:
+                return tuple(MigrationContext.configure(conn).get_current_heads())
+        except ClawVMError:
+            return ()
+
+    def _migrate_once(self, script_location: Path | None = None) -> None:
         config = self._alembic_config(script_location)
         script = ScriptDirectory.from_config(config)
         with self.transaction(write=False) as conn:
@@ -532,7 +771,7 @@ class Database:
             raise
         except (DBAPIError, sqlite3.Error) as exc:
             translated = translate_driver_error(exc, context="migration")
-            if type(translated) is DatabaseError:
+            if type(translated) is DatabaseError or isinstance(translated, InvalidInput):
                 raise MigrationError(
                     f"schema migration failed and was rolled back: {translated}"
                 ) from exc

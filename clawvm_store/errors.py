@@ -131,6 +131,27 @@ class EncodingUnavailable(ClawVMError):
     """The tokenizer encoding cannot be loaded without a network."""
 
 
+def _first_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The PostgreSQL SQLSTATE of a (wrapped) psycopg error, or ``""``."""
+    original = getattr(exc, "orig", None) or exc
+    return str(getattr(original, "sqlstate", "") or "")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a driver error means another writer holds the lock (retrying may succeed)."""
+    lowered = _first_line(exc).lower()
+    if "database is locked" in lowered or "database table is locked" in lowered:
+        return True
+    # 55P03 lock_not_available (lock_timeout), 40001 serialization_failure, 40P01 deadlock.
+    return _sqlstate(exc) in ("55P03", "40001", "40P01")
+
+
 def translate_driver_error(exc: BaseException, *, context: str = "") -> ClawVMError:
     """Map a driver (sqlite3/SQLAlchemy) exception to the matching :class:`ClawVMError`.
 
@@ -144,12 +165,26 @@ def translate_driver_error(exc: BaseException, *, context: str = "") -> ClawVMEr
         return CorruptDatabase(
             f"{where}the database is damaged: it holds bytes that are not valid text ({exc.reason})"
         )
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
+    text = _first_line(exc)
     lowered = text.lower()
     where = f"{context}: " if context else ""
-    if "database is locked" in lowered or "database table is locked" in lowered:
+    state = _sqlstate(exc)
+    if is_busy(exc):
         return Busy(f"{where}the database is locked by another writer ({text})")
+    if state.startswith("08") or "connection refused" in lowered or "could not connect" in lowered:
+        return DatabaseError(f"{where}cannot reach the database server ({text})")
+    if state == "22021" or "cannot contain nul" in lowered:
+        return InvalidInput(f"{where}a value cannot be stored ({text})")
+    if state == "53100":
+        return StorageFull(f"{where}no space left for the write; nothing was committed ({text})")
+    if state == "25006":
+        return ReadOnlyViolation(f"{where}refused: a read-only transaction cannot write ({text})")
+    if state == "25001":  # a statement that cannot run inside a transaction (VACUUM ...)
+        return ReadOnlyViolation(f"{where}refused here ({text})")
+    if state.startswith("42") or state in ("22P02", "22007", "22008", "22012", "0A000"):
+        return InvalidInput(f"{where}bad SQL: {text}")
+    if state in ("22003", "22P05"):
+        return InvalidInput(f"{where}a value cannot be stored ({text})")
     if "file is not a database" in lowered or "file is encrypted" in lowered:
         return NotADatabase(f"{where}not an SQLite database ({text})")
     if "malformed" in lowered or "corrupt" in lowered:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, delete, func, or_, select, text, update
+from sqlalchemy import Connection, delete, func, inspect, or_, select, update
 
 from . import schema as t
 from .errors import InvalidInput, SchemaInvalid
@@ -860,13 +860,7 @@ class _Fixer:
 
 def _refresh_fts(conn: Connection, page_id: int) -> None:
     """Re-index one page's head in the recall index (derived data), as recall's catch-up does."""
-    if conn.dialect.name != "sqlite":
-        return
-    exists = conn.execute(
-        text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"),
-        {"name": t.FTS_TABLE},
-    ).first()
-    if exists is None:
+    if not inspect(conn).has_table(t.FTS_TABLE):
         return
     from .recall import index_page
 

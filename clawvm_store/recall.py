@@ -79,20 +79,47 @@ def fts_query(query: str) -> str | None:
     return " OR ".join(f'"{word}"' for word in dict.fromkeys(word.lower() for word in words))
 
 
+def pg_query(query: str) -> dict[str, str]:
+    """A PostgreSQL ``to_tsquery`` text: every word a quoted lexeme, any word may match."""
+    words = dict.fromkeys(word.lower() for word in _WORD.findall(query))
+    # \w+ words hold no quote or operator characters, so quoting them makes them plain lexemes.
+    return {"tsquery": " | ".join(f"'{word}'" for word in words)}
+
+
+# The FTS5 query's shape on PostgreSQL: best rank first (ts_rank grows with relevance, FTS5's
+# rank shrinks), at most `limit` hits per owning session, ties broken by key.
+_PG_SEARCH = text(
+    "SELECT key, session_id FROM ("
+    " SELECT key, session_id, score,"
+    " row_number() OVER (PARTITION BY session_id ORDER BY score DESC, key) AS nth"
+    " FROM (SELECT key, session_id,"
+    "  ts_rank(to_tsvector('simple', content), to_tsquery('simple', :tsquery)) AS score"
+    "  FROM pages_fts"
+    "  WHERE to_tsvector('simple', content) @@ to_tsquery('simple', :tsquery)"
+    "  AND project = :project) AS matched"
+    ") AS ranked WHERE nth <= :limit ORDER BY score DESC, key"
+)
+
+
 class FtsRecall:
-    """The default backend: SQLite FTS5, indexed incrementally at recall time."""
+    """The default backend: SQLite FTS5 (PostgreSQL text search there), indexed incrementally."""
 
     def search(self, store: Any, project: str, query: str, limit: int) -> RecallHits:
         """Match ``query`` against the full text of every page head of ``project``."""
         match = fts_query(query)
         if match is None:
             return RecallHits([], "no_match", "the query has no words to search for")
-        if store.db.dialect != "sqlite":
-            return RecallHits([], "backend_error", "full-text recall needs SQLite FTS5")
         with store.db.transaction(sync="normal") as conn:
             self.catch_up(conn)
             # At most `limit` hits per owner: another session's many matches must not crowd out
             # a session's own (visibility is filtered by the caller).
+            if conn.dialect.name == "postgresql":
+                rows = conn.execute(
+                    _PG_SEARCH, {**pg_query(query), "project": project, "limit": limit}
+                ).all()
+                return RecallHits(
+                    [(row.key, row.session_id) for row in rows], None if rows else "no_match"
+                )
             rows = conn.execute(
                 text(
                     "SELECT key, session_id FROM ("
@@ -135,6 +162,10 @@ def index_page(conn: Connection, page_id: int, head: Any | None) -> None:
     call = _tool_call_words(conn, head.provenance)
     if call:
         content = f"{call}\n{content}"
+    if conn.dialect.name == "postgresql":
+        # PostgreSQL's parser keeps "setup.cfg" or "a@b.io" whole, where FTS5 (and the query
+        # side here) sees words: index the words, so both backends find the same pages.
+        content = " ".join(_WORD.findall(content))
     conn.execute(
         text(
             "INSERT INTO pages_fts (content, key, page_id, project, session_id) "

@@ -300,14 +300,25 @@ class Store:
             )
             if recorded is None:
                 with db.transaction() as conn:
-                    conn.execute(
-                        insert(t.meta).values(
-                            [
-                                {"name": "encoding", "value": chosen},
-                                {"name": "created_at", "value": store.clock()},
-                            ]
+                    # Read again under the write lock: another process opening the same new
+                    # database may have recorded its encoding since.
+                    raced = conn.execute(
+                        select(t.meta.c.value).where(t.meta.c.name == "encoding")
+                    ).scalar()
+                    if raced is None:
+                        conn.execute(
+                            insert(t.meta).values(
+                                [
+                                    {"name": "encoding", "value": chosen},
+                                    {"name": "created_at", "value": store.clock()},
+                                ]
+                            )
                         )
-                    )
+                    elif raced != chosen:
+                        raise InvalidInput(
+                            f"the database counts tokens with {raced!r}; it cannot be opened "
+                            f"with encoding {chosen!r}"
+                        )
         except BaseException:
             db.dispose()
             raise
@@ -1298,7 +1309,7 @@ class Store:
             schema_revision=db.current_revision(),
             head_revision=db.head_revision(),
             sqlite_version=sqlite3.sqlite_version,
-            url=db.url,
+            url=db.display_url,
             encoding=self.encoding,
             durability=db.durability,
             pragmas=pragmas,

@@ -551,6 +551,7 @@ def _import(store: Store, lines: Iterator[str], progress: Progress | None) -> Im
             )
         _verify(store, conn, checked)
         _install_meta(store, conn, header.meta)
+        _advance_sequences(conn)
     return ImportSummary(
         counts=inserted, project=header.project, session=header.session, checked=checked
     )
@@ -687,6 +688,27 @@ def _insert(
         raise InvalidInput(f"{where}: {table.name} rows the schema refuses ({reason})") from None
 
 
+def _advance_sequences(conn: Connection) -> None:
+    """On PostgreSQL, move each id sequence past the ids the import wrote explicitly.
+
+    SQLite hands out max(id) + 1 by itself; a PostgreSQL sequence does not look at the table,
+    and the next insert would collide with an imported row.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for table in t.metadata.sorted_tables:
+        column = table.autoincrement_column
+        if column is None:
+            continue
+        conn.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                f"COALESCE(MAX({column.name}), 1), MAX({column.name}) IS NOT NULL) "
+                f"FROM {table.name}"
+            )
+        )
+
+
 def _verify(store: Store, conn: Connection, checked: dict[str, int]) -> None:
     """Refuse, before committing, rows that :meth:`Store.check` would report."""
     problems: list[str] = []
@@ -717,5 +739,4 @@ def _install_meta(store: Store, conn: Connection, meta: dict[str, str]) -> None:
             conn.execute(t.meta.insert(), {"name": name, "value": value})
     # The full-text index is derived: drop whatever the target had, recall rebuilds it.
     conn.execute(delete(t.meta).where(t.meta.c.name == FTS_WATERMARK))
-    if store.db.dialect == "sqlite":
-        conn.execute(text(f"DELETE FROM {t.FTS_TABLE}"))
+    conn.execute(text(f"DELETE FROM {t.FTS_TABLE}"))

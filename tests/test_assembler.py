@@ -106,6 +106,8 @@ def section_ranks(asm: Assembly) -> list[int]:
 
 
 def sql(store: cvm.Store, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if store.db.dialect == "postgresql":
+        query = query.replace("?", "%s")  # the driver's paramstyle
     with store.db.transaction(write=False) as conn:
         return [tuple(row) for row in conn.exec_driver_sql(query, params).all()]
 
@@ -134,8 +136,8 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cvm.Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(tmp_path / "a.db", durability="normal") as opened:
+def store(db_target: str) -> Iterator[cvm.Store]:
+    with cvm.Store.open(db_target, durability="normal") as opened:
         yield opened
 
 

@@ -33,14 +33,24 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
+from conftest import (
+    POSTGRES_ENV,
+    admin_execute,
+    drop_postgres_database,
+    new_postgres_database,
+    postgres_admin_url,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 import clawvm_store as cvm
 
@@ -136,9 +146,7 @@ class JournalMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = tempfile.mkdtemp(prefix="clawvm-model-")
-        self.path = Path(self.tmp) / "model.db"
-        shutil.copyfile(template_database(), self.path)
+        self.path = self.new_database()
         # stores[i] owns SESSIONS[i]
         self.stores: list[cvm.Store] = [cvm.Store.open(self.path), cvm.Store.open(self.path)]
         self.sessions: dict[str, cvm.Session] = {
@@ -149,12 +157,22 @@ class JournalMachine(RuleBasedStateMachine):
         self.turns = dict.fromkeys(SESSIONS, 0)
         self.steps = 0
 
+    def new_database(self) -> str:
+        """A migrated, empty database for this example: a copy of the template file."""
+        self.tmp = tempfile.mkdtemp(prefix="clawvm-model-")
+        path = Path(self.tmp) / "model.db"
+        shutil.copyfile(template_database(), path)
+        return str(path)
+
+    def drop_database(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def teardown(self) -> None:
         try:
             for store in self.stores:
                 store.close()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.drop_database()
 
     # -- model helpers ---------------------------------------------------------------------------
 
@@ -187,10 +205,12 @@ class JournalMachine(RuleBasedStateMachine):
     def events_since(self, event_id: int) -> list[tuple[str, str, int, int, int]]:
         """(session, boundary, turn, committed, rejected) of lifecycle events after ``event_id``."""
         with self.stores[0].db.transaction(write=False) as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT session_id, boundary, turn, committed, rejected FROM lifecycle_events "
-                "WHERE id > ? ORDER BY id",
-                (event_id,),
+            rows = conn.execute(
+                text(
+                    "SELECT session_id, boundary, turn, committed, rejected FROM lifecycle_events "
+                    "WHERE id > :id ORDER BY id"
+                ),
+                {"id": event_id},
             ).all()
         return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -374,13 +394,15 @@ class JournalMachine(RuleBasedStateMachine):
     def pages_match_the_model(self) -> None:
         store = self.stores[0]
         with store.db.transaction(write=False) as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT p.session_id, p.key, v.version, v.deleted, r.content "
-                "FROM pages p JOIN page_versions v ON v.page_id = p.id "
-                "LEFT JOIN representations r ON r.page_id = p.id AND r.version = v.version "
-                "AND r.fidelity = 'full' WHERE p.project = ? ORDER BY p.session_id, p.key, "
-                "v.version",
-                (PROJECT,),
+            rows = conn.execute(
+                text(
+                    "SELECT p.session_id, p.key, v.version, v.deleted, r.content "
+                    "FROM pages p JOIN page_versions v ON v.page_id = p.id "
+                    "LEFT JOIN representations r ON r.page_id = p.id AND r.version = v.version "
+                    "AND r.fidelity = 'full' WHERE p.project = :project "
+                    "ORDER BY p.session_id, p.key, v.version"
+                ),
+                {"project": PROJECT},
             ).all()
         stored: dict[tuple[Owner, str], list[str | None]] = {}
         for owner, key, version, deleted, content in rows:
@@ -428,3 +450,32 @@ JournalMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_journal_against_model = JournalMachine.TestCase
+
+_PG_TEMPLATE: list[str] = []
+
+
+class PostgresJournalMachine(JournalMachine):
+    """The same machine on PostgreSQL: each example gets a database copied from a template."""
+
+    def new_database(self) -> str:
+        admin = postgres_admin_url()
+        assert admin is not None
+        if not _PG_TEMPLATE:
+            url, name = new_postgres_database(admin)
+            cvm.Store.open(url).close()
+            atexit.register(drop_postgres_database, admin, name)
+            _PG_TEMPLATE.append(name)
+        self.pg_name = f"t_{uuid.uuid4().hex}"
+        admin_execute(admin, f'CREATE DATABASE "{self.pg_name}" TEMPLATE "{_PG_TEMPLATE[0]}"')
+        return make_url(admin).set(database=self.pg_name).render_as_string(hide_password=False)
+
+    def drop_database(self) -> None:
+        admin = postgres_admin_url()
+        assert admin is not None
+        drop_postgres_database(admin, self.pg_name)
+
+
+PostgresJournalMachine.TestCase.settings = JournalMachine.TestCase.settings
+test_journal_against_model_postgresql = pytest.mark.skipif(
+    postgres_admin_url() is None, reason=f"PostgreSQL tests need {POSTGRES_ENV}"
+)(PostgresJournalMachine.TestCase)

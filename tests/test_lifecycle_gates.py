@@ -63,8 +63,8 @@ PREF_FIELDS: dict[str, Any] = {"statement": "Use tabs", "scope": "project", "pro
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(tmp_path / "gates.db") as opened:
+def store(db_target: str) -> Iterator[cvm.Store]:
+    with cvm.Store.open(db_target) as opened:
         yield opened
 
 

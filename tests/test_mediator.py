@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +42,8 @@ class Tool:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(tmp_path / "mediator.db") as opened:
+def store(db_target: str) -> Iterator[cvm.Store]:
+    with cvm.Store.open(db_target) as opened:
         yield opened
 
 

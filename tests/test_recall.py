@@ -29,13 +29,16 @@ BIG = 100_000
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "recall.db"
+def db_path(backend: str, db_target: str) -> Path:
+    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
+    if backend != "sqlite":
+        pytest.skip("inspects or damages the SQLite file itself")
+    return Path(db_target)
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_path) as opened:
+def store(db_target: str) -> Iterator[cvm.Store]:
+    with cvm.Store.open(db_target) as opened:
         yield opened
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 import clawvm_store as cvm
 
@@ -16,13 +17,16 @@ T = cvm.PageType
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store.db"
+def db_path(backend: str, db_target: str) -> Path:
+    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
+    if backend != "sqlite":
+        pytest.skip("inspects or damages the SQLite file itself")
+    return Path(db_target)
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_path) as opened:
+def store(db_target: str) -> Iterator[cvm.Store]:
+    with cvm.Store.open(db_target) as opened:
         yield opened
 
 
@@ -33,6 +37,8 @@ def journal_rows(store: cvm.Store) -> list[tuple[int, str, str | None]]:
 
 
 def raw_write(store: cvm.Store, sql: str, params: tuple[Any, ...] = ()) -> int:
+    if store.db.dialect == "postgresql":
+        sql = sql.replace("?", "%s")  # the driver's paramstyle
     with store.db.transaction() as conn:
         result = conn.exec_driver_sql(sql, params)
         return int(result.rowcount)
@@ -262,7 +268,9 @@ def populate(store: cvm.Store) -> None:
 
 def page_id(store: cvm.Store, key: str) -> int:
     with store.db.transaction(write=False) as conn:
-        return int(conn.exec_driver_sql("SELECT id FROM pages WHERE key = ?", (key,)).scalar())
+        return int(
+            conn.execute(text("SELECT id FROM pages WHERE key = :key"), {"key": key}).scalar()
+        )
 
 
 def tamper_tokens(store: cvm.Store) -> int:

@@ -150,8 +150,9 @@ def exported(source: cvm.Store) -> str:
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> Iterator[cvm.Store]:
-    with cvm.Store.open(tmp_path / "target.db") as store:
+def target(db_target: str) -> Iterator[cvm.Store]:
+    # Exported from SQLite, imported into either backend: the way to move to PostgreSQL.
+    with cvm.Store.open(db_target) as store:
         yield store
 
 
@@ -331,7 +332,7 @@ def assert_subset(source: cvm.Store, copy: cvm.Store) -> None:
             assert row in mine, (name, row)
 
 
-def test_project_filter(source: cvm.Store, target: cvm.Store) -> None:
+def test_project_filter(source: cvm.Store, target: cvm.Store, tmp_path: Path) -> None:
     text = round_trip(source, target, project="q")
     assert json.loads(text.splitlines()[0])["filter"] == {"project": "q", "session": None}
     assert target.check().ok
@@ -345,7 +346,7 @@ def test_project_filter(source: cvm.Store, target: cvm.Store) -> None:
     assert target.journal_entries() == [r for r in source.journal_entries() if r.project == "q"]
     assert len(rows(target, "tool_calls")) == 1
 
-    with cvm.Store.open(Path(str(target.db.path)).with_name("p.db")) as other:
+    with cvm.Store.open(tmp_path / "p.db") as other:
         round_trip(source, other, project="p")
         assert other.check().ok
         assert_subset(source, other)

@@ -64,11 +64,21 @@ def upgrade() -> None:
             "CREATE VIRTUAL TABLE pages_fts USING fts5("
             "content, key UNINDEXED, page_id UNINDEXED, project UNINDEXED, session_id UNINDEXED)"
         )
+    else:
+        # PostgreSQL has no FTS5: the same columns in a plain table, searched with its own
+        # text search (to_tsvector/to_tsquery, 'simple' configuration) over a GIN index.
+        op.execute(
+            "CREATE TABLE pages_fts (content TEXT NOT NULL, key VARCHAR NOT NULL, "
+            "page_id INTEGER NOT NULL, project VARCHAR NOT NULL, session_id VARCHAR NOT NULL)"
+        )
+        op.execute("CREATE INDEX pages_fts_page_id ON pages_fts (page_id)")
+        op.execute(
+            "CREATE INDEX pages_fts_content ON pages_fts USING gin (to_tsvector('simple', content))"
+        )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP TABLE IF EXISTS pages_fts")
+    op.execute("DROP TABLE IF EXISTS pages_fts")
     with op.batch_alter_table("tool_calls", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_tool_calls_idempotency",

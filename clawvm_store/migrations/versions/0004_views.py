@@ -55,9 +55,26 @@ VIEWS = {
 }
 
 
+def _portable(body: str, dialect: str) -> str:
+    """The view's SQL for PostgreSQL, which is stricter than SQLite about two things.
+
+    Grouping by the version's key does not make the page's columns functionally dependent there
+    (the page's own key must be grouped too), and a comparison is a boolean, not 0/1.
+    """
+    if dialect != "postgresql":
+        return body
+    return body.replace(
+        "GROUP BY v.page_id, v.version", "GROUP BY v.page_id, v.version, p.id"
+    ).replace(
+        "v.version = p.version AS is_head",
+        "CASE WHEN v.version = p.version THEN 1 ELSE 0 END AS is_head",
+    )
+
+
 def upgrade() -> None:
+    dialect = op.get_bind().dialect.name
     for name, body in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {body}")
+        op.execute(f"CREATE VIEW {name} AS {_portable(body, dialect)}")
 
 
 def downgrade() -> None:
