@@ -1,5 +1,7 @@
 """ClawVMSaver, the LangGraph checkpointer: LangGraph's conformance suite, real graphs, kill -9.
 
+Tests that take ``db_target`` run on both backends (SQLite and PostgreSQL, tests/conftest.py).
+
 * LangGraph's own ``langgraph-checkpoint-conformance`` suite (``validate()`` on a
   ``@checkpointer_test`` factory) must report all five base and all three extended capabilities
   detected and passed.
@@ -49,15 +51,15 @@ SEED = int(os.environ.get("CLAWVM_LANGGRAPH_SEED", "20261126"))
 # -- LangGraph's conformance suite ------------------------------------------------------------
 
 
-def test_conformance_suite_passes_every_capability(tmp_path: Path) -> None:
-    created: list[str] = []
+def test_conformance_suite_passes_every_capability(backend: str, db_target: str) -> None:
+    suites = 0
 
-    @checkpointer_test(name="ClawVMSaver")
+    @checkpointer_test(name=f"ClawVMSaver on {backend}")
     async def clawvm_saver() -> Any:
-        # A fresh database per capability suite, as the suite expects from its factory.
-        path = tmp_path / f"conformance-{len(created)}.db"
-        created.append(str(path))
-        with ClawVMSaver.from_path(str(path)) as saver:
+        # One database for every capability suite: the suite names its threads with fresh uuids.
+        nonlocal suites
+        suites += 1
+        with ClawVMSaver.from_path(db_target) as saver:
             yield saver
 
     report = asyncio.run(validate(clawvm_saver))
@@ -70,10 +72,11 @@ def test_conformance_suite_passes_every_capability(tmp_path: Path) -> None:
         assert result.tests_failed == 0, name
         assert result.tests_passed > 0, name
         assert result.passed is True, name
-    assert len(created) == len(wanted)
-    for path in created:
-        with cvm.Store.open(path) as store:
-            assert store.check().ok
+    assert suites == len(wanted)
+    with cvm.Store.open(db_target) as store:
+        report_check = store.check()
+        assert report_check.ok, report_check.findings
+        assert report_check.checked["langgraph_checkpoints"] > 0
 
 
 # -- a real graph -------------------------------------------------------------------------------
@@ -97,8 +100,8 @@ def counting_graph() -> StateGraph[Any]:
 THREAD = {"configurable": {"thread_id": "t-1"}}
 
 
-def test_graph_state_survives_reopen_and_shows_in_sql(tmp_path: Path) -> None:
-    db = str(tmp_path / "agent.db")
+def test_graph_state_survives_reopen_and_shows_in_sql(db_target: str) -> None:
+    db = db_target
     with ClawVMSaver.from_path(db) as saver:
         graph = counting_graph().compile(checkpointer=saver)
         assert graph.invoke({"total": 5, "seen": []}, THREAD) == {
@@ -159,9 +162,9 @@ def test_graph_state_survives_reopen_and_shows_in_sql(tmp_path: Path) -> None:
     assert json.loads(result.output) == [{"thread_id": "t-1", "checkpoints": 8, "latest_step": 6}]
 
 
-def test_async_graph_uses_the_async_methods(tmp_path: Path) -> None:
+def test_async_graph_uses_the_async_methods(db_target: str) -> None:
     async def run() -> tuple[dict[str, Any], int]:
-        with ClawVMSaver.from_path(str(tmp_path / "a.db")) as saver:
+        with ClawVMSaver.from_path(db_target) as saver:
             graph = counting_graph().compile(checkpointer=saver)
             out = await graph.ainvoke({"total": 2, "seen": []}, THREAD)
             history = [snap async for snap in graph.aget_state_history(THREAD)]
@@ -172,8 +175,8 @@ def test_async_graph_uses_the_async_methods(tmp_path: Path) -> None:
     assert checkpoints == 4
 
 
-def test_pending_writes_are_idempotent_but_special_channels_are_replaced(tmp_path: Path) -> None:
-    with ClawVMSaver.from_path(str(tmp_path / "w.db")) as saver:
+def test_pending_writes_are_idempotent_but_special_channels_are_replaced(db_target: str) -> None:
+    with ClawVMSaver.from_path(db_target) as saver:
         config = saver.put(
             {"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
             {
@@ -274,8 +277,8 @@ def test_damaged_rows_are_refused_and_reported(tmp_path: Path) -> None:
     assert "langgraph_checkpoint" in result.output
 
 
-def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
-    with ClawVMSaver.from_path(str(tmp_path / "b.db")) as saver:
+def test_bad_config_is_a_clear_error(db_target: str) -> None:
+    with ClawVMSaver.from_path(db_target) as saver:
         with pytest.raises(cvm.InvalidInput, match=r"configurable\.thread_id"):
             saver.get_tuple({"configurable": {}})
         with pytest.raises(cvm.InvalidInput, match="prune strategy"):
