@@ -62,12 +62,10 @@ def write_checksum(
     )
 
 
-def checkpoint_row_problem(row: Any) -> str | None:
-    """Why a stored checkpoint row cannot be trusted, or None when its checksum verifies."""
-    if not isinstance(row.checkpoint, bytes | memoryview):
-        return "checkpoint is not stored as bytes"
-    expected = checkpoint_checksum(
-        row.thread_id,
+def checkpoint_row_checksum(row: Any, *, thread_id: str | None = None) -> str:
+    """The checksum a stored checkpoint row should carry (under ``thread_id``, for a copy)."""
+    return checkpoint_checksum(
+        row.thread_id if thread_id is None else thread_id,
         row.checkpoint_ns,
         row.checkpoint_id,
         row.parent_checkpoint_id,
@@ -75,17 +73,12 @@ def checkpoint_row_problem(row: Any) -> str | None:
         bytes(row.checkpoint),
         row.metadata,
     )
-    if expected != row.checksum:
-        return "checksum does not match"
-    return None
 
 
-def write_row_problem(row: Any) -> str | None:
-    """Why a stored pending-write row cannot be trusted, or None when its checksum verifies."""
-    if not isinstance(row.value, bytes | memoryview):
-        return "value is not stored as bytes"
-    expected = write_checksum(
-        row.thread_id,
+def write_row_checksum(row: Any, *, thread_id: str | None = None) -> str:
+    """The checksum a stored pending-write row should carry (under ``thread_id``, for a copy)."""
+    return write_checksum(
+        row.thread_id if thread_id is None else thread_id,
         row.checkpoint_ns,
         row.checkpoint_id,
         row.task_id,
@@ -95,7 +88,22 @@ def write_row_problem(row: Any) -> str | None:
         row.type,
         bytes(row.value),
     )
-    if expected != row.checksum:
+
+
+def checkpoint_row_problem(row: Any) -> str | None:
+    """Why a stored checkpoint row cannot be trusted, or None when its checksum verifies."""
+    if not isinstance(row.checkpoint, bytes | memoryview):
+        return "checkpoint is not stored as bytes"
+    if checkpoint_row_checksum(row) != row.checksum:
+        return "checksum does not match"
+    return None
+
+
+def write_row_problem(row: Any) -> str | None:
+    """Why a stored pending-write row cannot be trusted, or None when its checksum verifies."""
+    if not isinstance(row.value, bytes | memoryview):
+        return "value is not stored as bytes"
+    if write_row_checksum(row) != row.checksum:
         return "checksum does not match"
     return None
 

@@ -175,19 +175,24 @@ def test_async_graph_uses_the_async_methods(db_target: str) -> None:
     assert checkpoints == 4
 
 
+def a_checkpoint(checkpoint_id: str) -> Any:
+    """A minimal, fixed checkpoint (ids sort as LangGraph's do)."""
+    return {
+        "v": 1,
+        "id": checkpoint_id,
+        "ts": "2026-11-26T00:00:00+00:00",
+        "channel_values": {},
+        "channel_versions": {},
+        "versions_seen": {},
+        "updated_channels": None,
+    }
+
+
 def test_pending_writes_are_idempotent_but_special_channels_are_replaced(db_target: str) -> None:
     with ClawVMSaver.from_path(db_target) as saver:
         config = saver.put(
             {"configurable": {"thread_id": "t", "checkpoint_ns": ""}},
-            {
-                "v": 1,
-                "id": "1f0-a",
-                "ts": "2026-11-26T00:00:00+00:00",
-                "channel_values": {},
-                "channel_versions": {},
-                "versions_seen": {},
-                "updated_channels": None,
-            },
+            a_checkpoint("1f0-a"),
             {"source": "loop", "step": 0},
             {},
         )
@@ -209,15 +214,7 @@ def test_checkpoint_commits_at_full_and_pending_writes_at_normal(tmp_path: Path)
     """The engine's group-commit protocol: writes are staged, a checkpoint is the boundary."""
     with ClawVMSaver.from_path(str(tmp_path / "s.db")) as saver:
         base = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-        checkpoint: Any = {
-            "v": 1,
-            "id": "1f0-a",
-            "ts": "2026-11-26T00:00:00+00:00",
-            "channel_values": {},
-            "channel_versions": {},
-            "versions_seen": {},
-            "updated_channels": None,
-        }
+        checkpoint = a_checkpoint("1f0-a")
         config = saver.put(base, checkpoint, {"step": 0}, {})
         writer = saver.store.db._writer
         assert writer is not None

@@ -62,8 +62,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .. import schema as t
 from ..checkpoints import (
     checkpoint_checksum,
+    checkpoint_row_checksum,
     checkpoint_row_problem,
     write_checksum,
+    write_row_checksum,
     write_row_problem,
 )
 from ..db import Durability
@@ -506,46 +508,27 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         with self._db.transaction() as conn:
             checkpoints = conn.execute(select(c).where(c.c.thread_id == source)).all()
             writes = conn.execute(select(w).where(w.c.thread_id == source)).all()
-            copied_checkpoints = []
-            for row in checkpoints:
-                if problem := checkpoint_row_problem(row):
-                    raise CorruptDatabase(
-                        f"cannot copy checkpoint {source}/{row.checkpoint_ns}/{row.checkpoint_id}:"
-                        f" {problem}"
+            # Every source row is verified before anything is copied; the copies are re-summed
+            # under the target thread, whose id the checksum covers.
+            copied: dict[str, builtins.list[dict[str, Any]]] = {"checkpoints": [], "writes": []}
+            for kind, rows, problem_of, checksum_of in (
+                ("checkpoints", checkpoints, checkpoint_row_problem, checkpoint_row_checksum),
+                ("writes", writes, write_row_problem, write_row_checksum),
+            ):
+                for row in rows:
+                    if problem := problem_of(row):
+                        raise CorruptDatabase(
+                            f"cannot copy a {kind[:-1]} of {source}/{row.checkpoint_ns}/"
+                            f"{row.checkpoint_id}: {problem}"
+                        )
+                    copy = row._asdict()
+                    copy.update(
+                        thread_id=target,
+                        created_at=now,
+                        checksum=checksum_of(row, thread_id=target),
                     )
-                copy = row._asdict()
-                copy.update(thread_id=target, created_at=now)
-                copy["checksum"] = checkpoint_checksum(
-                    target,
-                    row.checkpoint_ns,
-                    row.checkpoint_id,
-                    row.parent_checkpoint_id,
-                    row.type,
-                    bytes(row.checkpoint),
-                    row.metadata,
-                )
-                copied_checkpoints.append(copy)
-            copied_writes = []
-            for row in writes:
-                if problem := write_row_problem(row):
-                    raise CorruptDatabase(
-                        f"cannot copy pending write {source}/{row.checkpoint_ns}/"
-                        f"{row.checkpoint_id} task {row.task_id}: {problem}"
-                    )
-                copy = row._asdict()
-                copy.update(thread_id=target, created_at=now)
-                copy["checksum"] = write_checksum(
-                    target,
-                    row.checkpoint_ns,
-                    row.checkpoint_id,
-                    row.task_id,
-                    row.idx,
-                    row.task_path,
-                    row.channel,
-                    row.type,
-                    bytes(row.value),
-                )
-                copied_writes.append(copy)
+                    copied[kind].append(copy)
+            copied_checkpoints, copied_writes = copied["checkpoints"], copied["writes"]
             # The copy replaces whatever the target thread held under the same ids.
             self._put.execute(conn, copied_checkpoints)
             self._write_replace.execute(conn, copied_writes)
