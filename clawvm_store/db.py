@@ -370,10 +370,10 @@ class Database:
                 driver.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
                 now = time.monotonic()
-                if not is_busy(exc) or now >= deadline:
-                    if not is_busy(exc):
-                        raise
+                if now >= deadline:
                     raise Busy(
                         f"the database is locked by another writer: gave up after "
                         f"{now - started:.1f}s and {attempts} attempts "

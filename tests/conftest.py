@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import clawvm_store as cvm
+
 POSTGRES_ENV = "CLAWVM_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgresql")
 
@@ -84,3 +86,18 @@ def db_target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> s
     if backend == "sqlite":
         return str(tmp_path / "store.db")
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db_path(backend: str, db_target: str) -> Path:
+    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
+    if backend != "sqlite":
+        pytest.skip("inspects or damages the SQLite file itself")
+    return Path(db_target)
+
+
+@pytest.fixture
+def store(db_target: str) -> Iterator[cvm.Store]:
+    """A store on this test's backend (a module may define its own ``store`` instead)."""
+    with cvm.Store.open(db_target) as opened:
+        yield opened

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -156,56 +157,39 @@ def test_default_budgets_are_the_papers() -> None:
 
 def test_replay_of_a_small_written_transcript(tmp_path: Path) -> None:
     """A hand-written Claude Code style transcript: imported, then replayed at a real budget."""
-    lines = [
-        {"type": "user", "sessionId": "x", "message": {"role": "user", "content": "fix the bug"}},
-        {
-            "type": "assistant",
-            "sessionId": "x",
-            "message": {
-                "role": "assistant",
-                "content": [
-                    {
-                        "type": "tool_use",
-                        "id": "t1",
-                        "name": "Read",
-                        "input": {"file_path": "/a.py"},
-                    }
-                ],
+
+    def read_turn(prompt: str) -> list[dict[str, Any]]:
+        """A user prompt, then a Read of /a.py (the same call id each time) and its result."""
+        return [
+            {"type": "user", "sessionId": "x", "message": {"role": "user", "content": prompt}},
+            {
+                "type": "assistant",
+                "sessionId": "x",
+                "message": {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t1",
+                            "name": "Read",
+                            "input": {"file_path": "/a.py"},
+                        }
+                    ],
+                },
             },
-        },
-        {
-            "type": "user",
-            "sessionId": "x",
-            "message": {
-                "role": "user",
-                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "print(1)"}],
+            {
+                "type": "user",
+                "sessionId": "x",
+                "message": {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "print(1)"}
+                    ],
+                },
             },
-        },
-        {"type": "user", "sessionId": "x", "message": {"role": "user", "content": "again"}},
-        {
-            "type": "assistant",
-            "sessionId": "x",
-            "message": {
-                "role": "assistant",
-                "content": [
-                    {
-                        "type": "tool_use",
-                        "id": "t1",
-                        "name": "Read",
-                        "input": {"file_path": "/a.py"},
-                    }
-                ],
-            },
-        },
-        {
-            "type": "user",
-            "sessionId": "x",
-            "message": {
-                "role": "user",
-                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "print(1)"}],
-            },
-        },
-    ]
+        ]
+
+    lines = [*read_turn("fix the bug"), *read_turn("again")]
     source = tmp_path / "session.jsonl"
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
     runner = CliRunner()

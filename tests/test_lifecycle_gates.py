@@ -30,7 +30,7 @@ import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -60,12 +60,6 @@ PREF_FIELDS: dict[str, Any] = {"statement": "Use tabs", "scope": "project", "pro
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(db_target: str) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_target) as opened:
-        yield opened
 
 
 def put_bootstrap(store: cvm.Store, key: str = "boot/agent") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,12 +39,6 @@ class Tool:
     @property
     def runs(self) -> int:
         return len(self.calls)
-
-
-@pytest.fixture
-def store(db_target: str) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_target) as opened:
-        yield opened
 
 
 @pytest.fixture

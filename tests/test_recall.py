@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,6 @@ BIG = 100_000
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db_path(backend: str, db_target: str) -> Path:
-    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
-    if backend != "sqlite":
-        pytest.skip("inspects or damages the SQLite file itself")
-    return Path(db_target)
-
-
-@pytest.fixture
-def store(db_target: str) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_target) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the LSNs a boundary committed or rejected, the reason codes, the journal states,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,6 @@ Event = tuple[str | None, str, int, int, int]
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db_path(backend: str, db_target: str) -> Path:
-    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
-    if backend != "sqlite":
-        pytest.skip("inspects or damages the SQLite file itself")
-    return Path(db_target)
-
-
-@pytest.fixture
-def store(db_target: str) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_target) as opened:
-        yield opened
 
 
 @pytest.fixture

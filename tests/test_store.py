@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,6 @@ import clawvm_store as cvm
 
 F = cvm.Fidelity
 T = cvm.PageType
-
-
-@pytest.fixture
-def db_path(backend: str, db_target: str) -> Path:
-    """The SQLite file, for tests that look at or damage the file itself (SQLite only)."""
-    if backend != "sqlite":
-        pytest.skip("inspects or damages the SQLite file itself")
-    return Path(db_target)
-
-
-@pytest.fixture
-def store(db_target: str) -> Iterator[cvm.Store]:
-    with cvm.Store.open(db_target) as opened:
-        yield opened
 
 
 def journal_rows(store: cvm.Store) -> list[tuple[int, str, str | None]]:

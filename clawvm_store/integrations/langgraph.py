@@ -168,7 +168,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         self.store = store
         db = store.db
         self._db = db
-        self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
         dialect = db.engine.dialect
         c, w = t.lg_checkpoints, t.lg_writes
         by_thread = select(*_CHECKPOINT_COLUMNS).where(
@@ -176,14 +176,6 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         )
         self._latest = _Prepared(by_thread.order_by(c.c.checkpoint_id.desc()).limit(1), dialect)
         self._by_id = _Prepared(by_thread.where(c.c.checkpoint_id == bindparam("id")), dialect)
-        self._writes = _Prepared(
-            select(w).where(
-                w.c.thread_id == bindparam("thread_id"),
-                w.c.checkpoint_ns == bindparam("ns"),
-                w.c.checkpoint_id == bindparam("id"),
-            ),
-            dialect,
-        )
         self._writes_span = _Prepared(
             select(w).where(
                 w.c.thread_id == bindparam("thread_id"),
@@ -197,7 +189,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         write_keys = [*checkpoint_keys, "task_id", "idx"]
         # A put (and a copy) replaces a checkpoint with the same id, as LangGraph's savers do;
         # only its first created_at is kept.
-        upsert = self._insert(c)
+        upsert = insert(c)
         self._put = _Prepared(
             upsert.on_conflict_do_update(
                 index_elements=checkpoint_keys,
@@ -211,7 +203,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         )
         # Special channels (error, interrupt, ...) are replaced; ordinary writes are idempotent:
         # a task retried after a crash must not change what was already recorded.
-        upsert = self._insert(w)
+        upsert = insert(w)
         self._write_replace = _Prepared(
             upsert.on_conflict_do_update(
                 index_elements=write_keys,
@@ -222,7 +214,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
             dialect,
         )
         self._write_keep = _Prepared(
-            self._insert(w).on_conflict_do_nothing(index_elements=write_keys), dialect
+            insert(w).on_conflict_do_nothing(index_elements=write_keys), dialect
         )
 
     @classmethod
@@ -314,9 +306,8 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
             if not found:
                 return None
             row = found[0]
-            write_rows = self._writes.rows(
-                conn, thread_id=row.thread_id, ns=row.checkpoint_ns, id=row.checkpoint_id
-            )
+            key = (row.thread_id, row.checkpoint_ns, row.checkpoint_id)
+            write_rows = self._writes_of(conn, [key])[key]
         return self._checkpoint_tuple(row, write_rows)
 
     def list(

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._crashpoints import digest
 from ..pages import POLICIES, Fidelity, PageType
 from ..store import Store
 
@@ -89,13 +90,6 @@ class Findings:
             shown = "; ".join(problems[:3])
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             self.broken[name] = shown + more
-
-
-def sha(text: str | None) -> str | None:
-    """SHA-256 of a text (``None`` stays ``None``), as the library's acknowledgements hash it."""
-    if text is None:
-        return None
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def state_digest(store: Store) -> str:
@@ -184,9 +178,8 @@ def check_state(store: Store, acks: Iterable[Mapping[str, Any]], findings: Findi
         structured = payload.get("structured")
         if (
             row.key != key
-            or sha(payload.get("content")) != ack["content"]
-            or (sha(json.dumps(structured, sort_keys=True)) if structured is not None else None)
-            != ack["structured"]
+            or digest(payload.get("content")) != ack["content"]
+            or digest(structured) != ack["structured"]
         ):
             problems.append(f"stage lsn {lsn} of {key!r} holds other content than was staged")
             continue
@@ -238,7 +231,7 @@ def check_state(store: Store, acks: Iterable[Mapping[str, Any]], findings: Findi
         if row is None:
             problems.append(f"put of {ack['key']!r} version {ack['version']} is missing")
         elif bool(row.deleted) != bool(ack["deleted"]) or (
-            not row.deleted and sha(row.content) != ack["content"]
+            not row.deleted and digest(row.content) != ack["content"]
         ):
             problems.append(f"put of {ack['key']!r} version {ack['version']} has other content")
     findings.check("acked_puts_present", problems)
