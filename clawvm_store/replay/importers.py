@@ -984,16 +984,18 @@ def _claude_assistant(content: Any, line: int, b: _Builder) -> None:
         if kind == "text":
             b.assistant(_str(block.get("text")))
         elif kind == "tool_use":
-            name = block.get("name")
-            if not isinstance(name, str) or not name.strip():
-                b.warn(line, "tool_use without a name; skipped")
-                continue
-            args = block.get("input")
-            if not isinstance(args, dict):
-                b.warn(line, f"tool_use {name} input is not an object; arguments dropped")
-                args = {}
-            call_id = block.get("id")
-            b.call(call_id if isinstance(call_id, str) else None, name, args, line)
+            _tool_use(b, line, block.get("name"), block.get("input"), block.get("id"))
+
+
+def _tool_use(b: _Builder, line: int, name: Any, args: Any, call_id: Any) -> None:
+    """A tool_use (a content block, or a role/content record): a recorded call, or a warning."""
+    if not isinstance(name, str) or not name.strip():
+        b.warn(line, "tool_use without a name; skipped")
+        return
+    if not isinstance(args, dict):
+        b.warn(line, f"tool_use {name} input is not an object; arguments dropped")
+        args = {}
+    b.call(call_id if isinstance(call_id, str) else None, name, args, line)
 
 
 def _claude_user(record: dict[str, Any], content: Any, line: int, b: _Builder) -> None:
@@ -1033,16 +1035,7 @@ def _engram(record: dict[str, Any], line: int, b: _Builder) -> None:
     elif role == "assistant" and kind == "text":
         b.assistant(_str(content.get("text")))
     elif role == "assistant" and kind == "tool_use":
-        name = content.get("tool_name")
-        if not isinstance(name, str) or not name.strip():
-            b.warn(line, "tool_use without a name; skipped")
-            return
-        args = content.get("input")
-        if not isinstance(args, dict):
-            b.warn(line, f"tool_use {name} input is not an object; arguments dropped")
-            args = {}
-        call_id = content.get("tool_id")
-        b.call(call_id if isinstance(call_id, str) else None, name, args, line)
+        _tool_use(b, line, content.get("tool_name"), content.get("input"), content.get("tool_id"))
     elif role == "tool" and kind == "tool_result":
         call_id = content.get("tool_id")
         output = content.get("output", content.get("content"))
