@@ -25,6 +25,7 @@ so **the text never exceeds the budget**. Same inputs give byte-identical output
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import heapq
@@ -397,20 +398,46 @@ _TABLE_QUERY = applied_since(
 )
 
 
+# How many absent pages, beyond those that must or may matter (required, demanded, resident last
+# time, changed since), a selection considers: the newest by LSN and the most favoured (soft pin
+# or positive priority). At the paper's scale (10 to 50 pages) the pool is every visible page, so
+# the decisions are exactly those of a selection over the whole table.
+RESERVE = 256
+
+
 class PageTable:
     """The pages one session can see, kept in memory and refreshed incrementally.
 
-    A refresh reads only page versions written since the last one (by LSN), so a steady-state
-    assembly costs one indexed query however many pages there are.
+    A refresh reads only page versions applied since the last one (by boundary id), and every
+    index the selection needs is updated from what that refresh brought, never rebuilt from all
+    pages: key shadowing (a session page hides the project page of the same key), the visible
+    keys in order, the visible pages by LSN (so recency is a rank among *all* visible pages,
+    found by bisection), the required pages, the favoured ones, and the pages changed since
+    :meth:`take_changed`. A steady-state turn costs what changed plus the bounded :meth:`pool`,
+    however many pages the session has ever written.
     """
 
-    def __init__(self, project: str, session_id: str, counter: TokenCounter) -> None:
+    def __init__(
+        self,
+        project: str,
+        session_id: str,
+        counter: TokenCounter,
+        weights: Weights = DEFAULT_WEIGHTS,
+    ) -> None:
         self.project = project
         self.session_id = session_id
         self.counter = counter
-        self.by_id: dict[int, Candidate] = {}
+        self.weights = weights
+        self.by_id: dict[int, Candidate] = {}  # every live page, shadowed ones included
         self.since = 0
-        self._ordered: tuple[list[Candidate], list[float]] | None = None
+        self.visible: dict[str, Candidate] = {}  # key -> the page this session sees
+        self._shadowed: dict[str, Candidate] = {}  # key -> a project page a session page hides
+        self._keys: list[str] = []  # visible keys, sorted
+        self._by_lsn: list[tuple[int, str]] = []  # visible pages as (lsn, key), sorted
+        self._required: dict[str, Candidate] = {}  # visible hard-pinned / bootstrap / constraint
+        self._favoured: list[tuple[float, str]] = []  # (-static utility, key), soft pin or priority
+        self._changed: set[str] = set()  # visible keys whose page changed since take_changed()
+        self._listed: list[Candidate] | None = None
 
     def refresh(self, conn: Connection) -> None:
         """Bring the table up to date with the database."""
@@ -448,33 +475,143 @@ class PageTable:
                 fidelity = Fidelity(row.fidelity)
                 candidate.tokens[fidelity] = int(row.tokens)
                 candidate.sources[fidelity] = Fidelity(row.source)
+        touched: dict[str, list[int]] = {}  # key -> ids of its pages that may be live now
         for page_id in deleted:
-            self.by_id.pop(page_id, None)
+            gone = self.by_id.pop(page_id, None)
+            if gone is not None:
+                touched.setdefault(gone.key, [])
         for candidate in fresh.values():
             candidate.finish()
-        self.by_id.update(fresh)
+            self.by_id[candidate.page_id] = candidate
+            touched.setdefault(candidate.key, []).append(candidate.page_id)
+        # A bulk load (the first refresh, an import) sorts the indexes once instead of
+        # inserting into them one key at a time.
+        bulk = len(touched) > max(64, len(self.visible) // 4)
+        for key in sorted(touched):
+            self._reindex(key, touched[key], bulk)
+        if bulk:
+            self._keys = sorted(self.visible)
+            self._by_lsn = sorted((c.lsn, key) for key, c in self.visible.items())
+            self._favoured = sorted(
+                (-c.static_utility(self.weights), key)
+                for key, c in self.visible.items()
+                if _favoured(c)
+            )
         self.since = newest
-        if fresh or deleted:
-            self._ordered = None
+
+    def _reindex(self, key: str, arrived: list[int], bulk: bool = False) -> None:
+        """Update shadowing and every index for one key a refresh touched.
+
+        ``by_id`` is already current; the key has at most two live pages, the project's and
+        the session's, and the session's is the one this session sees.
+        """
+        before = self.visible.get(key)
+        ids = set(arrived)
+        ids.update(c.page_id for c in (before, self._shadowed.get(key)) if c is not None)
+        pages = [self.by_id[page_id] for page_id in sorted(ids) if page_id in self.by_id]
+        session_page = next((c for c in pages if c.scope is Scope.SESSION), None)
+        project_page = next((c for c in pages if c.scope is not Scope.SESSION), None)
+        after = session_page or project_page
+        if session_page is not None and project_page is not None:
+            self._shadowed[key] = project_page
+        else:
+            self._shadowed.pop(key, None)
+        if after is before:
+            return
+        self._listed = None
+        if before is not None:
+            self._required.pop(key, None)
+            if not bulk:
+                _remove(self._by_lsn, (before.lsn, key))
+                if _favoured(before):
+                    _remove(self._favoured, (-before.static_utility(self.weights), key))
+        if after is None:
+            del self.visible[key]
+            if not bulk:
+                _remove(self._keys, key)
+            self._changed.discard(key)
+            return
+        self.visible[key] = after
+        if not bulk:
+            if before is None:
+                bisect.insort(self._keys, key)
+            bisect.insort(self._by_lsn, (after.lsn, key))
+            if _favoured(after):
+                bisect.insort(self._favoured, (-after.static_utility(self.weights), key))
+        if after.required is not None:
+            self._required[key] = after
+        self._changed.add(key)
 
     def candidates(self) -> list[Candidate]:
-        """The visible pages by key, a session's own page shadowing a project page's key."""
-        return self._order()[0]
+        """Every visible page by key, a session's own page shadowing a project page's key."""
+        if self._listed is None:
+            self._listed = [self.visible[key] for key in self._keys]
+        return self._listed
 
-    def recency(self) -> list[float]:
-        """Recency ranks aligned with :meth:`candidates` (cached until the table changes)."""
-        return self._order()[1]
+    def required(self) -> list[Candidate]:
+        """The visible hard-pinned, bootstrap and constraint pages, by key."""
+        return [self._required[key] for key in sorted(self._required)]
 
-    def _order(self) -> tuple[list[Candidate], list[float]]:
-        if self._ordered is None:
-            by_key: dict[str, Candidate] = {}
-            for candidate in self.by_id.values():
-                existing = by_key.get(candidate.key)
-                if existing is None or candidate.scope is Scope.SESSION:
-                    by_key[candidate.key] = candidate
-            ordered = [by_key[key] for key in sorted(by_key)]
-            self._ordered = (ordered, recency_ranks(ordered))
-        return self._ordered
+    def recency(self, candidates: Iterable[Candidate] | None = None) -> list[float]:
+        """Recency in (0, 1] of each candidate: its rank by head LSN among all visible pages.
+
+        Equal to :func:`recency_ranks` over the whole table (ties by key, as a stable sort of
+        the key-ordered pages gives), found by bisection instead of a sort.
+        """
+        count = len(self._by_lsn)
+        by_lsn = self._by_lsn
+        return [
+            (bisect.bisect_left(by_lsn, (c.lsn, c.key)) + 1) / count
+            for c in (self.candidates() if candidates is None else candidates)
+        ]
+
+    def take_changed(self) -> set[str]:
+        """The visible keys whose page changed since the last call; starts a new interval."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def pool(
+        self,
+        *,
+        demand: Iterable[str] = (),
+        previous: Iterable[int] = (),
+        changed: Iterable[str] = (),
+        reserve: int = RESERVE,
+    ) -> list[Candidate]:
+        """The pages a selection can need this turn, by key: bounded by what can matter.
+
+        Required pages (hard pins, bootstrap, constraint), demanded pages, the pages resident
+        in the previous prompt, those changed since then, plus a reserve of absent pages: the
+        ``reserve`` newest by LSN and the ``reserve`` most favoured (soft pin or positive
+        priority). When that is every visible page, it is the whole table.
+        """
+        visible = self.visible
+        if len(visible) <= reserve:
+            return self.candidates()
+        keys: set[str] = set(self._required)
+        keys.update(key for key in demand if key in visible)
+        for page_id in previous:
+            page = self.by_id.get(page_id)
+            if page is not None and visible.get(page.key) is page:
+                keys.add(page.key)
+        keys.update(key for key in changed if key in visible)
+        keys.update(key for _, key in self._by_lsn[-reserve:])
+        keys.update(key for _, key in self._favoured[:reserve])
+        if len(keys) >= len(visible):
+            return self.candidates()
+        return [visible[key] for key in sorted(keys)]
+
+
+def _favoured(candidate: Candidate) -> bool:
+    """Soft-pinned or given a positive priority: worth a place in the pool when absent."""
+    return candidate.pin is Pin.SOFT or candidate.priority > 0
+
+
+def _remove(ordered: list[Any], item: Any) -> None:
+    """Delete ``item`` from a sorted list (it must be there)."""
+    index = bisect.bisect_left(ordered, item)
+    if index < len(ordered) and ordered[index] == item:
+        del ordered[index]
 
 
 def _header(key: str, fidelity: Fidelity) -> str:
@@ -647,7 +784,7 @@ class Assembler:
         self.session_id = session_id
         self.weights = weights or Weights()
         self.hysteresis = hysteresis
-        self.table = PageTable(project, session_id, store.counter)
+        self.table = PageTable(project, session_id, store.counter, self.weights)
         self._previous: dict[int, Fidelity] | None = None
         self._previous_versions: dict[int, int] = {}
 
@@ -696,8 +833,11 @@ class Assembler:
             if self._previous is None:
                 self._load_previous(conn)
             margin = learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
-            candidates = self.table.candidates()
-            recency = self.table.recency()
+            # Bounded by what can matter this turn, not by every page the session ever wrote.
+            candidates = self.table.pool(
+                demand=wanted, previous=self._previous or (), changed=self.table.take_changed()
+            )
+            recency = self.table.recency(candidates)
             effective = max(1, math.floor(budget / margin))
             fixed_tokens = counter.count(fixed) + (1 if fixed else 0)
             selection = choose(
@@ -729,7 +869,7 @@ class Assembler:
                 if c.key in wanted or c.required is not None
             ]
             shortfall = insufficiency(selection, effective, fixed_tokens, budget)
-        present = {candidate.key for candidate in candidates}
+        present = self.table.visible
         decisions = [
             Decision(
                 item.candidate.key, item.candidate.type, item.fidelity, item.tokens, item.reason
@@ -764,7 +904,7 @@ class Assembler:
             decisions=decisions,
             effective_budget=effective,
             fixed_tokens=fixed_tokens,
-            missing=sorted(wanted - present),
+            missing=sorted(key for key in wanted if key not in present),
             shortfall=shortfall,
         )
         if record:
@@ -906,7 +1046,7 @@ class Assembler:
         fault_rows: Sequence[dict[str, Any]],
     ) -> None:
         """Record a prompt the harness built itself, so residency history covers it too."""
-        by_key = {candidate.key: candidate for candidate in self.table.candidates()}
+        by_key = self.table.visible
         items = [
             RenderItem(
                 candidate=by_key[key],

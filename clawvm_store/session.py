@@ -388,7 +388,7 @@ class Session:
     ) -> list[dict[str, Any]]:
         if not feasible:
             return []  # physical insufficiency is recorded on its own; no policy could do better
-        required = fault_log.required_pages(self._assembler.table.candidates())
+        required = fault_log.required_pages(self._assembler.table.required())
         return [
             self._row(kind.value, key, detail, turn)
             for kind, key, detail in fault_log.prompt_faults(
