@@ -125,6 +125,7 @@ class Candidate:
     rung_of: dict[Fidelity, int] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
     _static: tuple[Weights, float] | None = None
+    _steps: tuple[Weights, float, float, int, tuple[Any, ...]] | None = None
 
     def static_utility(self, weights: Weights) -> float:
         """The turn-independent part of the base utility, remembered per weights object."""
@@ -276,7 +277,7 @@ def choose(
     count = len(candidates)
     rungs = [-1] * count
     reasons: dict[int, Reason] = {}
-    shortfall: list[FloorShortfall] = []
+    floor: dict[int, Fidelity] = {}
     used = fixed_tokens
     for index, candidate in enumerate(candidates):
         reason: Reason | None = (
@@ -287,90 +288,128 @@ def choose(
         rung = candidate.floor_rung
         rungs[index] = rung
         reasons[candidate.page_id] = reason
-        cost = candidate.costs[rung]
-        used += cost
-        shortfall.append(FloorShortfall(candidate.key, candidate.ladder[rung].value, cost))
+        floor[candidate.page_id] = candidate.ladder[rung]
+        used += candidate.costs[rung]
     floor_tokens = used
     if used > budget:
-        floor = {c.page_id: c.ladder[rungs[i]] for i, c in enumerate(candidates) if rungs[i] >= 0}
+        shortfall = [
+            FloorShortfall(c.key, c.ladder[rungs[i]].value, c.costs[rungs[i]])
+            for i, c in enumerate(candidates)
+            if rungs[i] >= 0
+        ]
         return Selection(floor, reasons, [], floor_tokens, False, shortfall)
 
     if recency is None:
         recency = recency_ranks(candidates)
     w_recency, w_demand = weights.recency, weights.demand
-    w_recompute, eta = weights.recompute, (weights.hysteresis if hysteresis else 0.0)
-    bases = [0.0] * count
-    sticky = [-1] * count  # the rung a page had last turn (-1: it was not resident)
+    eta = weights.hysteresis if hysteresis else 0.0
+    # Every step of a page's climb is known before the first is taken: its value depends only on
+    # the page's base utility and last turn's rung. So the steps are planned once per (base, rung)
+    # and kept on the candidate while those stay the same (this is the hot loop of every turn).
+    heap: list[_Step] = []
+    room = budget - used
     for index, candidate in enumerate(candidates):
-        base = candidate.static_utility(weights) + w_recency * recency[index]
-        if candidate.key in demand:
+        static = candidate._static
+        base = (
+            static[1]
+            if static is not None and static[0] is weights
+            else candidate.static_utility(weights)
+        ) + w_recency * recency[index]
+        key = candidate.key
+        if key in demand:
             base += w_demand
         if boost:
-            base += boost.get(candidate.key, 0.0)
-        bases[index] = base
+            base += boost.get(key, 0.0)
         before = previous.get(candidate.page_id)
-        if before is not None:
-            sticky[index] = candidate.rung_of.get(before, -1)
-    heap: list[tuple[float, str, int, int, int]] = []
-    push, pop = heapq.heappush, heapq.heappop
-    upgrades: list[tuple[int, Fidelity | None]] = []
-    pending: Sequence[int] = range(count)  # pages whose next rung must be queued
-    first_pass = True
-    while True:
-        # Queue each pending page's next rung, ranked by Δutility/Δtokens. A rung's value is
-        # base × quality, plus w_rc × recompute_cost(type) once resident at all, plus the
-        # hysteresis bonus eta × base spread evenly over the steps back up to last turn's rung
-        # (climbing past it loses nothing; stopping below it forfeits part of the bonus).
-        for index in pending:
-            candidate = candidates[index]
-            current = rungs[index]
-            target = current + 1
-            costs = candidate.costs
-            if target >= len(costs):
-                continue
-            base = bases[index]
-            quality = candidate.quality
-            gain = base * quality[target]
-            cost = costs[target]
-            if current >= 0:
-                gain -= base * quality[current]
-                cost -= costs[current]
-            else:
-                gain += w_recompute * RECOMPUTE_COST[candidate.type]
-            if target <= sticky[index]:
-                gain += eta * base / (sticky[index] + 1)
+        sticky = -1 if before is None else candidate.rung_of.get(before, -1)
+        cached = candidate._steps
+        if (
+            cached is None
+            or cached[2] != base
+            or cached[3] != sticky
+            or cached[0] is not weights
+            or cached[1] != eta
+        ):
+            plan = plan_steps(candidate, weights, eta, base, sticky)
+            candidate._steps = (weights, eta, base, sticky, plan)
+        else:
+            plan = cached[4]
+        start = rungs[index] + 1
+        if start < len(plan):
+            step = plan[start]
             # Used tokens only grow, so a step dearer than what is left now never fits later.
-            if gain > 0 and cost <= budget - used:
-                ratio = math.inf if cost <= 0 else gain / cost
-                # A min-heap: negate the ratio; ties by (key, fidelity rank) for determinism.
-                entry = (-ratio, candidate.key, candidate.ranks[target], index, target)
-                if first_pass:
-                    heap.append(entry)
-                else:
-                    push(heap, entry)
-        if first_pass:
-            heapq.heapify(heap)  # one O(n) build instead of n pushes
-            first_pass = False
-        if not heap:
-            break
-        _, _, _, index, rung = pop(heap)
-        candidate = candidates[index]
-        current = rungs[index]
-        costs = candidate.costs
-        delta = costs[rung] - (costs[current] if current >= 0 else 0)
+            if step is not None and step[4] <= room:
+                heap.append(step)
+    heapq.heapify(heap)  # one O(n) build instead of n pushes
+    applied: list[_Step] = []
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        popped = pop(heap)
+        delta = popped[4]
         if used + delta > budget:
-            pending = ()  # too dear now; a richer rung of the same page would cost more still
-            continue
-        rungs[index] = rung
-        upgrades.append((candidate.page_id, candidate.ladder[current] if current >= 0 else None))
+            continue  # too dear now; a richer rung of the same page would cost more still
         used += delta
-        pending = (index,)
-    chosen: dict[int, Fidelity] = {}
-    for index, candidate in enumerate(candidates):
-        if rungs[index] >= 0:
-            chosen[candidate.page_id] = candidate.ladder[rungs[index]]
-            reasons.setdefault(candidate.page_id, "upgrade")
+        applied.append(popped)
+        following = popped[8]
+        if following is not None and following[4] <= budget - used:
+            push(heap, following)
+    # The floor, then each upgraded page at the last rung it reached (the order means nothing).
+    chosen = floor
+    for step in applied:
+        chosen[step[5]] = step[7]
+        reasons.setdefault(step[5], "upgrade")
+    upgrades = [(step[5], step[6]) for step in applied]
     return Selection(chosen, reasons, upgrades, floor_tokens, True, [])
+
+
+# One step up a page's ladder, ordered as the selection's heap orders it: by -Δutility/Δtokens,
+# then key, then the fidelity's rank (deterministic ties). Then: the rung it reaches, its
+# Δtokens, the page id, the fidelity it leaves (None: the page was absent) and reaches, and the
+# page's next step (None: the climb stops there). A page has at most one step queued at a time
+# and keys are unique, so comparisons never go past the rank.
+_Step = tuple[float, str, int, int, int, int, "Fidelity | None", Fidelity, Any]
+
+
+def plan_steps(
+    candidate: Candidate, weights: Weights, eta: float, base: float, sticky: int
+) -> tuple[_Step | None, ...]:
+    """The steps of a page's climb, one per rung reached, cheapest first (None: gains nothing).
+
+    A rung's value is base × quality, plus w_rc × recompute_cost(type) once resident at all,
+    plus the hysteresis bonus eta × base spread evenly over the steps back up to last turn's
+    rung (climbing past it loses nothing; stopping below it forfeits part of the bonus). A step
+    that gains nothing is never queued, so the climb stops below it.
+    """
+    costs, quality, ranks = candidate.costs, candidate.quality, candidate.ranks
+    ladder = candidate.ladder
+    plan: list[_Step | None] = [None] * len(costs)
+    following: _Step | None = None
+    for target in range(len(costs) - 1, -1, -1):
+        gain = base * quality[target]
+        cost = costs[target]
+        if target > 0:
+            gain -= base * quality[target - 1]
+            cost -= costs[target - 1]
+        else:
+            gain += weights.recompute * RECOMPUTE_COST[candidate.type]
+        if target <= sticky:
+            gain += eta * base / (sticky + 1)
+        if gain <= 0:
+            following = None
+            continue
+        ratio = math.inf if cost <= 0 else gain / cost
+        following = plan[target] = (
+            -ratio,
+            candidate.key,
+            ranks[target],
+            target,
+            cost,
+            candidate.page_id,
+            ladder[target - 1] if target > 0 else None,
+            ladder[target],
+            following,
+        )
+    return tuple(plan)
 
 
 # -- the page table -----------------------------------------------------------------------------
