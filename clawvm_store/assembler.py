@@ -41,6 +41,7 @@ from . import schema as t
 from .errors import FloorShortfall, InsufficientBudget, InvalidInput
 from .journal import LATEST_EVENT, applied_since
 from .pages import POLICIES, Fidelity, PageType, Pin, Scope
+from .segments import read_texts
 from .tokens import TokenCounter
 
 Reason = Literal["floor", "pin", "demand", "upgrade", "evicted-for-budget"]
@@ -771,6 +772,8 @@ _TEXTS = sql_select(
     t.representations.c.fidelity,
     t.representations.c.content,
     t.representations.c.source,
+    t.representations.c.chain_start,
+    t.representations.c.same_as,
 ).where(
     t.representations.c.page_id.in_(bindparam("b_ids", expanding=True)),
     t.representations.c.fidelity.in_(bindparam("b_fidelities", expanding=True)),
@@ -978,10 +981,14 @@ class Assembler:
                     "b_fidelities": sorted({fidelity.value for _, fidelity in wanted}),
                 },
             )
-            for page_id, version, fidelity_value, content, source in rows:
-                fidelity = _FIDELITY[fidelity_value]
-                if (page_id, fidelity) in wanted and version == by_id[page_id].version:
-                    texts[(page_id, fidelity)] = (content, _FIDELITY[source])
+            current = [
+                row
+                for row in rows
+                if (row.page_id, _FIDELITY[row.fidelity]) in wanted
+                and row.version == by_id[row.page_id].version
+            ]
+            for (page_id, _, fidelity_value), found in read_texts(conn, current).items():
+                texts[(page_id, _FIDELITY[fidelity_value])] = found
         return texts
 
     def _fit(

@@ -28,9 +28,11 @@ that does not exist yet (``expected_version=None``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,16 +40,20 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from . import schema as t
-from .errors import InvalidInput, NotFound, SchemaInvalid
-from .pages import POLICIES, Boundary, Op, PageType, Pin, ReasonCode, Scope
+from .errors import CorruptDatabase, InvalidInput, NotFound, SchemaInvalid
+from .pages import POLICIES, Boundary, Fidelity, Op, PageType, Pin, ReasonCode, Scope
 from .representations import (
+    AppendBasis,
     Compressor,
     ContentRepresentations,
+    basis_after,
+    build_appended_representations,
     build_content_representations,
     canonical_json,
     validate_fields,
     with_pointer,
 )
+from .segments import append_basis, read_text
 from .tokens import TokenCounter
 
 DEFAULT_MAX_CONTENT_BYTES = 8 * 1024 * 1024
@@ -55,17 +61,20 @@ MAX_KEY_CHARS = 512
 _KEY_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S")
 _PROVENANCE_REFS = ("tool_call", "page", "uri")
+_BASIS_CACHE_ENTRIES = 4096
 
 Clock = Callable[[], str]
 
 # Hot-path statements are built once: constructing a Core statement per call costs about three
 # times what executing a prebuilt one does, and a turn runs a couple of dozen of them.
-_FULL_REP = t.representations.alias("full_rep")
+# The head without its text: an append builds on the head's tokens, tail and fold, never on
+# a copy of the whole text (segments.append_basis).
 _HEAD = (
     select(
         t.pages,
         t.page_versions.c.fields,
-        _FULL_REP.c.content.label("full_content"),
+        t.page_versions.c.fold,
+        t.page_versions.c.lsn.label("head_lsn"),
     )
     .select_from(
         t.pages.outerjoin(
@@ -73,13 +82,6 @@ _HEAD = (
             and_(
                 t.page_versions.c.page_id == t.pages.c.id,
                 t.page_versions.c.version == t.pages.c.version,
-            ),
-        ).outerjoin(
-            _FULL_REP,
-            and_(
-                _FULL_REP.c.page_id == t.pages.c.id,
-                _FULL_REP.c.version == t.pages.c.version,
-                _FULL_REP.c.fidelity == "full",
             ),
         )
     )
@@ -330,8 +332,13 @@ class Head:
     scope: Scope
     provenance: dict[str, Any] | None
     deleted: bool
-    content: str | None
     fields: dict[str, Any] | None
+    fold: str | None = None  # the fold JSON of a chained head version
+    lsn: int | None = None
+    # In memory only (a session's read-your-writes overlay): what an append builds on, and the
+    # whole full text when known.
+    basis: AppendBasis | None = None
+    content: str | None = None
 
 
 def merge_fields(
@@ -378,6 +385,12 @@ class JournalEngine:
         self.compressor = compressor
         self.clock = clock
         self.max_content_bytes = max_content_bytes
+        # (page id, version, lsn) -> the basis an append to that version builds on, remembered
+        # from apply so a running agent never reads its pages back. Keyed by the LSN too: a
+        # rolled-back boundary re-applies the same entries as the same versions.
+        self._bases: OrderedDict[
+            tuple[int, int, int | None], tuple[AppendBasis, dict[Fidelity, int | None]]
+        ] = OrderedDict()
 
     # -- staging ---------------------------------------------------------------------------------
 
@@ -460,7 +473,6 @@ class JournalEngine:
         ).first()
         if page is None:
             return None
-        content = page.full_content
         fields_json = page.fields
         return Head(
             page_id=page.id,
@@ -471,8 +483,9 @@ class JournalEngine:
             scope=Scope(page.scope),
             provenance=json.loads(page.provenance) if page.provenance else None,
             deleted=bool(page.deleted),
-            content=content,
             fields=json.loads(fields_json) if fields_json else None,
+            fold=page.fold,
+            lsn=page.head_lsn,
         )
 
     # -- validation ------------------------------------------------------------------------------
@@ -697,10 +710,55 @@ class JournalEngine:
                 )
         return Verdict(None)
 
+    # -- appends ---------------------------------------------------------------------------------
+
+    def _basis(
+        self, conn: Connection | None, live: Head
+    ) -> tuple[AppendBasis, dict[Fidelity, int | None]]:
+        """The basis of an append to ``live``: in memory, remembered from apply, or read."""
+        if live.basis is not None:
+            return live.basis, {}
+        cache_key = (live.page_id, live.version, live.lsn)
+        cached = self._bases.get(cache_key)
+        if cached is not None:
+            self._bases.move_to_end(cache_key)
+            return cached
+        if conn is None:
+            raise InvalidInput("an append needs the store to read the page it extends")
+        found = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
+        self._remember_basis(cache_key, found)
+        return found
+
+    def _remember_basis(
+        self,
+        cache_key: tuple[int, int, int | None],
+        found: tuple[AppendBasis, dict[Fidelity, int | None]],
+    ) -> None:
+        self._bases[cache_key] = found
+        while len(self._bases) > _BASIS_CACHE_ENTRIES:
+            self._bases.popitem(last=False)
+
+    def _whole_text(self, conn: Connection | None, live: Head) -> str:
+        if live.content is not None:
+            return live.content
+        if conn is None:
+            raise InvalidInput("a merge needs the store to read the page it changes")
+        text = read_text(conn, live.page_id, live.version, Fidelity.FULL)
+        if text is None:
+            raise CorruptDatabase(f"page {live.page_id} version {live.version} has no full text")
+        return text
+
     # -- apply -----------------------------------------------------------------------------------
 
-    def prepare(self, entry: Entry, head: Head | None) -> ContentRepresentations | None:
-        """Every version-independent fidelity of what ``entry`` will write (``None`` for delete)."""
+    def prepare(
+        self, entry: Entry, head: Head | None, conn: Connection | None = None
+    ) -> ContentRepresentations | None:
+        """Every version-independent fidelity of what ``entry`` will write (``None`` for delete).
+
+        An append (or a merge that brings content) onto a live page builds on the head's basis
+        (tokens, tail and fold of each level: :mod:`clawvm_store.segments`) plus the segment, so
+        its cost does not grow with the page. ``conn`` reads that basis when it is not cached.
+        """
         if entry.op is Op.DELETE:
             return None
         payload = entry.payload
@@ -711,17 +769,34 @@ class JournalEngine:
         provenance = payload.get("provenance") or (live.provenance if live else None)
         content: str = payload.get("content") or ""
         structured = payload.get("structured")
-        if entry.op is Op.APPEND and live is not None and live.content is not None:
-            content = f"{live.content}\n{content}"
-        elif entry.op is Op.MERGE:
-            if live is not None:
-                structured, _ = merge_fields(
-                    live.fields or {},
-                    structured or {},
-                    may_overwrite=payload.get("expected_version") == live.version,
+        if entry.op is Op.MERGE and live is not None:
+            structured, _ = merge_fields(
+                live.fields or {},
+                structured or {},
+                may_overwrite=payload.get("expected_version") == live.version,
+            )
+        if live is not None and entry.op in (Op.APPEND, Op.MERGE):
+            if content:
+                basis, starts = self._basis(conn, live)
+                reps = build_appended_representations(
+                    basis,
+                    content,
+                    key=entry.key,
+                    scope=scope,
+                    provenance=provenance,
+                    structured=structured,
+                    timestamp=self.clock(),
+                    counter=self.counter,
+                    compressor=self.compressor,
                 )
-                if live.content is not None:
-                    content = f"{live.content}\n{content}" if content else live.content
+                chained: dict[Fidelity, int] = {}
+                for level in reps.levels:
+                    start = starts.get(level.fidelity)
+                    if level.chained and start is not None:
+                        chained[level.fidelity] = start
+                return dataclasses.replace(reps, chain_starts=chained)
+            # A merge of fields only: the text stays as it is, the version holds it whole.
+            content = self._whole_text(conn, live)
         return build_content_representations(
             page_type,
             content,
@@ -802,9 +877,15 @@ class JournalEngine:
             )
         content_hash = None
         fields_json = None
+        fold_json = None
         if reps is not None:
-            content_hash = text_sha256(reps.levels[0].text)
             fields_json = canonical_json(reps.fields)
+            if reps.chained:
+                # The whole text is not at hand (and hashing it would cost the page's size):
+                # each piece carries its own SHA-256, and the fold seeds the next append.
+                fold_json = canonical_json(reps.fold)
+            else:
+                content_hash = text_sha256(reps.levels[0].text)
         version_row = {
             "page_id": page_id,
             "version": version,
@@ -819,11 +900,15 @@ class JournalEngine:
             "deleted": int(deleted),
             "lsn": entry.lsn,
             "committed_at": now,
+            "fold": fold_json,
         }
         version_row["row_sha256"] = version_row_sha256(version_row)
         conn.execute(t.page_versions.insert(), version_row)
         if reps is not None:
             levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
+            if any(level.chained and level.fidelity not in reps.chain_starts for level in levels):
+                raise RuntimeError(f"a chained level of {entry.key!r} has no chain start")
+            texts = {level.fidelity: level.text for level in levels if level.same_as is None}
             conn.execute(
                 t.representations.insert(),
                 [
@@ -835,10 +920,28 @@ class JournalEngine:
                         "tokens": level.tokens,
                         "encoding": self.counter.encoding_name,
                         "source": level.source.value,
-                        "sha256": text_sha256(level.text),
+                        # What the row stores: its piece when chained, the shared text's hash
+                        # when the text lives in another row of this version.
+                        "sha256": text_sha256(
+                            texts.get(level.same_as, "") if level.same_as else level.text
+                        ),
+                        "chain_start": reps.chain_starts.get(level.fidelity)
+                        if level.chained
+                        else None,
+                        "same_as": level.same_as.value if level.same_as else None,
                     }
                     for level in levels
                 ],
+            )
+            # The next append to this version extends each chained level's chain, or starts
+            # one here.
+            next_starts: dict[Fidelity, int | None] = {
+                level.fidelity: reps.chain_starts[level.fidelity] if level.chained else version
+                for level in reps.levels
+                if level.fidelity in (Fidelity.FULL, Fidelity.COMPRESSED)
+            }
+            self._remember_basis(
+                (int(page_id), version, entry.lsn), (basis_after(reps), next_starts)
             )
         return int(page_id)
 
@@ -892,7 +995,7 @@ class JournalEngine:
                 reps = prepared.get(entry.lsn) if prepared and entry.op is Op.SET else None
                 if reps is None:
                     try:
-                        reps = self.prepare(entry, head)
+                        reps = self.prepare(entry, head, conn)
                     except SchemaInvalid as exc:
                         verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
             if verdict.reason is not None:
@@ -958,8 +1061,15 @@ VERSION_ROW_COLUMNS = (
 
 
 def version_row_sha256(row: Mapping[Any, Any]) -> str:
-    """SHA-256 over a page version's columns, so check() notices any of them changing."""
-    return text_sha256(canonical_json([row[name] for name in VERSION_ROW_COLUMNS]))
+    """SHA-256 over a page version's columns, so check() notices any of them changing.
+
+    ``fold`` (revision 0006) is covered only when set, so rows sealed before it still verify.
+    """
+    values = [row[name] for name in VERSION_ROW_COLUMNS]
+    fold = row.get("fold") if hasattr(row, "get") else None
+    if fold is not None:
+        values.append(fold)
+    return text_sha256(canonical_json(values))
 
 
 def applied_since(*columns: Any, fidelity: str | None = None) -> Any:

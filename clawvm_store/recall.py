@@ -23,6 +23,7 @@ from sqlalchemy import Connection, select, text
 from . import schema as t
 from .journal import LATEST_EVENT, applied_since
 from .pages import Page
+from .segments import read_text
 
 RecallReason = Literal["ok", "no_match", "denied", "backend_error"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -66,7 +67,10 @@ _CHANGED = applied_since(
     t.pages.c.session_id,
     t.pages.c.deleted,
     t.pages.c.provenance,
+    t.pages.c.version,
     t.representations.c.content,
+    t.representations.c.chain_start,
+    t.representations.c.same_as,
     fidelity="full",
 )
 
@@ -140,12 +144,31 @@ class FtsRecall:
         if newest <= start:
             return
         for row in conn.execute(_CHANGED, {"b_since": start}).all():
-            index_page(conn, row.id, None if row.deleted else row)
+            if row.deleted:
+                index_page(conn, row.id, None)
+            elif row.chain_start is None and row.same_as is None:
+                index_page(conn, row.id, row)
+            else:
+                # An appended page: its text is a chain of segments (segments.py).
+                whole = read_text(conn, row.id, row.version, "full")
+                indexed = _Indexed(row.key, row.project, row.session_id, row.provenance, whole)
+                index_page(conn, row.id, indexed)
         value = str(newest)
         if since is None:
             conn.execute(t.meta.insert(), {"name": _WATERMARK, "value": value})
         else:
             conn.execute(t.meta.update().where(t.meta.c.name == _WATERMARK).values(value=value))
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """A page head as :func:`index_page` reads it, with its whole text put together."""
+
+    key: str
+    project: str
+    session_id: str
+    provenance: str | None
+    content: str | None
 
 
 def index_page(conn: Connection, page_id: int, head: Any | None) -> None:

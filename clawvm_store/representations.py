@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
@@ -213,20 +213,6 @@ def title_of(content: str, *, max_words: int = 6, max_chars: int = 48) -> str:
     return "(untitled)"
 
 
-def _first_sentences(content: str, max_words: int) -> str:
-    words = content.split()
-    text = " ".join(words[:max_words])
-    return text + ("…" if len(words) > max_words else "")
-
-
-def _rule_lines(content: str, limit: int = 12) -> list[str]:
-    lines = [line.strip() for line in content.splitlines() if line.strip()]
-    rules = [line for line in lines if _RULE_LINE.search(line)]
-    chosen = rules or lines
-    stripped = [re.sub(r"^(?:[-*•]|\d+[.)])\s+", "", line) for line in chosen[:limit]]
-    return [_first_sentences(line, 40) for line in stripped if line] or ["(empty)"]
-
-
 def derive_fields(
     page_type: PageType,
     content: str,
@@ -236,57 +222,169 @@ def derive_fields(
     provenance: Mapping[str, Any] | None,
     timestamp: str,
 ) -> dict[str, Any]:
-    """Structured fields derived from the content when the caller passes none."""
+    """Structured fields derived from the content when the caller passes none.
+
+    Derivation is a fold over the content's lines and words (:func:`fold_of`), so the fields of
+    an appended version come from the previous version's fold plus the new segment alone.
+    """
+    return fields_from_fold(
+        page_type,
+        fold_of(page_type, content, timestamp=timestamp),
+        key=key,
+        scope=scope,
+        provenance=provenance,
+    )
+
+
+# -- the fold: what derivation needs to know of a text, kept small ---------------------------------
+# Every derived field depends only on a bounded prefix of the text (its first lines, rule lines or
+# words) or on a union (a conversation's roles), so a fold of the text, extended segment by
+# segment, gives exactly the fields of the whole text. Segments are joined by a newline, so lines
+# and words never straddle a seam.
+
+FOLD_LINES = 12  # rule lines and plain lines kept (the fields keep at most this many rules)
+FOLD_WORDS = 31  # leading words kept (a summary uses at most 30, plus one to know if there is more)
+FOLD_TITLE_WORDS = 21  # words of the first line kept (a title uses at most 20, plus one)
+_BULLET = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
+_OPEN_STEP = re.compile(r"^(?:[-*•]|\d+[.)])\s+\[ \]")
+_CURRENT = re.compile(r"^(current|next|now)( step)?:", re.IGNORECASE)
+_ROLE = re.compile(r"^(\w+):", re.MULTILINE)
+
+_FOLD_KEYS: dict[PageType, tuple[str, ...]] = {
+    PageType.BOOTSTRAP: ("title", "rules", "lines"),
+    PageType.CONSTRAINT: ("title", "rules", "lines"),
+    PageType.PLAN: ("title", "goal", "current", "open", "step"),
+    PageType.PREFERENCE: ("title", "words"),
+    PageType.EVIDENCE: ("title", "words"),
+    PageType.CONVERSATION: ("title", "words", "roles", "started"),
+}
+
+
+def fold_of(page_type: PageType, text: str, *, timestamp: str) -> dict[str, Any]:
+    """The fold of a whole text, as written at ``timestamp``."""
+    empty: dict[str, Any] = {
+        "title": None,
+        "rules": [],
+        "lines": [],
+        "goal": None,
+        "current": None,
+        "open": None,
+        "step": None,
+        "words": [],
+        "roles": [],
+        "started": timestamp,
+    }
+    wanted = _FOLD_KEYS[page_type]
+    return fold_extend(page_type, {name: empty[name] for name in wanted}, text)
+
+
+def fold_extend(page_type: PageType, fold: Mapping[str, Any], segment: str) -> dict[str, Any]:
+    """The fold of ``text + "\\n" + segment`` from the fold of ``text`` and the segment alone."""
+    state = {
+        name: (list(value) if isinstance(value, list) else value) for name, value in fold.items()
+    }
+    if "words" in state and len(state["words"]) < FOLD_WORDS:
+        state["words"].extend(segment.split()[: FOLD_WORDS - len(state["words"])])
+    if "roles" in state:
+        roles = set(state["roles"])
+        roles.update(match.group(1).lower() for match in _ROLE.finditer(segment))
+        state["roles"] = sorted(roles)
+    needs_lines = (
+        state.get("title") is None
+        or ("rules" in state and len(state["rules"]) < FOLD_LINES)
+        or ("lines" in state and len(state["lines"]) < FOLD_LINES)
+        or any(state.get(name, "") is None for name in ("goal", "current", "open", "step"))
+    )
+    if not needs_lines:
+        return state
+    for raw in segment.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if state.get("title") is None:
+            heading = line.lstrip("#").strip()
+            if heading:
+                state["title"] = heading.split()[:FOLD_TITLE_WORDS]
+        if "lines" in state:
+            if len(state["lines"]) < FOLD_LINES:
+                state["lines"].append(line)
+            if len(state["rules"]) < FOLD_LINES and _RULE_LINE.search(line):
+                state["rules"].append(line)
+        if "goal" in state:
+            if state["goal"] is None and line.lower().startswith("goal:"):
+                state["goal"] = line.split(":", 1)[1].strip()
+            if state["current"] is None and _CURRENT.match(line):
+                state["current"] = line.split(":", 1)[1].strip()
+            if state["open"] is None and _OPEN_STEP.match(line):
+                state["open"] = re.sub(r"^(?:[-*•]|\d+[.)])\s+\[ \]\s*", "", line)
+            if state["step"] is None and _BULLET.match(line):
+                state["step"] = re.sub(r"^(?:[-*•]|\d+[.)])\s+(?:\[[ xX]\]\s*)?", "", line)
+    return state
+
+
+def _fold_title(fold: Mapping[str, Any], *, max_words: int = 6, max_chars: int = 48) -> str:
+    """:func:`title_of` of the whole text, from the words of its first line kept in the fold."""
+    words = fold.get("title")
+    if not words:
+        return "(untitled)"
+    title = " ".join(words[:max_words])
+    if len(words) > max_words or len(title) > max_chars:
+        title = title[:max_chars].rstrip() + "…"
+    return title
+
+
+def _fold_rules(fold: Mapping[str, Any]) -> list[str]:
+    chosen = fold["rules"] or fold["lines"]
+    stripped = [re.sub(r"^(?:[-*•]|\d+[.)])\s+", "", line) for line in chosen]
+    return [_first_words(line.split(), 40) for line in stripped if line] or ["(empty)"]
+
+
+def _first_words(words: Sequence[str], max_words: int) -> str:
+    return " ".join(words[:max_words]) + ("…" if len(words) > max_words else "")
+
+
+def fields_from_fold(
+    page_type: PageType,
+    fold: Mapping[str, Any],
+    *,
+    key: str,
+    scope: Scope,
+    provenance: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The structured fields of a text, from its fold (see :func:`derive_fields`)."""
     if page_type is PageType.BOOTSTRAP:
-        return {"title": title_of(content), "rules": _rule_lines(content)}
+        return {"title": _fold_title(fold), "rules": _fold_rules(fold)}
     if page_type is PageType.CONSTRAINT:
-        return {"rules": _rule_lines(content)}
+        return {"rules": _fold_rules(fold)}
     if page_type is PageType.PLAN:
-        lines = [line.strip() for line in content.splitlines() if line.strip()]
-        goal = next(
-            (ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("goal:")),
-            title_of(content, max_words=20, max_chars=160),
-        )
-        steps = [
-            re.sub(r"^(?:[-*•]|\d+[.)])\s+(?:\[[ xX]\]\s*)?", "", ln)
-            for ln in lines
-            if re.match(r"^(?:[-*•]|\d+[.)])\s+", ln)
-        ]
-        open_steps = [
-            re.sub(r"^(?:[-*•]|\d+[.)])\s+\[ \]\s*", "", ln)
-            for ln in lines
-            if re.match(r"^(?:[-*•]|\d+[.)])\s+\[ \]", ln)
-        ]
-        current = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in lines
-                if re.match(r"^(current|next|now)( step)?:", ln, re.IGNORECASE)
-            ),
-            open_steps[0] if open_steps else (steps[0] if steps else goal),
-        )
+        goal = fold["goal"]
+        if goal is None:
+            goal = _fold_title(fold, max_words=20, max_chars=160)
+        current = fold["current"]
+        if current is None:
+            current = fold["open"] if fold["open"] is not None else fold["step"]
+            if current is None:
+                current = goal
         # The remaining steps stay in the full text; the invariant is goal + current step.
         return {"goal": goal or "(unstated)", "current_step": current or goal or "(unstated)"}
     if page_type is PageType.PREFERENCE:
         return {
-            "statement": _first_sentences(content, 30),
+            "statement": _first_words(fold["words"], 30),
             "scope": scope.value,
             "provenance": _provenance_text(provenance),
         }
     if page_type is PageType.EVIDENCE:
         return {
             "source": _provenance_text(provenance, default=key),
-            "summary": _first_sentences(content, 20),
+            "summary": _first_words(fold["words"], 20),
         }
-    # conversation
-    roles = sorted({m.group(1).lower() for m in re.finditer(r"^(\w+):", content, re.MULTILINE)})
-    timestamp = _compact_time(timestamp)
+    # conversation: a span from the first write of its text to now
     return {
         "span_id": key,
-        "start": timestamp,
-        "end": timestamp,
-        "roles": roles,
-        "summary": _first_sentences(content, 8),
+        "start": _compact_time(fold["started"]),
+        "end": _compact_time(fold.get("ended") or fold["started"]),
+        "roles": list(fold["roles"]),
+        "summary": _first_words(fold["words"], 8),
     }
 
 
@@ -366,12 +464,20 @@ def parse_pointer(text: str) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class Representation:
-    """One fidelity of one page version: its text, exact token count and true source level."""
+    """One fidelity of one page version: its text, exact token count and true source level.
+
+    ``tokens`` always counts the whole text. When ``chained``, ``text`` is only the piece this
+    version appends (after a newline) to the same fidelity's text of the version before. When
+    ``same_as`` names a fidelity, the text (or piece) is the one of that level of this version
+    and is stored there only.
+    """
 
     fidelity: Fidelity
     text: str
     tokens: int
     source: Fidelity
+    chained: bool = False
+    same_as: Fidelity | None = None
 
 
 @dataclass(frozen=True)
@@ -382,6 +488,17 @@ class ContentRepresentations:
     fields: dict[str, Any]
     levels: tuple[Representation, ...]
     title: str
+    # The fold of the full text (for the next append) and, per level, the text from its last
+    # safe tokenizer boundary to its end (see :func:`safe_tail_start`).
+    fold: dict[str, Any] | None = None
+    tails: Mapping[Fidelity, str] = field(default_factory=dict)
+    # For a chained build: the version each chained level's chain starts at.
+    chain_starts: Mapping[Fidelity, int] = field(default_factory=dict)
+
+    @property
+    def chained(self) -> bool:
+        """Whether the full level is a piece appended to the previous version's text."""
+        return self.levels[0].chained
 
 
 def build_content_representations(
@@ -445,7 +562,193 @@ def build_content_representations(
         levels.append(compressed)
     if structured_level is not None:
         levels.append(structured_level)
-    return ContentRepresentations(page_type, fields, tuple(levels), title_of(content))
+    return ContentRepresentations(
+        page_type,
+        fields,
+        tuple(levels),
+        title_of(content),
+        fold=fold_of(page_type, content, timestamp=timestamp),
+        tails={level.fidelity: tail_of(level.text) for level in levels},
+    )
+
+
+# -- appends: every fidelity from the previous version's plus the segment ----------------------------
+
+
+def safe_tail_start(text: str) -> int:
+    """The start of the last line of ``text`` where the tokenizer is bound to begin a new piece.
+
+    tiktoken first splits text with a regular expression and encodes each piece on its own. A
+    position right after a newline, at a letter or digit, always starts a piece whatever follows
+    it later (a run of newlines ends there, and no pattern takes a newline before a letter or a
+    digit), and deciding that looks at nothing past it. So for such a position ``s``,
+    ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an append only re-tokenizes from ``s``.
+    ``0`` when the text has no such line (the whole text is then the tail).
+    """
+    end = len(text)
+    while True:
+        newline = text.rfind("\n", 0, end)
+        if newline < 0:
+            return 0
+        after = newline + 1
+        if after < len(text) and text[after].isalnum():
+            return after
+        end = newline
+
+
+def tail_of(text: str) -> str:
+    """The part of ``text`` an append has to re-tokenize (see :func:`safe_tail_start`)."""
+    return text[safe_tail_start(text) :]
+
+
+def extend_count(
+    count: Callable[[str], int], tokens: int, tail: str, piece: str
+) -> tuple[int, str]:
+    """Exact tokens of ``text + "\\n" + piece`` from ``tokens`` = count(text) and text's tail.
+
+    Returns the new count and the new text's tail. Only the tail and the piece are tokenized.
+    """
+    joined = f"{tail}\n{piece}"
+    total = tokens - count(tail) + count(joined)
+    return total, joined[safe_tail_start(joined) :]
+
+
+@dataclass(frozen=True)
+class LevelBasis:
+    """One fidelity of the version an append builds on: its whole-text tokens, tail and source."""
+
+    tokens: int
+    tail: str
+    source: Fidelity
+
+
+@dataclass(frozen=True)
+class AppendBasis:
+    """What an append needs of the previous version: never its whole text."""
+
+    page_type: PageType
+    full: LevelBasis
+    compressed: LevelBasis | None
+    fold: dict[str, Any]
+
+
+def basis_after(reps: ContentRepresentations) -> AppendBasis:
+    """The basis the next append builds on, from the representations of this version."""
+    assert reps.fold is not None
+    levels = {level.fidelity: level for level in reps.levels}
+    full = levels[Fidelity.FULL]
+    compressed = levels.get(Fidelity.COMPRESSED)
+    return AppendBasis(
+        page_type=reps.page_type,
+        full=LevelBasis(full.tokens, reps.tails[Fidelity.FULL], Fidelity.FULL),
+        compressed=(
+            LevelBasis(compressed.tokens, reps.tails[Fidelity.COMPRESSED], compressed.source)
+            if compressed is not None
+            else None
+        ),
+        fold=reps.fold,
+    )
+
+
+def compress_piece(
+    segment: str, segment_tokens: int, compressor: Compressor, count: Callable[[str], int]
+) -> str:
+    """The compressed text of one appended segment: the segment itself when it is short."""
+    if segment_tokens <= COMPRESS_MIN_TOKENS:
+        return segment
+    piece = compressor.compress(segment, max(1, segment_tokens // 2), count)
+    return piece if piece.strip() and count(piece) <= segment_tokens else segment
+
+
+def build_appended_representations(
+    basis: AppendBasis,
+    segment: str,
+    *,
+    key: str,
+    scope: Scope,
+    provenance: Mapping[str, Any] | None,
+    structured: Mapping[str, Any] | None,
+    timestamp: str,
+    counter: TokenCounter,
+    compressor: Compressor,
+) -> ContentRepresentations:
+    """Every content fidelity of ``previous text + "\\n" + segment``, built from ``basis``.
+
+    * full: the segment is the piece; its tokens are exact (only the tail is re-tokenized);
+    * compressed: the previous compressed text plus the compressed segment (short segments are
+      kept whole), with the same floors as a whole build: never above the full text's tokens
+      (else the full text serves), never below the structured fields (else they serve);
+    * structured: the fields of the fold extended by the segment, or the given ``structured``;
+    * the pointer is added by :func:`with_pointer`, unchanged in shape.
+    """
+    page_type = basis.page_type
+    policy = POLICIES[page_type]
+    count = counter.count
+    fold = fold_extend(page_type, basis.fold, segment)
+    if page_type is PageType.CONVERSATION:
+        fold["ended"] = timestamp
+    if structured is not None:
+        fields = validate_fields(page_type, structured)
+    else:
+        fields = validate_fields(
+            page_type,
+            fields_from_fold(page_type, fold, key=key, scope=scope, provenance=provenance),
+        )
+    full_tokens, full_tail = extend_count(count, basis.full.tokens, basis.full.tail, segment)
+    full = Representation(Fidelity.FULL, segment, full_tokens, Fidelity.FULL, chained=True)
+    levels = [full]
+    tails: dict[Fidelity, str] = {Fidelity.FULL: full_tail}
+    structured_level: Representation | None = None
+    if policy.allows(Fidelity.STRUCTURED):
+        text = render_fields(fields)
+        tokens = count(text)
+        if tokens <= full_tokens:
+            structured_level = Representation(
+                Fidelity.STRUCTURED, text, tokens, Fidelity.STRUCTURED
+            )
+            tails[Fidelity.STRUCTURED] = tail_of(text)
+        else:
+            structured_level = Representation(
+                Fidelity.STRUCTURED, "", full_tokens, Fidelity.FULL, same_as=Fidelity.FULL
+            )
+            tails[Fidelity.STRUCTURED] = full_tail
+    if policy.allows(Fidelity.COMPRESSED):
+        floor_tokens = structured_level.tokens if structured_level else 0
+        previous = basis.compressed
+        compressed: Representation | None = None
+        if previous is not None and previous.source is not Fidelity.STRUCTURED:
+            piece = compress_piece(segment, count(segment), compressor, count)
+            tokens, tail = extend_count(count, previous.tokens, previous.tail, piece)
+            if floor_tokens <= tokens <= full_tokens:
+                same = piece == segment
+                compressed = Representation(
+                    Fidelity.COMPRESSED,
+                    "" if same else piece,
+                    tokens,
+                    Fidelity.FULL
+                    if same and previous.source is Fidelity.FULL
+                    else Fidelity.COMPRESSED,
+                    chained=True,
+                    same_as=Fidelity.FULL if same else None,
+                )
+                tails[Fidelity.COMPRESSED] = tail
+        if compressed is None:
+            # No chain to extend, or it would leave the ladder's order: the full text serves.
+            compressed = Representation(
+                Fidelity.COMPRESSED, "", full_tokens, Fidelity.FULL, same_as=Fidelity.FULL
+            )
+            tails[Fidelity.COMPRESSED] = full_tail
+        levels.append(compressed)
+    if structured_level is not None:
+        levels.append(structured_level)
+    return ContentRepresentations(
+        page_type,
+        fields,
+        tuple(levels),
+        _fold_title(fold),
+        fold=fold,
+        tails=tails,
+    )
 
 
 def with_pointer(
@@ -463,4 +766,16 @@ def with_pointer(
         tokens = counter.count(text)
         if tokens <= above.tokens:
             return (*reps.levels, Representation(Fidelity.POINTER, text, tokens, Fidelity.POINTER))
+    if above.chained or above.same_as is not None:
+        # A chained build keeps no copy of a text it does not own: point at the owner.
+        return (
+            *reps.levels,
+            Representation(
+                Fidelity.POINTER,
+                "",
+                above.tokens,
+                above.source,
+                same_as=above.same_as or above.fidelity,
+            ),
+        )
     return (*reps.levels, Representation(Fidelity.POINTER, above.text, above.tokens, above.source))

@@ -109,6 +109,10 @@ page_versions = Table(
     # SHA-256 over the row's other columns (see journal.version_row_sha256); NULL only for rows
     # written before revision 0002.
     Column("row_sha256", String, nullable=True),
+    # The derivation state of the structured fields after this version (representations.Fold as
+    # JSON), kept for versions that extend a chain so that the next append derives its fields
+    # from this state plus its segment instead of re-reading the whole text. Revision 0006.
+    Column("fold", Text, nullable=True),
     Index("ix_page_versions_lsn", "lsn"),
 )
 
@@ -124,6 +128,14 @@ representations = Table(
     Column("source", String, nullable=False),
     # SHA-256 of ``content``; NULL only for rows written before revision 0002.
     Column("sha256", String, nullable=True),
+    # Revision 0006, the append layout (segments.py): NULL means ``content`` is the whole text.
+    # Otherwise the text is the text of the same fidelity at ``version - 1`` plus a newline plus
+    # ``content`` (this version's piece), and the chain of pieces starts at ``chain_start``, the
+    # version whose row holds a whole text. An append writes its segment, never a copy.
+    Column("chain_start", Integer, nullable=True),
+    # Set when this row's text (or, in a chain, its piece) is the one stored in the row of the
+    # fidelity it names at the same version; ``content`` is then empty. Identical texts once.
+    Column("same_as", String, nullable=True),
     ForeignKeyConstraint(
         ["page_id", "version"],
         ["page_versions.page_id", "page_versions.version"],

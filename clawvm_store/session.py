@@ -15,6 +15,7 @@ turn.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import weakref
@@ -33,6 +34,8 @@ from .journal import Entry, WritebackResult, check_key, row_to_entry
 from .mediator import ToolCallRecord, ToolMediator, ToolResult
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
+from .representations import ContentRepresentations, basis_after
+from .segments import read_text
 
 if TYPE_CHECKING:
     from .store import Store
@@ -286,33 +289,64 @@ class Session:
         # Versions keep counting through a staged delete (its tombstone is a version too), while
         # the content starts afresh after it.
         version = head.version if head else 0
+        stored = head  # the committed head: the texts a chained overlay extends are its own
+        steps: list[tuple[Any, ...]] = []  # (levels by fidelity) of each overlaid version
+
+        def text_at(step: int, wanted: Fidelity) -> str:
+            """The whole text of fidelity ``wanted`` after overlay step ``step`` (-1: stored)."""
+            if step < 0:
+                assert stored is not None
+                found = read_text(conn, stored.page_id, stored.version, wanted)
+                if found is None:
+                    raise NotFound(f"page {key!r} has no {wanted.value} text to extend")
+                return found
+            level = steps[step][0][wanted]
+            if not level.chained:
+                return text_at(step, level.same_as) if level.same_as else str(level.text)
+            piece = steps[step][0][level.same_as].text if level.same_as else level.text
+            return f"{text_at(step - 1, wanted)}\n{piece}"
+
         for entry in pending:
             version += 1
             if entry.op is Op.DELETE:
-                head = None
+                head = stored = None
+                steps = []
                 continue
-            reps = journal.prepare(entry, head)
+            if (
+                head is not None
+                and steps
+                and entry.op is Op.MERGE
+                and not entry.payload.get("content")
+            ):
+                head = dataclasses.replace(head, content=text_at(len(steps) - 1, Fidelity.FULL))
+            reps = journal.prepare(entry, head, conn)
             assert reps is not None
-            head = _overlay_head(head, entry, reps.fields, reps.levels[0].text, version)
-            last_reps, last_entry = reps, entry
+            if not reps.chained:
+                stored = None  # a whole text: nothing before it is needed any more
+                steps = []
+            levels_now = {
+                level.fidelity: level
+                for level in self.store.journal_levels(reps, key=key, version=version)
+            }
+            steps.append((levels_now,))
+            head = _overlay_head(head, entry, reps, version)
+            last_entry = entry
         if head is None:
             raise NotFound(f"page {key!r} is deleted by an update this session staged")
-        levels = {
-            level.fidelity: level
-            for level in self.store.journal_levels(last_reps, key=key, version=head.version)
-        }
+        levels = steps[-1][0]
         if fidelity not in levels:
             ladder = ", ".join(f.value for f in POLICIES[head.type].ladder)
             raise InvalidInput(
                 f"a {head.type.value} page has no {fidelity.value} fidelity (its ladder: {ladder})"
             )
         level = levels[fidelity]
+        content = text_at(len(steps) - 1, fidelity)
         return Page(
             key=key,
             type=head.type,
             version=head.version,
             fidelity=fidelity,
-            content=level.text,
+            content=content,
             tokens=level.tokens,
             pin=head.pin,
             priority=head.priority,
@@ -663,9 +697,7 @@ class Session:
         return result
 
 
-def _overlay_head(
-    head: Any, entry: Entry, fields: dict[str, Any], content: str, version: int
-) -> Any:
+def _overlay_head(head: Any, entry: Entry, reps: ContentRepresentations, version: int) -> Any:
     from .journal import Head
 
     payload = entry.payload
@@ -684,8 +716,9 @@ def _overlay_head(
         scope=entry.scope,
         provenance=payload.get("provenance") or (head.provenance if head else None),
         deleted=False,
-        content=content,
-        fields=fields,
+        fields=reps.fields,
+        basis=basis_after(reps),
+        content=None if reps.chained else reps.levels[0].text,
     )
 
 

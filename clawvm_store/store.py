@@ -76,6 +76,7 @@ from .representations import (
     parse_pointer,
     with_pointer,
 )
+from .segments import read_text
 from .session import (
     Session,
     ensure_session,
@@ -1093,13 +1094,14 @@ class Store:
                     f"a {page_type.value} page has no {fidelity.value} fidelity (its ladder: {ladder})"
                 )
             rep = conn.execute(
-                select(t.representations.c.content, t.representations.c.tokens).where(
+                select(t.representations.c.tokens).where(
                     t.representations.c.page_id == head.id,
                     t.representations.c.version == wanted,
                     t.representations.c.fidelity == fidelity.value,
                 )
             ).first()
-            if rep is None:
+            content = read_text(conn, head.id, wanted, fidelity) if rep is not None else None
+            if rep is None or content is None:
                 raise CorruptDatabase(
                     f"page {key!r} version {wanted} has no {fidelity.value} representation; run check"
                 )
@@ -1108,7 +1110,7 @@ class Store:
                 type=page_type,
                 version=wanted,
                 fidelity=fidelity,
-                content=rep.content,
+                content=content,
                 tokens=int(rep.tokens),
                 pin=Pin(row.pin),
                 priority=float(row.priority),
@@ -1367,9 +1369,14 @@ class Store:
                 )
                 continue
             reps_by_version.setdefault((rep.page_id, rep.version), {})[Fidelity(rep.fidelity)] = rep
-            if rep.sha256 is not None and text_sha256(rep.content) != rep.sha256:
+            if (
+                rep.same_as is None
+                and rep.sha256 is not None
+                and text_sha256(rep.content) != rep.sha256
+            ):
                 yield Finding("content_hash", f"{name} {rep.fidelity} text does not match its hash")
         checked["representations"] = count
+        yield from self._check_layout(reps_by_version, keys)
         versions = conn.execute(select(t.page_versions)).all()
         checked["page_versions"] = len(versions)
         for row in versions:
@@ -1397,7 +1404,12 @@ class Store:
             if row.deleted:
                 continue
             yield from self._check_version(
-                name, row, reps_by_version.get((row.page_id, row.version), {}), recount_tokens
+                conn,
+                name,
+                row,
+                reps_by_version.get((row.page_id, row.version), {}),
+                recount_tokens,
+                reps_by_version.get((row.page_id, row.version + 1), {}),
             )
         by_version = {(row.page_id, row.version): row for row in versions}
         for page in conn.execute(select(t.pages)):
@@ -1416,8 +1428,54 @@ class Store:
             ):
                 yield Finding("head", f"page {page.key!r} disagrees with its head version row")
 
+    @staticmethod
+    def _check_layout(
+        reps_by_version: Mapping[tuple[int, int], Mapping[Fidelity, Any]], keys: Mapping[int, str]
+    ) -> Iterator[Finding]:
+        """The append layout holds together: chains are unbroken, shared texts exist."""
+        for (page_id, version), reps in reps_by_version.items():
+            name = f"{keys.get(page_id, page_id)}@{version}"
+            for fidelity, rep in reps.items():
+                if rep.same_as is not None:
+                    owner = reps.get(Fidelity(rep.same_as)) if rep.same_as in _FIDELITIES else None
+                    if owner is None or owner.same_as is not None or rep.content != "":
+                        yield Finding(
+                            "layout", f"{name} {fidelity.value} shares a text that is not there"
+                        )
+                    elif owner.sha256 is not None and rep.sha256 != owner.sha256:
+                        yield Finding(
+                            "content_hash", f"{name} {fidelity.value} text does not match its hash"
+                        )
+                    elif rep.chain_start is not None and owner.chain_start is None:
+                        yield Finding(
+                            "layout", f"{name} {fidelity.value} shares a piece with a whole text"
+                        )
+                if rep.chain_start is None:
+                    continue
+                start = rep.chain_start
+                previous = reps_by_version.get((page_id, version - 1), {}).get(fidelity)
+                base = reps_by_version.get((page_id, start), {}).get(fidelity)
+                if (
+                    not isinstance(start, int)
+                    or not 0 < start < version
+                    or base is None
+                    or base.chain_start is not None
+                    or previous is None
+                    or (previous.chain_start if version - 1 > start else None)
+                    != (start if version - 1 > start else None)
+                ):
+                    yield Finding(
+                        "layout", f"{name} {fidelity.value} segment chain from {start} is broken"
+                    )
+
     def _check_version(
-        self, name: str, row: Any, reps: dict[Fidelity, Any], recount_tokens: bool
+        self,
+        conn: Connection,
+        name: str,
+        row: Any,
+        reps: dict[Fidelity, Any],
+        recount_tokens: bool,
+        following: Mapping[Fidelity, Any],
     ) -> Iterator[Finding]:
         policy = POLICIES[PageType(row.type)]
         missing = [f.value for f in policy.ladder if f not in reps]
@@ -1433,13 +1491,27 @@ class Store:
                 "token_order", f"{name} token counts rise down the ladder: {ladder_tokens}"
             )
         full = reps[Fidelity.FULL].content
-        if row.content_hash and text_sha256(full) != row.content_hash:
+        if (
+            row.content_hash
+            and reps[Fidelity.FULL].chain_start is None
+            and text_sha256(full) != row.content_hash
+        ):
             yield Finding("content_hash", f"{name} full content does not match its hash")
         if recount_tokens:
             for fidelity, rep in reps.items():
+                next_rep = following.get(fidelity)
+                if next_rep is not None and next_rep.chain_start is not None:
+                    # Inside a chain: its whole text is counted where the chain ends, once,
+                    # rather than at every version (which would cost the chain's size squared).
+                    continue
                 try:
-                    actual = self.counter.count(rep.content)
-                except (UnicodeError, ValueError, TypeError):
+                    text = (
+                        rep.content
+                        if rep.chain_start is None and rep.same_as is None
+                        else read_text(conn, row.page_id, row.version, fidelity)
+                    )
+                    actual = self.counter.count(text or "")
+                except (UnicodeError, ValueError, TypeError, CorruptDatabase):
                     yield Finding(
                         "undecodable", f"{name} {fidelity.value} text cannot be tokenized"
                     )
@@ -1450,7 +1522,11 @@ class Store:
                         f"{name} {fidelity.value} stores {rep.tokens} tokens, counts {actual}",
                     )
         pointer = reps.get(Fidelity.POINTER)
-        if pointer is not None and pointer.source == Fidelity.POINTER.value:
+        if (
+            pointer is not None
+            and pointer.source == Fidelity.POINTER.value
+            and pointer.same_as is None
+        ):
             parsed = parse_pointer(pointer.content)
             key = name.rsplit("@", 1)[0]
             if parsed != (key, row.version):
@@ -1468,6 +1544,9 @@ class Store:
                     "journal_unapplied", f"journal lsn {row.lsn} is committed but not applied"
                 )
         checked["journal"] = count
+
+
+_FIDELITIES = frozenset(fidelity.value for fidelity in Fidelity)
 
 
 @contextmanager

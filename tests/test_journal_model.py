@@ -53,6 +53,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 import clawvm_store as cvm
+from clawvm_store.segments import read_text
 
 PROJECT = "p"
 SESSIONS = ("s1", "s2")
@@ -394,16 +395,18 @@ class JournalMachine(RuleBasedStateMachine):
     def pages_match_the_model(self) -> None:
         store = self.stores[0]
         with store.db.transaction(write=False) as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT p.session_id, p.key, v.version, v.deleted, r.content "
-                    "FROM pages p JOIN page_versions v ON v.page_id = p.id "
-                    "LEFT JOIN representations r ON r.page_id = p.id AND r.version = v.version "
-                    "AND r.fidelity = 'full' WHERE p.project = :project "
-                    "ORDER BY p.session_id, p.key, v.version"
-                ),
-                {"project": PROJECT},
-            ).all()
+            # Each version's full text through the append layout (an append stores a segment).
+            rows = [
+                (owner, key, version, deleted, read_text(conn, page_id, version, "full"))
+                for page_id, owner, key, version, deleted in conn.execute(
+                    text(
+                        "SELECT p.id, p.session_id, p.key, v.version, v.deleted "
+                        "FROM pages p JOIN page_versions v ON v.page_id = p.id "
+                        "WHERE p.project = :project ORDER BY p.session_id, p.key, v.version"
+                    ),
+                    {"project": PROJECT},
+                )
+            ]
         stored: dict[tuple[Owner, str], list[str | None]] = {}
         for owner, key, version, deleted, content in rows:
             history = stored.setdefault((owner, key), [])

@@ -1,0 +1,220 @@
+"""The append layout: how a representation's text is stored, and the one place that reads it.
+
+A representation row holds either a **whole** text (``chain_start`` is NULL) or a **piece**: the
+text this version appended to the same fidelity's text of the version before, after a newline.
+Pieces form a chain back to the version named by ``chain_start``, whose row holds a whole text;
+every version in between has a piece of its own (an append is one version), so the text of
+version ``v`` is::
+
+    whole(chain_start) + "\\n" + piece(chain_start + 1) + ... + "\\n" + piece(v)
+
+read with one indexed range query however old the page is. A ``set`` (or any write that is not
+an append) starts a new chain with a whole text. A row whose ``same_as`` names a fidelity keeps
+no text of its own: its text (or its piece) is the one stored under that fidelity of the same
+version, so identical texts are stored once.
+
+Token counts are always those of the whole text (exact: see
+:func:`clawvm_store.representations.safe_tail_start`); ``sha256`` covers what the row stores
+(its piece, for a chained row). Everything that reads representation text goes through
+:func:`read_text` or :func:`read_texts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from . import schema as t
+from .errors import CorruptDatabase
+from .pages import Fidelity, PageType
+from .representations import AppendBasis, LevelBasis, fold_of, safe_tail_start
+
+_FIDELITY = {fidelity.value: fidelity for fidelity in Fidelity}
+_R = t.representations
+_ROW = select(_R.c.content, _R.c.tokens, _R.c.source, _R.c.chain_start, _R.c.same_as).where(
+    _R.c.page_id == bindparam("b_page"),
+    _R.c.version == bindparam("b_version"),
+    _R.c.fidelity == bindparam("b_fidelity"),
+)
+_SHARED = _R.alias("shared")
+_PIECES = (
+    select(_R.c.version, _R.c.content, _R.c.same_as, _SHARED.c.content.label("shared"))
+    .select_from(
+        _R.outerjoin(
+            _SHARED,
+            (_SHARED.c.page_id == _R.c.page_id)
+            & (_SHARED.c.version == _R.c.version)
+            & (_SHARED.c.fidelity == _R.c.same_as),
+        )
+    )
+    .where(
+        _R.c.page_id == bindparam("b_page"),
+        _R.c.fidelity == bindparam("b_fidelity"),
+        _R.c.version > bindparam("b_after"),
+        _R.c.version <= bindparam("b_version"),
+    )
+)
+_PIECES_FORWARD = _PIECES.order_by(_R.c.version)
+_PIECES_BACKWARD = _PIECES.order_by(_R.c.version.desc()).limit(bindparam("b_limit"))
+_FOLD = select(t.page_versions.c.fold, t.page_versions.c.fields).where(
+    t.page_versions.c.page_id == bindparam("b_page"),
+    t.page_versions.c.version == bindparam("b_version"),
+)
+
+
+def _row(conn: Connection, page_id: int, version: int, fidelity: str) -> Any:
+    return conn.execute(
+        _ROW, {"b_page": page_id, "b_version": version, "b_fidelity": fidelity}
+    ).first()
+
+
+def _piece(row: Any, where: str) -> str:
+    text = row.shared if row.same_as else row.content
+    if not isinstance(text, str):
+        raise CorruptDatabase(f"{where}: the piece of version {row.version} is missing")
+    return text
+
+
+def read_text(conn: Connection, page_id: int, version: int, fidelity: Fidelity | str) -> str | None:
+    """The whole text of one representation, or ``None`` when the row does not exist.
+
+    Raises :class:`CorruptDatabase` when a chain has a gap or a shared text is missing.
+    """
+    name = fidelity.value if isinstance(fidelity, Fidelity) else fidelity
+    row = _row(conn, page_id, version, name)
+    if row is None:
+        return None
+    return _whole(conn, page_id, version, name, row, depth=0)
+
+
+def _whole(conn: Connection, page_id: int, version: int, name: str, row: Any, *, depth: int) -> str:
+    where = f"page {page_id} version {version} {name}"
+    if depth > len(Fidelity):
+        raise CorruptDatabase(f"{where}: its shared texts refer to each other in a loop")
+    if row.chain_start is None:
+        if row.same_as is None:
+            if not isinstance(row.content, str):
+                raise CorruptDatabase(f"{where}: the text is not text")
+            return str(row.content)
+        owner = _row(conn, page_id, version, row.same_as)
+        if owner is None:
+            raise CorruptDatabase(f"{where}: the {row.same_as} text it shares is missing")
+        return _whole(conn, page_id, version, row.same_as, owner, depth=depth + 1)
+    start = int(row.chain_start)
+    if not 0 < start < version:
+        raise CorruptDatabase(f"{where}: its chain starts at version {start}")
+    base_row = _row(conn, page_id, start, name)
+    if base_row is None or base_row.chain_start is not None:
+        raise CorruptDatabase(f"{where}: its chain has no whole text at version {start}")
+    parts = [_whole(conn, page_id, start, name, base_row, depth=depth + 1)]
+    rows = conn.execute(
+        _PIECES_FORWARD,
+        {"b_page": page_id, "b_fidelity": name, "b_after": start, "b_version": version},
+    ).all()
+    if [r.version for r in rows] != list(range(start + 1, version + 1)):
+        raise CorruptDatabase(f"{where}: its chain from version {start} has a gap")
+    parts.extend(_piece(r, where) for r in rows)
+    return "\n".join(parts)
+
+
+def read_texts(
+    conn: Connection, rows: Iterable[Any]
+) -> dict[tuple[int, int, str], tuple[str, Fidelity]]:
+    """Whole texts of representation rows already read (with ``page_id``, ``version``,
+    ``fidelity``, ``content``, ``source``, ``chain_start``, ``same_as``), keyed by
+    (page id, version, fidelity), with their true source. Rows holding a whole text cost nothing
+    more; chained or shared rows are read through :func:`read_text`."""
+    texts: dict[tuple[int, int, str], tuple[str, Fidelity]] = {}
+    for row in rows:
+        key = (int(row.page_id), int(row.version), str(row.fidelity))
+        if row.chain_start is None and row.same_as is None:
+            text = row.content
+        else:
+            text = _whole(conn, key[0], key[1], key[2], row, depth=0)
+        texts[key] = (text, _FIDELITY[row.source])
+    return texts
+
+
+def _tail(conn: Connection, page_id: int, version: int, name: str, row: Any) -> str:
+    """The text from the last safe tokenizer boundary to the end, reading pieces backwards."""
+    if row.chain_start is None:
+        text = _whole(conn, page_id, version, name, row, depth=0)
+        return text[safe_tail_start(text) :]
+    start = int(row.chain_start)
+    pieces: list[str] = []
+    limit = 4
+    upper = version
+    while upper > start:
+        rows = conn.execute(
+            _PIECES_BACKWARD,
+            {
+                "b_page": page_id,
+                "b_fidelity": name,
+                "b_after": start,
+                "b_version": upper,
+                "b_limit": limit,
+            },
+        ).all()
+        if not rows:
+            break
+        for piece_row in rows:
+            if piece_row.version != upper:
+                raise CorruptDatabase(f"page {page_id} {name}: its chain has a gap at {upper}")
+            pieces.insert(0, _piece(piece_row, f"page {page_id} version {upper} {name}"))
+            upper -= 1
+            # Each piece follows a newline, so "\n" + pieces is a suffix of the whole text.
+            joined = "\n" + "\n".join(pieces)
+            boundary = safe_tail_start(joined)
+            if boundary > 0:
+                return joined[boundary:]
+        limit *= 4
+    base = read_text(conn, page_id, start, name)
+    if base is None:
+        raise CorruptDatabase(f"page {page_id} {name}: its chain has no whole text at {start}")
+    joined = "\n".join([base, *pieces])
+    return joined[safe_tail_start(joined) :]
+
+
+def append_basis(
+    conn: Connection,
+    page_id: int,
+    version: int,
+    page_type: PageType,
+    fields: Mapping[str, Any] | None,
+    fold_json: str | None,
+) -> tuple[AppendBasis, dict[Fidelity, int | None]]:
+    """What an append to ``version`` builds on, read from the store (never the whole text, when
+    the version extends a chain), and each level's chain start for the rows the append writes."""
+    import json
+
+    levels: dict[Fidelity, LevelBasis] = {}
+    starts: dict[Fidelity, int | None] = {}
+    for fidelity in (Fidelity.FULL, Fidelity.COMPRESSED):
+        row = _row(conn, page_id, version, fidelity.value)
+        if row is None:
+            continue
+        levels[fidelity] = LevelBasis(
+            int(row.tokens),
+            _tail(conn, page_id, version, fidelity.value, row),
+            _FIDELITY[row.source],
+        )
+        starts[fidelity] = int(row.chain_start) if row.chain_start is not None else version
+    if Fidelity.FULL not in levels:
+        raise CorruptDatabase(f"page {page_id} version {version} has no full text")
+    if fold_json:
+        fold = json.loads(fold_json)
+    else:
+        # A whole version (or one written before the fold was kept): fold its text once.
+        text = read_text(conn, page_id, version, Fidelity.FULL)
+        assert text is not None
+        started = (fields or {}).get("start") if page_type is PageType.CONVERSATION else None
+        fold = fold_of(page_type, text, timestamp=str(started or ""))
+    basis = AppendBasis(
+        page_type=page_type,
+        full=levels[Fidelity.FULL],
+        compressed=levels.get(Fidelity.COMPRESSED),
+        fold=fold,
+    )
+    return basis, starts
