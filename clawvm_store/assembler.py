@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import Connection, bindparam, func
 from sqlalchemy import select as sql_select
 
 from . import schema as t
@@ -757,9 +757,140 @@ def insufficiency(
     )
 
 
-def previous_fidelities(rows: Iterable[Any]) -> dict[int, Fidelity]:
-    """Page id → fidelity from the items of the previous assembly record."""
-    return {row.page_id: Fidelity(row.fidelity) for row in rows if row.fidelity is not None}
+# -- assembly records ---------------------------------------------------------------------------
+
+# Every SNAPSHOT_EVERY-th assembly of a session (and its first) records the whole prompt; the
+# others only what changed since the previous one. Reading any assembly back (the view, or an
+# assembler reopening a session) takes its snapshot and at most SNAPSHOT_EVERY - 1 deltas.
+SNAPSHOT_EVERY = 32
+
+# A page's line in an assembly record, compared between consecutive assemblies:
+# (key, version, fidelity or None, tokens, reason, sort_section, sort_lsn).
+RecordRow = tuple[str, int, str | None, int, str, int, int]
+
+
+def record_rows(items: Sequence[RenderItem], *, by_key: bool = False) -> dict[int, RecordRow]:
+    """The record line of each resident page, with its place in the prompt.
+
+    The view numbers a prompt's pages by (sort_section, sort_lsn, key): the render order (DESIGN
+    section, then the LSN for conversation). A prompt the harness built is recorded in key
+    order: its pages all get (0, 0).
+    """
+    rows: dict[int, RecordRow] = {}
+    for item in items:
+        candidate = item.candidate
+        if by_key:
+            section, lsn = 0, 0
+        else:
+            section = SECTION_ORDER[candidate.type]
+            lsn = candidate.lsn if candidate.type is PageType.CONVERSATION else 0
+        rows[candidate.page_id] = (
+            candidate.key,
+            candidate.version,
+            item.fidelity.value,
+            item.tokens,
+            item.reason,
+            section,
+            lsn,
+        )
+    return rows
+
+
+def item_records(
+    assembly_id: int,
+    now: Mapping[int, RecordRow],
+    before: Mapping[int, RecordRow],
+    evicted: Sequence[Candidate],
+    *,
+    snapshot: bool,
+) -> list[dict[str, Any]]:
+    """The ``assembly_items`` rows of one assembly: every resident page for a snapshot, only the
+    changes for a delta; the evicted pages either way, as the full record listed them."""
+    rows: list[dict[str, Any]] = []
+    for page_id, row in now.items():
+        old = before.get(page_id)
+        change = "entered" if old is None else ("kept" if old == row else "changed")
+        if snapshot or change != "kept":
+            rows.append(_item(assembly_id, page_id, row, change))
+    left = set()
+    for candidate in evicted:
+        left.add(candidate.page_id)
+        row = (candidate.key, candidate.version, None, 0, "evicted-for-budget", 0, 0)
+        rows.append(_item(assembly_id, candidate.page_id, row, "left"))
+    if not snapshot:
+        # Resident last time, neither resident nor evicted now: deleted, or shadowed by a
+        # session page of its key. The full record had no row for it; the delta must still end
+        # its residency.
+        for page_id, old in before.items():
+            if page_id not in now and page_id not in left:
+                row = (old[0], old[1], None, 0, "gone", 0, 0)
+                rows.append(_item(assembly_id, page_id, row, "gone"))
+    return rows
+
+
+def _item(assembly_id: int, page_id: int, row: RecordRow, change: str) -> dict[str, Any]:
+    key, version, fidelity, tokens, reason, section, lsn = row
+    return {
+        "assembly_id": assembly_id,
+        "page_id": page_id,
+        "key": key,
+        "version": version,
+        "fidelity": fidelity,
+        "tokens": tokens,
+        "reason": reason,
+        "change": change,
+        "sort_section": section,
+        "sort_lsn": lsn,
+    }
+
+
+def replay(items: Iterable[Any]) -> dict[int, RecordRow]:
+    """The resident pages after a snapshot's items and its deltas' (in assembly order)."""
+    rows: dict[int, RecordRow] = {}
+    for item in items:
+        if item.change in ("left", "gone"):
+            rows.pop(item.page_id, None)
+        else:
+            rows[item.page_id] = (
+                item.key,
+                item.version,
+                item.fidelity,
+                item.tokens,
+                item.reason,
+                item.sort_section,
+                item.sort_lsn,
+            )
+    return rows
+
+
+_LAST_ASSEMBLY = (
+    sql_select(t.assemblies.c.id, t.assemblies.c.kind, t.assemblies.c.base_id)
+    .where(t.assemblies.c.session_id == bindparam("b_session"))
+    .order_by(t.assemblies.c.id.desc())
+    .limit(1)
+)
+_CHAIN = (
+    t.assemblies.c.session_id == bindparam("b_session"),
+    t.assemblies.c.id >= bindparam("b_base"),
+    t.assemblies.c.id <= bindparam("b_last"),
+)
+_CHAIN_ITEMS = (
+    sql_select(
+        t.assembly_items.c.page_id,
+        t.assembly_items.c.key,
+        t.assembly_items.c.version,
+        t.assembly_items.c.fidelity,
+        t.assembly_items.c.tokens,
+        t.assembly_items.c.reason,
+        t.assembly_items.c.change,
+        t.assembly_items.c.sort_section,
+        t.assembly_items.c.sort_lsn,
+    )
+    .join(t.assemblies, t.assemblies.c.id == t.assembly_items.c.assembly_id)
+    .where(*_CHAIN)
+    .order_by(t.assembly_items.c.assembly_id, t.assembly_items.c.page_id)
+)
+_CHAIN_LENGTH = sql_select(func.count()).select_from(t.assemblies).where(*_CHAIN)
 
 
 # -- orchestration ------------------------------------------------------------------------------
@@ -780,16 +911,6 @@ _TEXTS = sql_select(
 )
 MAX_MARGIN = 2.0
 
-_PREVIOUS_ITEMS = sql_select(
-    t.assembly_items.c.page_id, t.assembly_items.c.fidelity, t.assembly_items.c.version
-).where(
-    t.assembly_items.c.assembly_id
-    == sql_select(t.assemblies.c.id)
-    .where(t.assemblies.c.session_id == bindparam("b_session"))
-    .order_by(t.assemblies.c.id.desc())
-    .limit(1)
-    .scalar_subquery()
-)
 _OBSERVED = (
     sql_select(t.assemblies.c.tokens, t.assemblies.c.observed_tokens)
     .where(
@@ -829,6 +950,12 @@ class Assembler:
         self.table = PageTable(project, session_id, store.counter, self.weights)
         self._previous: dict[int, Fidelity] | None = None
         self._previous_versions: dict[int, int] = {}
+        # The last record as the database holds it (page id -> its row), the id of that
+        # assembly, the snapshot its chain starts from and how many deltas follow that snapshot.
+        self._rows: dict[int, RecordRow] | None = None
+        self._last_id: int | None = None
+        self._base_id: int | None = None
+        self._deltas = 0
 
     def assemble(
         self,
@@ -1032,9 +1159,31 @@ class Assembler:
         evicted: Sequence[Candidate],
         turn: int,
         extra: Sequence[dict[str, Any]] = (),
+        *,
+        by_key: bool = False,
     ) -> Assembly:
+        """Write the assembly and the items that changed since the session's previous one.
+
+        ``by_key``: the items are in key order (a prompt the harness built), not render order.
+        """
         store = self.store
+        if self._rows is None:
+            with store.db.transaction(write=False) as conn:
+                self._load_previous(conn)
+        assert self._rows is not None
+        now = record_rows(items, by_key=by_key)
         with store.db.transaction(sync="normal") as conn:
+            last = conn.execute(_LAST_ASSEMBLY, {"b_session": self.session_id}).first()
+            # A snapshot starts each session's chain and every SNAPSHOT_EVERY-th assembly, so
+            # reading any one back takes a bounded number of rows. One is also written when
+            # another assembler recorded for this session since (this one's previous would not
+            # be the database's): a snapshot does not depend on what came before.
+            snapshot = (
+                last is None
+                or last.id != self._last_id
+                or self._base_id is None
+                or self._deltas + 1 >= SNAPSHOT_EVERY
+            )
             result = conn.execute(
                 t.assemblies.insert(),
                 {
@@ -1049,39 +1198,20 @@ class Assembler:
                     "observed_tokens": None,
                     "text_sha256": text_digest(assembly.text),
                     "at": store.clock(),
+                    "kind": "snapshot" if snapshot else "delta",
+                    "base_id": None if snapshot else self._base_id,
                 },
             )
             assembly_id = int(result.inserted_primary_key[0])
-            rows: list[dict[str, Any]] = [
-                {
-                    "assembly_id": assembly_id,
-                    "position": position,
-                    "page_id": item.candidate.page_id,
-                    "key": item.candidate.key,
-                    "version": item.candidate.version,
-                    "fidelity": item.fidelity.value,
-                    "tokens": item.tokens,
-                    "reason": item.reason,
-                }
-                for position, item in enumerate(items)
-            ]
-            rows.extend(
-                {
-                    "assembly_id": assembly_id,
-                    "position": len(items) + offset,
-                    "page_id": candidate.page_id,
-                    "key": candidate.key,
-                    "version": candidate.version,
-                    "fidelity": None,
-                    "tokens": 0,
-                    "reason": "evicted-for-budget",
-                }
-                for offset, candidate in enumerate(evicted)
-            )
+            rows = item_records(assembly_id, now, self._rows, evicted, snapshot=snapshot)
             if rows:
                 conn.execute(t.assembly_items.insert(), rows)
             if extra:
                 conn.execute(t.faults.insert(), list(extra))
+        self._rows = now
+        self._last_id = assembly_id
+        self._base_id = assembly_id if snapshot else self._base_id
+        self._deltas = 0 if snapshot else self._deltas + 1
         return dataclasses.replace(assembly, assembly_id=assembly_id)
 
     def record_external(
@@ -1121,7 +1251,7 @@ class Assembler:
             decisions=[],
             effective_budget=budget,
         )
-        self._record(external, items, evicted, turn, fault_rows)
+        self._record(external, items, evicted, turn, fault_rows, by_key=True)
         self._remember(items)
 
     def previous(self) -> dict[int, Fidelity]:
@@ -1139,9 +1269,22 @@ class Assembler:
         return self._previous_versions.get(page_id)
 
     def _load_previous(self, conn: Connection) -> None:
-        rows = conn.execute(_PREVIOUS_ITEMS, {"b_session": self.session_id}).all()
-        self._previous = previous_fidelities(rows)
-        self._previous_versions = {row.page_id: row.version for row in rows if row.fidelity}
+        """The session's last recorded prompt, from its snapshot and the deltas after it."""
+        last = conn.execute(_LAST_ASSEMBLY, {"b_session": self.session_id}).first()
+        if last is None:
+            rows: dict[int, RecordRow] = {}
+            self._last_id = self._base_id = None
+            self._deltas = 0
+        else:
+            base = last.id if last.kind == "snapshot" else last.base_id
+            params = {"b_session": self.session_id, "b_base": base, "b_last": last.id}
+            rows = replay(conn.execute(_CHAIN_ITEMS, params))
+            self._last_id, self._base_id = last.id, base
+            # The chain counts its snapshot; the deltas are the rest.
+            self._deltas = int(conn.execute(_CHAIN_LENGTH, params).scalar() or 1) - 1
+        self._rows = rows
+        self._previous = {page_id: Fidelity(row[2]) for page_id, row in rows.items() if row[2]}
+        self._previous_versions = {page_id: row[1] for page_id, row in rows.items()}
 
     def _remember(self, items: Sequence[RenderItem]) -> None:
         self._previous = {item.candidate.page_id: item.fidelity for item in items}

@@ -197,6 +197,12 @@ journal = Table(
     ),
 )
 
+# Assembly records cost the change (issue 14): each assembly records only what changed since
+# the session's previous one, and every SNAPSHOT_EVERY-th (and the first of a session) records
+# the whole prompt. The resident_by_turn view reconstructs every assembly's full record.
+ASSEMBLY_KINDS = ("snapshot", "delta")
+ITEM_CHANGES = ("entered", "kept", "changed", "left", "gone")
+
 assemblies = Table(
     "assemblies",
     metadata,
@@ -214,6 +220,13 @@ assemblies = Table(
     Column("observed_tokens", Integer, nullable=True),
     Column("text_sha256", String, nullable=False),
     Column("at", String, nullable=False),
+    # 'snapshot': the items are the whole prompt (every resident page, plus the pages evicted
+    # since the previous assembly). 'delta': only the pages that entered, changed or left since
+    # the previous assembly of the session; the rest is as of the assemblies from base_id on.
+    Column("kind", String, nullable=False, server_default=text("'snapshot'")),
+    # The snapshot a delta builds on (this session's latest snapshot before it); NULL for one.
+    Column("base_id", Integer, nullable=True),
+    CheckConstraint("kind IN ('snapshot', 'delta')", name="kind"),
     Index("ix_assemblies_session_id", "session_id", "id"),
 )
 
@@ -221,16 +234,29 @@ assembly_items = Table(
     "assembly_items",
     metadata,
     Column("assembly_id", Integer, ForeignKey("assemblies.id"), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("page_id", Integer, ForeignKey("pages.id"), nullable=False),
+    Column("page_id", Integer, ForeignKey("pages.id"), primary_key=True),
     Column("key", String, nullable=False),
     Column("version", Integer, nullable=False),
-    # NULL for a page that was resident in the previous assembly and was evicted from this one.
+    # NULL for a page that left the prompt ('left': evicted; 'gone': no longer visible).
     Column("fidelity", String, nullable=True),
     Column("tokens", Integer, nullable=False),
     Column("reason", String, nullable=False),
+    # Against the session's previous assembly: 'entered', 'kept' (snapshots only), 'changed'
+    # (version, fidelity, tokens, reason or place), 'left' (evicted: the full record's
+    # evicted-for-budget row), 'gone' (deleted, or shadowed by a session page: no row in a
+    # full record, only the end of the page's residency).
+    Column("change", String, nullable=False),
+    # The page's place in the prompt: the view numbers resident pages by (sort_section,
+    # sort_lsn, key), which is the render order (DESIGN section order; conversation by LSN).
+    Column("sort_section", Integer, nullable=False),
+    Column("sort_lsn", Integer, nullable=False),
     CheckConstraint(
-        "reason IN ('floor', 'pin', 'demand', 'upgrade', 'evicted-for-budget')", name="reason"
+        "reason IN ('floor', 'pin', 'demand', 'upgrade', 'evicted-for-budget', 'gone')",
+        name="reason",
+    ),
+    CheckConstraint(
+        "change IN ('entered', 'kept', 'changed', 'left', 'gone')",
+        name="change",
     ),
 )
 

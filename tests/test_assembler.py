@@ -739,15 +739,16 @@ def test_choose_ranks_demand_and_applies_the_floor() -> None:
 
 # --- 8: assembly records ----------------------------------------------------------------------
 
+# What session S saw at turn N (the README's example): the records are snapshots and deltas,
+# the view gives each assembly's whole prompt.
 SEEN_AT_TURN = """
-SELECT i.key, i.version, i.fidelity, i.tokens, i.reason
-FROM assemblies AS a
-JOIN assembly_items AS i ON i.assembly_id = a.id
-WHERE a.id = (
+SELECT key, version, fidelity, tokens, reason
+FROM resident_by_turn
+WHERE assembly_id = (
     SELECT max(id) FROM assemblies WHERE session_id = ? AND turn = ?
 )
-  AND i.fidelity IS NOT NULL
-ORDER BY i.position
+  AND fidelity IS NOT NULL
+ORDER BY position
 """
 
 
@@ -773,7 +774,7 @@ def test_assembly_records_match_and_answer_what_was_seen_at_turn_n(store: cvm.St
         assert row == [(asm.tokens, asm.budget, asm.effective_budget, 1, asm.fixed_tokens)]
         items = sql(
             store,
-            "SELECT key, version, fidelity, tokens, reason FROM assembly_items "
+            "SELECT key, version, fidelity, tokens, reason FROM resident_by_turn "
             "WHERE assembly_id = ? ORDER BY position",
             (asm.assembly_id,),
         )

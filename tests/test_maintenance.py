@@ -240,9 +240,9 @@ def test_gc_follows_version_references_only_from_kept_versions(store: cvm.Store)
     )
     raw(
         store,
-        "INSERT INTO assembly_items (assembly_id, position, page_id, key, version, fidelity, "
-        "tokens, reason) VALUES ((SELECT MAX(id) FROM assemblies), 0, ?, 'y', 1, 'full', 10, "
-        "'demand')",
+        "INSERT INTO assembly_items (assembly_id, page_id, key, version, fidelity, tokens, "
+        "reason, change, sort_section, sort_lsn) VALUES ((SELECT MAX(id) FROM assemblies), ?, "
+        "'y', 1, 'full', 10, 'demand', 'entered', 4, 0)",
         (y_id,),
     )
     report = gc(store, keep_versions=1, dry_run=False)

@@ -431,7 +431,9 @@ def check_floor_after_restart(
             resident = {
                 key: fidelity
                 for key, fidelity in conn.exec_driver_sql(
-                    "SELECT key, fidelity FROM assembly_items WHERE assembly_id = ?"
+                    # The whole prompt: assembly_items holds only what changed since the
+                    # previous assembly (unless this one is a snapshot).
+                    "SELECT key, fidelity FROM resident_by_turn WHERE assembly_id = ?"
                     " AND fidelity IS NOT NULL",
                     (assembly_id,),
                 )
