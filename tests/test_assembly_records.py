@@ -98,8 +98,8 @@ def external_record(
     return rows
 
 
-def open_store(path: Path) -> cvm.Store:
-    return cvm.Store.open(path, durability="normal", clock=lambda: FIXED_CLOCK)
+def open_store(target: Path | str) -> cvm.Store:
+    return cvm.Store.open(target, durability="normal", clock=lambda: FIXED_CLOCK)
 
 
 class Workload:
@@ -147,8 +147,8 @@ class Workload:
         return sess.assemble(budget, fixed="SYSTEM", demand=demand)
 
 
-def test_view_gives_exactly_the_full_records_of_a_200_turn_workload(tmp_path: Path) -> None:
-    with open_store(tmp_path / "w.db") as store:
+def test_view_gives_exactly_the_full_records_of_a_200_turn_workload(db_target: str) -> None:
+    with open_store(db_target) as store:
         sess = store.session("s", project="p")
         work = Workload(1)
         work.setup(store, sess)
@@ -189,8 +189,8 @@ def test_view_gives_exactly_the_full_records_of_a_200_turn_workload(tmp_path: Pa
         assert snapshots == [(n,) for n in range(0, 200, SNAPSHOT_EVERY)]
 
 
-def test_items_grow_with_the_changes_not_with_turns_times_pages(tmp_path: Path) -> None:
-    with open_store(tmp_path / "c.db") as store:
+def test_items_grow_with_the_changes_not_with_turns_times_pages(db_target: str) -> None:
+    with open_store(db_target) as store:
         sess = store.session("s", project="p")
         store.put("boot/a", type="bootstrap", content="Rules.", project="p")
         sess.stage("rule/b", type="constraint", content="Never force-push.")
