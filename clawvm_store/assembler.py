@@ -21,6 +21,13 @@ residency does not flip from turn to turn.
 Token costs per page come from the counts stored at write time plus a per-page header; the
 rendered text is then counted as one string, and upgrades are undone (last first) until it fits,
 so **the text never exceeds the budget**. Same inputs give byte-identical output.
+
+**Per-turn cost follows the change, not the history** (issue 14). The :class:`PageTable` is kept
+incrementally from what each boundary applied, and selection runs over a bounded
+:meth:`PageTable.pool` (required, demanded, previously resident and changed pages, plus a reserve
+of the newest and the favoured absent ones); at the paper's scale that is every page. Each
+assembly records only what changed since the session's previous one, with a snapshot first and
+every :data:`SNAPSHOT_EVERY`-th; the ``resident_by_turn`` view rebuilds the full records.
 """
 
 from __future__ import annotations
