@@ -21,6 +21,7 @@ import asyncio
 import json
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import clawvm_store as cvm
+
+# bench/langgraph.py shadows the real package when this script runs: drop this directory.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 USER = "Please read payments.py and tell me where the idempotency check should go."
 ASSISTANT = (

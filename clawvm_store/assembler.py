@@ -915,17 +915,28 @@ _CHAIN_LENGTH = sql_select(func.count()).select_from(t.assemblies).where(*_CHAIN
 
 MARGIN_WINDOW = 20
 _FIDELITY = {fidelity.value: fidelity for fidelity in Fidelity}
-_TEXTS = sql_select(
-    t.representations.c.page_id,
-    t.representations.c.version,
-    t.representations.c.fidelity,
-    t.representations.c.content,
-    t.representations.c.source,
-    t.representations.c.chain_start,
-    t.representations.c.same_as,
-).where(
-    t.representations.c.page_id.in_(bindparam("b_ids", expanding=True)),
-    t.representations.c.fidelity.in_(bindparam("b_fidelities", expanding=True)),
+_TEXTS = (
+    sql_select(
+        t.representations.c.page_id,
+        t.representations.c.version,
+        t.representations.c.fidelity,
+        t.representations.c.content,
+        t.representations.c.source,
+        t.representations.c.chain_start,
+        t.representations.c.same_as,
+    )
+    .select_from(
+        # Only the head version's rows: a page's older versions are never read to build a prompt.
+        t.representations.join(
+            t.pages,
+            (t.pages.c.id == t.representations.c.page_id)
+            & (t.pages.c.version == t.representations.c.version),
+        )
+    )
+    .where(
+        t.representations.c.page_id.in_(bindparam("b_ids", expanding=True)),
+        t.representations.c.fidelity.in_(bindparam("b_fidelities", expanding=True)),
+    )
 )
 MAX_MARGIN = 2.0
 

@@ -218,3 +218,54 @@ def append_basis(
         fold=fold,
     )
     return basis, starts
+
+
+def whole_texts(
+    conn: Connection, fidelity: Fidelity | str = Fidelity.FULL
+) -> dict[tuple[int, int], str]:
+    """Every version's whole text at one fidelity, (page id, version) → text, in one pass.
+
+    A text whose chain is broken is left out. For audits and tests that look at every version at once (the crash kit's invariants): it
+    holds every text in memory, so it is no tool for a hot path.
+    """
+    name = fidelity.value if isinstance(fidelity, Fidelity) else fidelity
+    rows = {
+        (int(row.page_id), int(row.version), str(row.fidelity)): row
+        for row in conn.execute(
+            select(
+                _R.c.page_id,
+                _R.c.version,
+                _R.c.fidelity,
+                _R.c.content,
+                _R.c.chain_start,
+                _R.c.same_as,
+            ).order_by(_R.c.page_id, _R.c.version)
+        )
+    }
+    done: dict[tuple[int, int, str], str] = {}
+
+    def whole(page_id: int, version: int, level: str, depth: int = 0) -> str:
+        key = (page_id, version, level)
+        if key in done:
+            return done[key]
+        row = rows.get(key)
+        if row is None or depth > len(Fidelity):
+            raise CorruptDatabase(f"page {page_id} version {version} has no {level} text")
+        if row.chain_start is None:
+            text = whole(page_id, version, row.same_as, depth + 1) if row.same_as else row.content
+        else:
+            owner = rows.get((page_id, version, row.same_as)) if row.same_as else row
+            if owner is None:
+                raise CorruptDatabase(f"page {page_id} version {version} {level}: piece missing")
+            text = f"{whole(page_id, version - 1, level, depth)}\n{owner.content}"
+        done[key] = str(text)
+        return done[key]
+
+    texts: dict[tuple[int, int], str] = {}
+    for page_id, version, level in list(rows):
+        if level == name:
+            try:
+                texts[(page_id, version)] = whole(page_id, version, level)
+            except CorruptDatabase:
+                continue  # left out: the caller sees the text as missing
+    return texts

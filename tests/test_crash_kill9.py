@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import pytest
@@ -41,6 +42,7 @@ from conftest import admin_execute, drop_postgres_database, new_postgres_databas
 from sqlalchemy.engine import make_url
 
 import clawvm_store as cvm
+from clawvm_store.segments import whole_texts
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork") or not Path("/proc/self/fd").is_dir(),
@@ -453,8 +455,12 @@ def _audit(store: cvm.Store, acks: list[dict[str, Any]], context: str) -> None:
                 " version, event_id FROM journal"
             )
         }
+        # Full texts through the append layout (an append stores only its segment).
+        texts = whole_texts(conn)
         versions = {
-            (row.project, row.session_id, row.key, row.version): row
+            (row.project, row.session_id, row.key, row.version): SimpleNamespace(
+                **{**row._mapping, "content": texts.get((row.page_id, row.version))}
+            )
             for row in conn.exec_driver_sql(
                 "SELECT p.project, p.session_id, p.key, pv.page_id, pv.version, pv.type,"
                 " pv.deleted, pv.fields, pv.lsn, r.content"

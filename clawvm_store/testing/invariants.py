@@ -11,10 +11,12 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from .._crashpoints import digest
 from ..pages import POLICIES, Fidelity, PageType
+from ..segments import read_text, whole_texts
 from ..store import Store
 
 INVARIANTS: dict[str, str] = {
@@ -132,8 +134,12 @@ def check_state(store: Store, acks: Iterable[Mapping[str, Any]], findings: Findi
                 " version, event_id FROM journal"
             )
         }
-        versions = {
-            (row.project, row.session_id, row.key, row.version): row
+        # Full texts through the append layout (an append stores only its segment).
+        texts = whole_texts(conn)
+        versions: dict[tuple[Any, ...], Any] = {
+            (row.project, row.session_id, row.key, row.version): SimpleNamespace(
+                **{**row._mapping, "content": texts.get((row.page_id, row.version))}
+            )
             for row in conn.exec_driver_sql(
                 "SELECT p.project, p.session_id, p.key, pv.page_id, pv.version, pv.type,"
                 " pv.deleted, pv.lsn, pv.provenance, r.content"
@@ -360,11 +366,17 @@ def final_pages(store: Store) -> dict[tuple[str, str, str], tuple[str, bool, str
     """Every page's head (tool evidence aside): (type, deleted, full content)."""
     with store.db.transaction(write=False) as conn:
         rows = conn.exec_driver_sql(
-            "SELECT p.project, p.session_id, p.key, p.type, p.deleted, r.content FROM pages p"
-            " LEFT JOIN representations r ON r.page_id = p.id AND r.version = p.version"
-            " AND r.fidelity = 'full' WHERE p.type != 'evidence'"
+            "SELECT p.project, p.session_id, p.key, p.type, p.deleted, p.id, p.version FROM pages p"
+            " WHERE p.type != 'evidence'"
         ).all()
-    return {(row[0], row[1], row[2]): (row[3], bool(row[4]), row[5] or "") for row in rows}
+        texts = {
+            (row[5], row[6]): read_text(conn, row[5], row[6], "full") if not row[4] else None
+            for row in rows
+        }
+    return {
+        (row[0], row[1], row[2]): (row[3], bool(row[4]), texts[(row[5], row[6])] or "")
+        for row in rows
+    }
 
 
 def check_final_state(
