@@ -268,16 +268,21 @@ def test_reopening_mid_session_keeps_hysteresis_and_records_identical(tmp_path: 
 # -- revision 0007 ----------------------------------------------------------------------------
 
 
-def alembic(path: Path, action: str, revision: str) -> None:
+def engine_for(target: str) -> sa.Engine:
+    return sa.create_engine(target if "://" in target else f"sqlite:///{target}")
+
+
+def alembic(target: str, action: str, revision: str) -> None:
     """``alembic upgrade|downgrade`` with the connection settings Database.migrate uses."""
-    db = Database(str(path))
+    db = Database(target)
     try:
         config = db._alembic_config()
         with db.engine.connect() as conn:
-            driver = conn.connection.dbapi_connection
-            assert driver is not None
-            driver.execute("PRAGMA foreign_keys = OFF")  # outside any transaction, as it must be
-            driver.execute("PRAGMA legacy_alter_table = ON")
+            if db.dialect == "sqlite":
+                driver = conn.connection.dbapi_connection
+                assert driver is not None
+                driver.execute("PRAGMA foreign_keys = OFF")  # outside any transaction
+                driver.execute("PRAGMA legacy_alter_table = ON")
             config.attributes["connection"] = conn
             getattr(command, action)(config, revision)
     finally:
@@ -291,12 +296,11 @@ RECORDS = (
 
 
 @pytest.fixture
-def recorded(tmp_path: Path) -> Iterator[tuple[Path, list[FullRow], list[tuple[Any, ...]]]]:
+def recorded(db_target: str) -> Iterator[tuple[str, list[FullRow], list[Any]]]:
     """A store with 120 real assemblies of a workload, the full records they had, and the view's
-    rows (at head) for comparison."""
-    path = tmp_path / "m.db"
+    rows and the records (at head) for comparison."""
     oracle: list[FullRow] = []
-    with open_store(path) as store:
+    with open_store(db_target) as store:
         for session in ("s", "t"):
             sess = store.session(session, project="p")
             work = Workload(3 if session == "s" else 4)
@@ -307,15 +311,15 @@ def recorded(tmp_path: Path) -> Iterator[tuple[Path, list[FullRow], list[tuple[A
             sess.close()
         view = sql(store, "SELECT * FROM resident_by_turn ORDER BY assembly_id, position")
         view.append(sql(store, RECORDS))
-    yield path, oracle, view
+    yield db_target, oracle, view
 
 
 def test_revision_0007_converts_full_records_and_back(
-    recorded: tuple[Path, list[FullRow], list[tuple[Any, ...]]],
+    recorded: tuple[str, list[FullRow], list[Any]],
 ) -> None:
-    path, oracle, view = recorded
-    alembic(path, "downgrade", "0006")
-    engine = sa.create_engine(f"sqlite:///{path}")
+    target, oracle, view = recorded
+    alembic(target, "downgrade", "0006")
+    engine = engine_for(target)
     full = (
         "SELECT assembly_id, position, key, version, fidelity, tokens, reason "
         "FROM assembly_items ORDER BY assembly_id, position"
@@ -354,8 +358,8 @@ def test_revision_0007_converts_full_records_and_back(
         )
         conn.commit()
     engine.dispose()
-    alembic(path, "upgrade", "head")
-    with open_store(path) as store:
+    alembic(target, "upgrade", "head")
+    with open_store(target) as store:
         records = view.pop()
         assert sql(store, "SELECT * FROM resident_by_turn ORDER BY assembly_id, position") == view
         # The conversion wrote exactly the snapshots and deltas the assembler itself had written.
