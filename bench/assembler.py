@@ -187,6 +187,7 @@ def bench_policy(root: Path) -> None:
                 total = budget + 400
                 demand_sets = [frozenset(rng.sample(keys[: size - 2], 2)) for _ in range(64)]
                 ours = time_turns(candidates, recency, total, demand_sets)
+                growing = time_turns(candidates, recency, total, demand_sets, growing=True)
                 baseline = time_calls(partial(lru_baseline, candidates, total, 20), 400)
                 result = figures(f"{size:>2} pages, budget {total:>4}", ours)
                 ratio = result["median"] / statistics.median(baseline)
@@ -194,6 +195,7 @@ def bench_policy(root: Path) -> None:
                     f"  {'':<34} recency-only baseline median "
                     f"{statistics.median(baseline) * 1e6:.1f} µs; ratio {ratio:.2f}x"
                 )
+                figures("  ... a new page every turn", growing)
 
 
 def time_turns(
@@ -201,11 +203,22 @@ def time_turns(
     recency: Sequence[float],
     budget: int,
     demand_sets: Sequence[frozenset[str]],
+    *,
+    growing: bool = False,
 ) -> list[float]:
-    """Time one selection per turn, each turn feeding the next its previous residency."""
+    """Time one selection per turn, each turn feeding the next its previous residency.
+
+    ``growing``: as if a new page arrived every turn, so every page's recency (its rank over
+    one more page) changes and no page's planned climb can be reused: the worst case.
+    """
     previous: dict[int, cvm.Fidelity] = {}
     samples = []
+    count = len(candidates)
+    first = list(recency)
     for turn in range(400):
+        if growing:
+            # The same order, over count + turn + 1 pages: every value differs from last turn's.
+            recency = [rank * count / (count + turn + 1) for rank in first]
         start = time.perf_counter()
         selection = choose(
             candidates,

@@ -133,7 +133,7 @@ class Candidate:
     rung_of: dict[Fidelity, int] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
     _static: tuple[Weights, float] | None = None
-    _steps: tuple[Weights, float, float, int, tuple[Any, ...]] | None = None
+    _climb: _Climb | None = None
 
     def static_utility(self, weights: Weights) -> float:
         """The turn-independent part of the base utility, remembered per weights object."""
@@ -311,9 +311,17 @@ def choose(
         recency = recency_ranks(candidates)
     w_recency, w_demand = weights.recency, weights.demand
     eta = weights.hysteresis if hysteresis else 0.0
-    # Every step of a page's climb is known before the first is taken: its value depends only on
-    # the page's base utility and last turn's rung. So the steps are planned once per (base, rung)
-    # and kept on the candidate while those stay the same (this is the hot loop of every turn).
+    w_recompute = weights.recompute
+    # A step's value depends only on the page's base utility and last turn's rung, so each page's
+    # climb (its steps so far) is kept on the candidate and reused while those stay the same. A
+    # step is worked out the first time it is needed, so a page that never climbs costs one. The
+    # step arithmetic is written out twice below (first steps, then each next one) rather than
+    # called: this is the loop of every turn, and a call per step costs more than the step.
+    #
+    # A rung's value is base × quality, plus w_rc × recompute_cost(type) once resident at all,
+    # plus the hysteresis bonus eta × base spread evenly over the steps back up to last turn's
+    # rung (climbing past it loses nothing; stopping below it forfeits part of the bonus). A step
+    # that gains nothing is never queued: the climb stops below it.
     queue: list[_Step] = []
     room = budget - used
     for index, candidate in enumerate(candidates):
@@ -330,21 +338,54 @@ def choose(
             base += boost.get(key, 0.0)
         before = previous.get(candidate.page_id)
         sticky = -1 if before is None else candidate.rung_of.get(before, -1)
-        cached = candidate._steps
+        climb = candidate._climb
         if (
-            cached is None
-            or cached[2] != base
-            or cached[3] != sticky
-            or cached[0] is not weights
-            or cached[1] != eta
+            climb is None
+            or climb[0] != base
+            or climb[1] != sticky
+            or climb[2] is not weights
+            or climb[3] != eta
         ):
-            plan = plan_steps(candidate, weights, eta, base, sticky)
-            candidate._steps = (weights, eta, base, sticky, plan)
-        else:
-            plan = cached[4]
-        start = rungs[index] + 1
-        if start < len(plan):
-            step = plan[start]
+            if climb is not None:
+                climb[4].clear()  # its steps point back at it: free them now, not at a GC pass
+            climb = candidate._climb = (
+                base,
+                sticky,
+                weights,
+                eta,
+                [_UNPLANNED] * len(candidate.costs),
+                candidate,
+            )
+        target = rungs[index] + 1
+        steps = climb[4]
+        if target < len(steps):
+            step = steps[target]
+            if step is _UNPLANNED:
+                costs, quality = candidate.costs, candidate.quality
+                gain = base * quality[target]
+                cost = costs[target]
+                if target > 0:
+                    gain -= base * quality[target - 1]
+                    cost -= costs[target - 1]
+                else:
+                    gain += w_recompute * RECOMPUTE_COST[candidate.type]
+                if target <= sticky:
+                    gain += eta * base / (sticky + 1)
+                step = steps[target] = (
+                    None
+                    if gain <= 0
+                    else (
+                        -(math.inf if cost <= 0 else gain / cost),
+                        key,
+                        candidate.ranks[target],
+                        target,
+                        cost,
+                        candidate.page_id,
+                        candidate.ladder[target - 1] if target > 0 else None,
+                        candidate.ladder[target],
+                        climb,
+                    )
+                )
             # Used tokens only grow, so a step dearer than what is left now never fits later.
             if step is not None and step[4] <= room:
                 queue.append(step)
@@ -364,9 +405,35 @@ def choose(
             continue  # too dear now; a richer rung of the same page would cost more still
         used += delta
         applied.append(popped)
-        following = popped[8]
-        if following is not None and following[4] <= budget - used:
-            insort(queue, following, lo=head)
+        climb = popped[8]
+        target = popped[3] + 1
+        steps = climb[4]
+        if target < len(steps):
+            step = steps[target]
+            if step is _UNPLANNED:
+                base, sticky, candidate = climb[0], climb[1], climb[5]
+                costs, quality = candidate.costs, candidate.quality
+                gain = base * quality[target] - base * quality[target - 1]
+                cost = costs[target] - costs[target - 1]
+                if target <= sticky:
+                    gain += eta * base / (sticky + 1)
+                step = steps[target] = (
+                    None
+                    if gain <= 0
+                    else (
+                        -(math.inf if cost <= 0 else gain / cost),
+                        candidate.key,
+                        candidate.ranks[target],
+                        target,
+                        cost,
+                        candidate.page_id,
+                        candidate.ladder[target - 1],
+                        candidate.ladder[target],
+                        climb,
+                    )
+                )
+            if step is not None and step[4] <= budget - used:
+                insort(queue, step, lo=head)
     # The floor, then each upgraded page at the last rung it reached (the order means nothing).
     chosen = floor
     for step in applied:
@@ -379,51 +446,13 @@ def choose(
 # One step up a page's ladder, ordered as the selection's queue orders it: by -Δutility/Δtokens,
 # then key, then the fidelity's rank (deterministic ties). Then: the rung it reaches, its
 # Δtokens, the page id, the fidelity it leaves (None: the page was absent) and reaches, and the
-# page's next step (None: the climb stops there). A page has at most one step queued at a time
-# and keys are unique, so comparisons never go past the rank.
+# page's climb. A page has at most one step queued at a time and keys are unique, so comparisons
+# never go past the rank.
 _Step = tuple[float, str, int, int, int, int, "Fidelity | None", Fidelity, Any]
-
-
-def plan_steps(
-    candidate: Candidate, weights: Weights, eta: float, base: float, sticky: int
-) -> tuple[_Step | None, ...]:
-    """The steps of a page's climb, one per rung reached, cheapest first (None: gains nothing).
-
-    A rung's value is base × quality, plus w_rc × recompute_cost(type) once resident at all,
-    plus the hysteresis bonus eta × base spread evenly over the steps back up to last turn's
-    rung (climbing past it loses nothing; stopping below it forfeits part of the bonus). A step
-    that gains nothing is never queued, so the climb stops below it.
-    """
-    costs, quality, ranks = candidate.costs, candidate.quality, candidate.ranks
-    ladder = candidate.ladder
-    plan: list[_Step | None] = [None] * len(costs)
-    following: _Step | None = None
-    for target in range(len(costs) - 1, -1, -1):
-        gain = base * quality[target]
-        cost = costs[target]
-        if target > 0:
-            gain -= base * quality[target - 1]
-            cost -= costs[target - 1]
-        else:
-            gain += weights.recompute * RECOMPUTE_COST[candidate.type]
-        if target <= sticky:
-            gain += eta * base / (sticky + 1)
-        if gain <= 0:
-            following = None
-            continue
-        ratio = math.inf if cost <= 0 else gain / cost
-        following = plan[target] = (
-            -ratio,
-            candidate.key,
-            ranks[target],
-            target,
-            cost,
-            candidate.page_id,
-            ladder[target - 1] if target > 0 else None,
-            ladder[target],
-            following,
-        )
-    return tuple(plan)
+# A page's climb for given inputs: (base, last turn's rung, weights, eta, steps by rung reached,
+# candidate); a step is None when it gains nothing, _UNPLANNED until first needed.
+_Climb = tuple[float, int, Weights, float, list[Any], "Candidate"]
+_UNPLANNED: Any = object()
 
 
 # -- the page table -----------------------------------------------------------------------------
