@@ -132,8 +132,9 @@ class Candidate:
     required: Reason | None = None  # why it is in every floor (demand aside)
     rung_of: dict[Fidelity, int] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
-    _static: tuple[Weights, float] | None = None
-    _climb: _Climb | None = None
+    # Caches, not part of the page: never compared or shown (a climb's steps point back at it).
+    _static: tuple[Weights, float] | None = field(default=None, compare=False, repr=False)
+    _climb: _Climb | None = field(default=None, compare=False, repr=False)
 
     def static_utility(self, weights: Weights) -> float:
         """The turn-independent part of the base utility, remembered per weights object."""

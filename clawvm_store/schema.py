@@ -200,8 +200,6 @@ journal = Table(
 # Assembly records cost the change (issue 14): each assembly records only what changed since
 # the session's previous one, and every SNAPSHOT_EVERY-th (and the first of a session) records
 # the whole prompt. The resident_by_turn view reconstructs every assembly's full record.
-ASSEMBLY_KINDS = ("snapshot", "delta")
-ITEM_CHANGES = ("entered", "kept", "changed", "left", "gone")
 
 assemblies = Table(
     "assemblies",
@@ -226,7 +224,6 @@ assemblies = Table(
     Column("kind", String, nullable=False, server_default=text("'snapshot'")),
     # The snapshot a delta builds on (this session's latest snapshot before it); NULL for one.
     Column("base_id", Integer, nullable=True),
-    CheckConstraint("kind IN ('snapshot', 'delta')", name="kind"),
     Index("ix_assemblies_session_id", "session_id", "id"),
 )
 

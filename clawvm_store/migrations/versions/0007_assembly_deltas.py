@@ -266,16 +266,22 @@ def upgrade() -> None:
     conn = op.get_bind()
     dialect = conn.dialect.name
     op.execute("DROP VIEW IF EXISTS resident_by_turn")
+    # Plain ADD COLUMNs: SQLite needs no table rebuild for them (a CHECK would need one; the
+    # assembler is the only writer of kind).
+    op.add_column(
+        "assemblies",
+        sa.Column("kind", sa.String(), server_default=sa.text("'snapshot'"), nullable=False),
+    )
+    op.add_column("assemblies", sa.Column("base_id", sa.Integer(), nullable=True))
+    if conn.execute(sa.text("SELECT COUNT(*) FROM assembly_items")).scalar() == 0:
+        # Nothing to convert (a new store): the new table takes the old one's pages, so a new
+        # file's layout is what it was.
+        op.drop_table("assembly_items")
+        _delta_items_table()
+        op.execute(f"CREATE VIEW resident_by_turn AS {_view(dialect)}")
+        return
     old = _set_aside("assembly_items", dialect)
     _delta_items_table()
-    with op.batch_alter_table("assemblies", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("kind", sa.String(), server_default=sa.text("'snapshot'"), nullable=False)
-        )
-        batch_op.add_column(sa.Column("base_id", sa.Integer(), nullable=True))
-        batch_op.create_check_constraint(
-            op.f("ck_assemblies_kind"), "kind IN ('snapshot', 'delta')"
-        )
 
     for session in _sessions(conn):
         records: dict[int, list[Any]] = {}
@@ -380,7 +386,6 @@ def downgrade() -> None:
             )
     op.drop_table(new)
     with op.batch_alter_table("assemblies", schema=None) as batch_op:
-        batch_op.drop_constraint(op.f("ck_assemblies_kind"), type_="check")
         batch_op.drop_column("base_id")
         batch_op.drop_column("kind")
     op.execute(f"CREATE VIEW resident_by_turn AS {FULL_RESIDENT_BY_TURN}")
