@@ -462,10 +462,7 @@ def test_every_version_reads_back_as_the_oracle_builds_it(
         for key, number, fidelity in wanted:
             expected_text, expected_tokens = oracle.versions[key][number - 1][fidelity]  # type: ignore[index]
             page = store.page(key, fidelity=fidelity, version=number)
-            if (
-                fidelity is Fidelity.STRUCTURED
-                and oracle.meta[key]["type"] is PageType.CONVERSATION
-            ):
+            if oracle.meta[key]["type"] is PageType.CONVERSATION:
                 # The span runs from the first write of its text to the last: the clock ticks
                 # several times per write, so compare the bounds' order and the rest exactly.
                 bounds = re.findall(r"(?:start|end): (\S+)", page.content)
@@ -500,23 +497,25 @@ def _stored_bytes(path: Path) -> int:
 def test_appends_store_segments_not_copies(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     segment = "user: please look at module {n}\nassistant: module {n} reads the config file first"
+    stored_at: dict[int, int] = {}
     with cvm.Store.open(path) as store:
         sess = store.session("s-1")
-        written = 0
         for n in range(300):
-            text = segment.format(n=n)
-            written += len(text.encode())
-            sess.stage("conversation/main", type="conversation", op="append", content=text)
+            sess.stage(
+                "conversation/main", type="conversation", op="append", content=segment.format(n=n)
+            )
             assert sess.end_turn().rejected == []
+            if n + 1 in (150, 300):
+                stored_at[n + 1] = _stored_bytes(path)
         page = store.page("conversation/main", session="s-1")
         assert page.version == 300
         assert page.content == "\n".join(segment.format(n=n) for n in range(300))
         assert page.tokens == COUNTER.count(page.content)
         assert store.check().ok
-    # Full pieces plus compressed pieces (shared with full: these segments are short), plus
-    # the small structured and pointer texts of each version: nowhere near 300 copies.
-    stored = _stored_bytes(path)
-    assert stored < 2 * written, (stored, written)
+    # Each version stores its segment once (the compressed piece is the same short segment,
+    # shared with full) plus its small structured and pointer texts: the bytes grow with the
+    # versions, where 300 whole copies would have grown with their square.
+    assert stored_at[300] <= 2.05 * stored_at[150], stored_at
     with sqlite3.connect(path) as raw:
         shared = raw.execute(
             "SELECT COUNT(*) FROM representations WHERE fidelity = 'compressed' AND same_as = 'full'"
@@ -524,7 +523,11 @@ def test_appends_store_segments_not_copies(tmp_path: Path) -> None:
         chained = raw.execute(
             "SELECT COUNT(*) FROM representations WHERE fidelity = 'full' AND chain_start = 1"
         ).fetchone()[0]
+        longest = raw.execute(
+            "SELECT MAX(LENGTH(content)) FROM representations WHERE fidelity = 'full'"
+        ).fetchone()[0]
     assert (shared, chained) == (299, 299)
+    assert longest == max(len(segment.format(n=n)) for n in range(300))
 
 
 def test_long_segments_compress_piece_by_piece(tmp_path: Path) -> None:
