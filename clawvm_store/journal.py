@@ -69,12 +69,18 @@ Clock = Callable[[], str]
 # times what executing a prebuilt one does, and a turn runs a couple of dozen of them.
 # The head without its text: an append builds on the head's tokens, tail and fold, never on
 # a copy of the whole text (segments.append_basis).
+_FULL_REP = t.representations.alias("full_rep")
+_COMPRESSED_REP = t.representations.alias("compressed_rep")
 _HEAD = (
     select(
         t.pages,
         t.page_versions.c.fields,
         t.page_versions.c.fold,
         t.page_versions.c.lsn.label("head_lsn"),
+        # Where the head's chains start, read fresh every time: gc may re-chain them.
+        _FULL_REP.c.chain_start.label("full_chain"),
+        _COMPRESSED_REP.c.chain_start.label("compressed_chain"),
+        _COMPRESSED_REP.c.fidelity.label("compressed_rung"),
     )
     .select_from(
         t.pages.outerjoin(
@@ -82,6 +88,22 @@ _HEAD = (
             and_(
                 t.page_versions.c.page_id == t.pages.c.id,
                 t.page_versions.c.version == t.pages.c.version,
+            ),
+        )
+        .outerjoin(
+            _FULL_REP,
+            and_(
+                _FULL_REP.c.page_id == t.pages.c.id,
+                _FULL_REP.c.version == t.pages.c.version,
+                _FULL_REP.c.fidelity == "full",
+            ),
+        )
+        .outerjoin(
+            _COMPRESSED_REP,
+            and_(
+                _COMPRESSED_REP.c.page_id == t.pages.c.id,
+                _COMPRESSED_REP.c.version == t.pages.c.version,
+                _COMPRESSED_REP.c.fidelity == "compressed",
             ),
         )
     )
@@ -335,6 +357,8 @@ class Head:
     fields: dict[str, Any] | None
     fold: str | None = None  # the fold JSON of a chained head version
     lsn: int | None = None
+    # Per chainable level: the version an append to this head chains from.
+    chain_starts: Mapping[Fidelity, int] = field(default_factory=dict)
     # In memory only (a session's read-your-writes overlay): what an append builds on, and the
     # whole full text when known.
     basis: AppendBasis | None = None
@@ -388,9 +412,7 @@ class JournalEngine:
         # (page id, version, lsn) -> the basis an append to that version builds on, remembered
         # from apply so a running agent never reads its pages back. Keyed by the LSN too: a
         # rolled-back boundary re-applies the same entries as the same versions.
-        self._bases: OrderedDict[
-            tuple[int, int, int | None], tuple[AppendBasis, dict[Fidelity, int | None]]
-        ] = OrderedDict()
+        self._bases: OrderedDict[tuple[int, int, int | None], AppendBasis] = OrderedDict()
 
     # -- staging ---------------------------------------------------------------------------------
 
@@ -486,6 +508,14 @@ class JournalEngine:
             fields=json.loads(fields_json) if fields_json else None,
             fold=page.fold,
             lsn=page.head_lsn,
+            chain_starts={
+                fidelity: int(chain) if chain is not None else page.version
+                for fidelity, chain, present in (
+                    (Fidelity.FULL, page.full_chain, True),
+                    (Fidelity.COMPRESSED, page.compressed_chain, page.compressed_rung),
+                )
+                if present
+            },
         )
 
     # -- validation ------------------------------------------------------------------------------
@@ -714,26 +744,26 @@ class JournalEngine:
 
     def _basis(
         self, conn: Connection | None, live: Head
-    ) -> tuple[AppendBasis, dict[Fidelity, int | None]]:
-        """The basis of an append to ``live``: in memory, remembered from apply, or read."""
+    ) -> tuple[AppendBasis, Mapping[Fidelity, int | None]]:
+        """The basis of an append to ``live``: in memory, remembered from apply, or read.
+
+        Only what follows from the text is remembered (tokens, tails, fold); where each chain
+        starts comes with the head, read in this transaction.
+        """
         if live.basis is not None:
-            return live.basis, {}
+            return live.basis, live.chain_starts
         cache_key = (live.page_id, live.version, live.lsn)
         cached = self._bases.get(cache_key)
         if cached is not None:
             self._bases.move_to_end(cache_key)
-            return cached
+            return cached, live.chain_starts
         if conn is None:
             raise InvalidInput("an append needs the store to read the page it extends")
-        found = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
+        found, _ = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
         self._remember_basis(cache_key, found)
-        return found
+        return found, live.chain_starts
 
-    def _remember_basis(
-        self,
-        cache_key: tuple[int, int, int | None],
-        found: tuple[AppendBasis, dict[Fidelity, int | None]],
-    ) -> None:
+    def _remember_basis(self, cache_key: tuple[int, int, int | None], found: AppendBasis) -> None:
         self._bases[cache_key] = found
         while len(self._bases) > _BASIS_CACHE_ENTRIES:
             self._bases.popitem(last=False)
@@ -933,16 +963,7 @@ class JournalEngine:
                     for level in levels
                 ],
             )
-            # The next append to this version extends each chained level's chain, or starts
-            # one here.
-            next_starts: dict[Fidelity, int | None] = {
-                level.fidelity: reps.chain_starts[level.fidelity] if level.chained else version
-                for level in reps.levels
-                if level.fidelity in (Fidelity.FULL, Fidelity.COMPRESSED)
-            }
-            self._remember_basis(
-                (int(page_id), version, entry.lsn), (basis_after(reps), next_starts)
-            )
+            self._remember_basis((int(page_id), version, entry.lsn), basis_after(reps))
         return int(page_id)
 
     # -- writeback -------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from .errors import InvalidInput, SchemaInvalid
 from .journal import text_sha256, version_row_sha256
 from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope
 from .representations import build_content_representations, canonical_json, with_pointer
+from .segments import detach
 
 if TYPE_CHECKING:
     from .store import CheckReport, Finding, RecoveryReport, Store
@@ -476,6 +477,8 @@ def gc(
                 )
             report.removed.extend(info.ref(v) for v in doomed)
             if doomed and not dry_run:
+                # A staying appended version must not need a removed one's segment.
+                detach(conn, info.id, doomed)
                 result = conn.execute(
                     delete(t.representations).where(
                         t.representations.c.page_id == info.id,

@@ -585,3 +585,46 @@ def test_check_finds_a_broken_chain(tmp_path: Path) -> None:
         assert {f.code for f in findings} >= {"fidelity_missing", "layout"}
         with pytest.raises(cvm.ClawVMError, match="gap"):
             store.page("conversation/c", session="s")
+
+
+@pytest.mark.parametrize("keep", [1, 3, 7])
+def test_gc_keeps_every_staying_version_readable(tmp_path: Path, keep: int) -> None:
+    from clawvm_store.maintenance import gc
+
+    long_line = " ".join(f"word{i} means module {i} loads config" for i in range(14))
+    with cvm.Store.open(tmp_path / "store.db") as store:
+        texts: list[str] = []
+        for n in range(12):
+            segment = f"user: turn {n}\n{long_line}" if n % 3 == 0 else f"assistant: reply {n}"
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=segment,
+                op="append" if n else "set",
+                session="s",
+            )
+            texts.append(f"{texts[-1]}\n{segment}" if texts else segment)
+        before = {
+            (v, f): store.page("conversation/c", session="s", version=v, fidelity=f).content
+            for v in range(1, 13)
+            for f in Fidelity
+        }
+        report = gc(store, keep_versions=keep, dry_run=False)
+        assert len(report.removed) == 12 - keep
+        assert store.check().ok, store.check().findings
+        for version in range(13 - keep, 13):
+            page = store.page("conversation/c", session="s", version=version)
+            assert page.content == texts[version - 1]
+            for fidelity in Fidelity:
+                got = store.page("conversation/c", session="s", version=version, fidelity=fidelity)
+                assert got.content == before[(version, fidelity)]
+        # And the chain goes on from what stayed.
+        store.put(
+            "conversation/c",
+            type="conversation",
+            content="user: after gc",
+            op="append",
+            session="s",
+        )
+        assert store.page("conversation/c", session="s").content == f"{texts[-1]}\nuser: after gc"
+        assert store.check().ok
