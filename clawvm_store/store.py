@@ -916,7 +916,7 @@ class Store:
                 report.quarantined.append((row.lsn, "version gap"))
                 continue
             if row.version == current + 1:
-                reps = self.journal.prepare(entry, head)
+                reps = self.journal.prepare(entry, head, conn)
                 self.journal.apply(conn, entry, head, row.version, reps)
                 report.reapplied.append(row.lsn)
             conn.execute(
