@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import schema as t
+from .db import MAX_QUERY_TIMEOUT_S
 from .errors import ClawVMError, InvalidInput
 from .pages import POLICIES, Fidelity, PageType, Pin
 from .store import DEFAULT_PROJECT, Store
@@ -31,6 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
 EXIT_BUG = 3
+DEFAULT_SQL_TIMEOUT_S = 30.0
+"""``clawvm sql``'s time limit: a runaway query must not hold its snapshot (and stall WAL
+checkpoints) forever."""
 
 
 class Context:
@@ -680,7 +684,7 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
 
 
 @app.command()
-@click.argument("statement")
+@click.argument("statement", required=False)
 @click.option(
     "--param", "params", multiple=True, help="A value for ? (repeatable), or NAME=VALUE for :NAME."
 )
@@ -697,22 +701,74 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
     default=None,
     help="At most this many rows.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=MAX_QUERY_TIMEOUT_S, max_open=True),
+    default=DEFAULT_SQL_TIMEOUT_S,
+    show_default=True,
+    help="Stop the query after this many seconds (0: no limit).",
+)
+@click.option(
+    "--schema",
+    "show_schema",
+    is_flag=True,
+    help="List every table and view with its columns instead of running a statement.",
+)
 @common_options
 @pass_context
 def sql(
-    obj: Context, statement: str, params: tuple[str, ...], output_format: str, limit: int | None
+    obj: Context,
+    statement: str | None,
+    params: tuple[str, ...],
+    output_format: str,
+    limit: int | None,
+    timeout: float,
+    show_schema: bool,
 ) -> None:
     """Run read-only SQL over the store and its history views.
 
     The database is opened read-only: INSERT, UPDATE, DELETE, DDL, ATTACH, VACUUM and pragmas that
     change state are refused and nothing is changed. Views: page_history, resident_by_turn,
-    journal_outcomes, fault_counts. Values are always bound, never pasted into the SQL.
+    journal_outcomes, fault_counts. Values are always bound, never pasted into the SQL. A query
+    still running after --timeout seconds (default 30) stops with a QueryTimeout error and exit
+    1; Ctrl-C stops it too (exit 130). --schema lists the tables and views with their columns;
+    pragma_table_info('NAME') and sqlite_schema can be queried as well.
 
     \b
     Example:
       clawvm sql "SELECT key, version, full_tokens FROM page_history WHERE key = ?" --param plan/main
       clawvm sql "SELECT * FROM resident_by_turn WHERE session = :s AND turn = 3" --param s=s-1
+      clawvm sql --schema
+      clawvm sql "SELECT name, type FROM pragma_table_info('page_history')"
     """
+    if show_schema:
+        if statement is not None or params:
+            fail("--schema takes no statement or --param", 2)
+        with obj.open() as store:
+            objects = store.db.schema()
+        if obj.as_json or output_format == "json":
+            emit_json(
+                [
+                    {
+                        "name": name,
+                        "type": kind,
+                        "columns": [{"name": column, "type": type_} for column, type_ in columns],
+                    }
+                    for name, kind, columns in objects
+                ]
+            )
+            return
+        schema_rows = [
+            (name, kind, ", ".join(f"{column} {type_}".strip() for column, type_ in columns))
+            for name, kind, columns in objects
+        ]
+        if output_format == "csv":
+            _write_csv(["name", "type", "columns"], schema_rows)
+        else:
+            emit_table(f"{len(objects)} tables and views", ["name", "type", "columns"], schema_rows)
+        return
+    if statement is None:
+        fail("missing the SQL statement (or --schema)", 2)
     bound: list[str] | dict[str, str]
     named = [param.partition("=") for param in params]
     if params and all(sep for _, sep, _ in named) and ":" in statement:
@@ -720,21 +776,23 @@ def sql(
     else:
         bound = list(params)
     with obj.open() as store:
-        rows = store.query(statement, bound, limit=limit)
+        rows = store.query(statement, bound, limit=limit, timeout=timeout or None)
     columns = list(rows[0]) if rows else []
     if obj.as_json or output_format == "json":
         emit_json(rows)
     elif output_format == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(
-                [printable(value) if isinstance(value, str) else value for value in row.values()]
-            )
+        _write_csv(columns, [list(row.values()) for row in rows])
     else:
         emit_table(f"{len(rows)} rows", columns, [[row[c] for c in columns] for row in rows])
+
+
+def _write_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([printable(value) if isinstance(value, str) else value for value in row])
 
 
 @app.command()
