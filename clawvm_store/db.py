@@ -265,6 +265,11 @@ def create_private_file(target: Path, purpose: str) -> int:
         raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
 
 
+def _hot_journal(path: str, exc: sqlite3.OperationalError) -> bool:
+    """Whether a read-only open failed only because a crashed writer left a hot journal."""
+    return "readonly" in str(exc) and Path(f"{path}-journal").exists()
+
+
 def _refuse_foreign_database(path: str) -> None:
     """Refuse, without writing a byte, an SQLite file that holds someone else's tables.
 
@@ -281,9 +286,28 @@ def _refuse_foreign_database(path: str) -> None:
             row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        raise translate_driver_error(exc, context=path) from None
+        if not (isinstance(exc, sqlite3.OperationalError) and _hot_journal(path, exc)):
+            raise translate_driver_error(exc, context=path) from None
+        names = None
     finally:
         probe.close()
+    if names is None:
+        # A process died while it wrote the file in rollback-journal mode (a new database is
+        # created so, before its first connection switches it to WAL): the hot journal must
+        # be rolled back before anyone can read the file, and a read-only connection cannot.
+        # Any SQLite client does this on open; it restores the file as it was before that
+        # write, and changes nothing else (no WAL switch, no table of ours).
+        try:
+            rescue = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                names = [
+                    row[0]
+                    for row in rescue.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+            finally:
+                rescue.close()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise translate_driver_error(exc, context=path) from None
     ours = "alembic_version" in names
     foreign = sorted(
         name for name in names if name != "alembic_version" and not name.startswith("sqlite_")
