@@ -1056,6 +1056,44 @@ def eval_command(
     help="With --kill-at: also kill the restarted run at this operation of its own.",
 )
 @click.option(
+    "--kill-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Replay one wall-clock case: kill after this many seconds (from a failure report).",
+)
+@click.option(
+    "--then-kill-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --kill-after: also kill the restarted run after this many seconds.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["points", "time", "both"]),
+    default="both",
+    show_default=True,
+    help="Kill at the library's crash points, at seeded wall-clock instants, or half each.",
+)
+@click.option(
+    "--observe",
+    "observe_target",
+    metavar="MODULE:FUNCTION",
+    default=None,
+    help="What the harness changes outside the store: FUNCTION(db_path) returns it as JSON.",
+)
+@click.option(
+    "--no-evidence",
+    is_flag=True,
+    help="Do not compare the last result of each read tool with the uncrashed run's.",
+)
+@click.option(
+    "--postgres",
+    metavar="URL",
+    default=None,
+    help="Run every case on a fresh database of this PostgreSQL server (a role that may "
+    "create databases).",
+)
+@click.option(
     "--no-restart-kills",
     is_flag=True,
     help="Never kill a restarted run (by default about half the kills do).",
@@ -1081,6 +1119,12 @@ def crashtest(
     seed: int,
     kill_at: int | None,
     then_kill_at: int | None,
+    kill_after: float | None,
+    then_kill_after: float | None,
+    mode: str,
+    observe_target: str | None,
+    no_evidence: bool,
+    postgres: str | None,
     no_restart_kills: bool,
     workdir: str | None,
     timeout: float,
@@ -1089,18 +1133,23 @@ def crashtest(
 
     MODULE:FUNCTION is a callable taking the database path that drives a Store to the end and
     resumes after a crash (see clawvm_store.testing). After an uncrashed run that counts the
-    library operations, each kill runs it on a fresh database and kills it at a seeded
-    operation, recovers, checks the invariants (acknowledged stages and puts present exactly,
-    nothing half-applied, recovery idempotent, tool calls paired, check() clean), restarts it
-    (about half the time killing the restart too, and checking again) to the end and checks again (no write tool re-run, floor pages in the first assembly, the
-    same pages as the uncrashed run). Exits 1 with a report and a replay line when an
-    invariant breaks. Does not use --db.
+    library operations and times the run, each kill runs it on a fresh database and kills it
+    at a seeded library operation (--mode points) or a seeded wall-clock instant (--mode time,
+    which lands in the harness's own code too; --mode both, the default, does half each),
+    recovers, checks the invariants (acknowledged stages, puts and LangGraph checkpoints
+    present exactly, nothing half-applied, recovery idempotent, tool calls paired, check()
+    clean), restarts it (about half the time killing the restart too, and checking again) to
+    the end and checks again (every write tool call exactly once, floor pages in the first
+    assembly, the same pages, last tool evidence and --observe'd world as the uncrashed run).
+    Exits 1 with a report and a replay line when an invariant breaks. Does not use --db.
 
     \b
     Example:
       clawvm crashtest clawvm_store.testing.examples:correct_agent --kills 20
-      clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37
+      clawvm crashtest mypackage.agent:main --observe mypackage.agent:world --kills 50
       clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37 --then-kill-at 12
+      clawvm crashtest mypackage.agent:main --seed 7 --kill-after 0.0412
+      clawvm crashtest mypackage.agent:main --postgres postgresql+psycopg://me@db/postgres
     """
     from rich.progress import Progress
 
@@ -1109,8 +1158,22 @@ def crashtest(
 
     try:
         harness = load_harness(target)
+        observe = load_harness(observe_target) if observe_target else None
     except CrashTestSetupError as exc:
         fail(str(exc), 2)
+    options: list[str] = []
+    if observe_target:
+        options += ["--observe", observe_target]
+    if no_evidence:
+        options.append("--no-evidence")
+    if postgres:
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(postgres).render_as_string(hide_password=True)
+        except Exception:
+            shown = postgres
+        options += ["--postgres", shown]
     console = Console(stderr=True)
     # No refresh thread: the kit forks, and a fork should not copy a thread that may hold the
     # console's lock. The bar is redrawn after each case instead.
@@ -1129,13 +1192,20 @@ def crashtest(
                 harness,
                 kills=kills,
                 seed=seed,
+                mode=mode,  # type: ignore[arg-type]  # Click checked it is one of MODES
                 kill_at=kill_at,
                 then_kill_at=then_kill_at,
+                kill_after=kill_after,
+                then_kill_after=then_kill_after,
                 restart_kills=not no_restart_kills,
+                observe=observe,
+                compare_evidence=not no_evidence,
+                postgres=postgres,
                 workdir=workdir,
                 timeout=timeout,
                 progress=advance,
                 name=target,
+                options=options,
             )
         except CrashTestSetupError as exc:
             fail(str(exc), 2)
@@ -1147,6 +1217,8 @@ def crashtest(
             [
                 "kills",
                 "restarts killed",
+                "time kills landed",
+                "in harness code",
                 "operations per run",
                 "acknowledged writes",
                 "invariants checked",
@@ -1156,6 +1228,8 @@ def crashtest(
                 (
                     report.kills,
                     report.restart_kills,
+                    report.time_kills,
+                    report.time_kills_in_harness,
                     report.total_ops,
                     report.acknowledged_writes,
                     report.invariants_checked,

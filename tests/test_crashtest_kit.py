@@ -28,7 +28,15 @@ from clawvm_store.testing import (
     replay,
     run_crashtest,
 )
-from clawvm_store.testing.examples import correct_agent, memory_agent, replaying_agent
+from clawvm_store.testing import examples
+from clawvm_store.testing.examples import (
+    correct_agent,
+    direct_effect_agent,
+    early_turn_agent,
+    memory_agent,
+    observe_world,
+    replaying_agent,
+)
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kit forks")
@@ -43,6 +51,21 @@ POST_CRASH = (
     "recovery_idempotent",
     "tool_calls_paired",
 )
+COMPARED = (
+    "write_effects_exactly_once",
+    "final_state_matches_uncrashed",
+    "evidence_matches_uncrashed",
+    "world_matches_uncrashed",
+)
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example model answers at once: crash-point campaigns need no thinking time.
+
+    The kit forks its runs from this process, so they all see the patched module.
+    """
+    monkeypatch.setattr(examples, "THINKING_ROUNDS", 0)
 
 
 # --- harnesses defined here: the kit forks, so any callable works ---------------------------
@@ -108,8 +131,8 @@ def make_drifting_agent(counter: Path) -> Any:
 # --- the correct harness passes -----------------------------------------------------------------
 
 
-def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
-    report = run_crashtest(correct_agent, kills=25, seed=3, workdir=tmp_path)
+def test_the_correct_harness_survives_every_kill(tmp_path: Path, quick: None) -> None:
+    report = run_crashtest(correct_agent, kills=25, seed=3, mode="points", workdir=tmp_path)
     assert report.ok, report.render()
     assert report.failures == []
     assert report.kills == 25
@@ -120,14 +143,10 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     # About half the cases also kill the restarted run; where that kill lands, the recovered
     # state is checked once more. The floor is checked when a restarted run assembles a prompt:
     # not when the kill came after the last turn's assembly, leaving nothing to redo.
-    assert sum(point is not None for point in report.then_kill_points) == 12
-    assert 1 <= report.restart_kills <= 12
+    assert sum(point is not None for point in report.then_kill_points) == 11
+    assert 1 <= report.restart_kills <= 11
     expected = {name: 1 + 2 * 25 + report.restart_kills for name in POST_CRASH}
-    expected.update(
-        harness_completes=1 + 25,
-        write_tools_not_rerun=25,
-        final_state_matches_uncrashed=25,
-    )
+    expected.update(harness_completes=1 + 25, **dict.fromkeys(COMPARED, 25))
     floors = report.checked.pop("floor_after_restart")
     assert dict(report.checked) == expected
     assert 15 <= floors <= 25 + report.restart_kills
@@ -136,15 +155,15 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == []  # passing cases leave nothing behind
 
 
-def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
-    first = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "a")
-    second = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "b")
-    other = run_crashtest(correct_agent, kills=4, seed=12, workdir=tmp_path / "c")
+def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path, quick: None) -> None:
+    first = run_crashtest(correct_agent, kills=4, seed=11, mode="points", workdir=tmp_path / "a")
+    second = run_crashtest(correct_agent, kills=4, seed=11, mode="points", workdir=tmp_path / "b")
+    other = run_crashtest(correct_agent, kills=4, seed=12, mode="points", workdir=tmp_path / "c")
     assert first.kill_points == second.kill_points
     assert first.then_kill_points == second.then_kill_points
     assert first.kill_points != other.kill_points
     alone = run_crashtest(
-        correct_agent, kills=4, seed=11, restart_kills=False, workdir=tmp_path / "d"
+        correct_agent, kills=4, seed=11, mode="points", restart_kills=False, workdir=tmp_path / "d"
     )
     assert alone.kill_points == first.kill_points
     assert (alone.then_kill_points, alone.restart_kills) == ([None] * 4, 0)
@@ -154,15 +173,19 @@ def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
 # --- broken harnesses are caught, with the exact invariant --------------------------------------
 
 
-def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> None:
-    report = run_crashtest(memory_agent, kills=12, seed=0, workdir=tmp_path)
+def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path, quick: None) -> None:
+    report = run_crashtest(memory_agent, kills=12, seed=0, mode="points", workdir=tmp_path)
     assert not report.ok
     caught = {failure.invariant for failure in report.failures}
     # Restarting from scratch runs its write tool again; or, when the crash interrupted a
     # write, the library refuses to re-run it blindly and the restart fails.
-    assert "write_tools_not_rerun" in caught
-    assert caught <= {"write_tools_not_rerun", "harness_completes", "final_state_matches_uncrashed"}
-    rerun = next(f for f in report.failures if f.invariant == "write_tools_not_rerun")
+    assert "write_effects_exactly_once" in caught
+    assert caught <= {
+        "write_effects_exactly_once",
+        "harness_completes",
+        "final_state_matches_uncrashed",
+    }
+    rerun = next(f for f in report.failures if f.invariant == "write_effects_exactly_once")
     assert rerun.detail.startswith(
         "write tool 'write_note' (session agent-1) ran 2 times with the same"
     )
@@ -183,8 +206,10 @@ def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> N
     assert (kept / "agent.db").exists() and (kept / "after-crash" / "agent.db").exists()
 
 
-def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(tmp_path: Path) -> None:
-    report = run_crashtest(replaying_agent, kills=12, seed=0, workdir=tmp_path)
+def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(replaying_agent, kills=12, seed=0, mode="points", workdir=tmp_path)
     assert not report.ok
     assert {failure.invariant for failure in report.failures} == {"final_state_matches_uncrashed"}
     assert all(
@@ -213,7 +238,7 @@ def test_a_harness_that_discards_staged_updates_is_caught_without_a_crash(tmp_pa
 def test_a_harness_whose_first_prompt_after_a_restart_lacks_its_bootstrap_is_caught(
     tmp_path: Path,
 ) -> None:
-    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, workdir=tmp_path)
+    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, mode="points", workdir=tmp_path)
     assert {failure.invariant for failure in report.failures} == {"floor_after_restart"}
     assert report.failures[0].detail == (
         "bootstrap page 'policy/agents' is absent in the first assembly of s after the "
@@ -232,7 +257,7 @@ def test_a_harness_that_fails_on_its_own_is_reported_as_such(tmp_path: Path) -> 
 
 def test_a_harness_that_is_not_deterministic_is_reported(tmp_path: Path) -> None:
     harness = make_drifting_agent(tmp_path / "runs.txt")
-    report = run_crashtest(harness, kills=100, workdir=tmp_path / "work")
+    report = run_crashtest(harness, kills=100, mode="points", workdir=tmp_path / "work")
     caught = {failure.invariant for failure in report.failures}
     assert "deterministic_harness" in caught
     drift = next(f for f in report.failures if f.invariant == "deterministic_harness")
@@ -242,8 +267,12 @@ def test_a_harness_that_is_not_deterministic_is_reported(tmp_path: Path) -> None
 # --- replay -----------------------------------------------------------------------------------------
 
 
-def test_a_failure_replays_exactly_from_its_seed_and_kill_point(tmp_path: Path) -> None:
-    report = run_crashtest(memory_agent, kills=12, seed=5, workdir=tmp_path / "campaign")
+def test_a_failure_replays_exactly_from_its_seed_and_kill_point(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(
+        memory_agent, kills=12, seed=5, mode="points", workdir=tmp_path / "campaign"
+    )
     failure = report.failures[0]
     assert failure.kill_at is not None
     again = replay(
@@ -279,11 +308,11 @@ def test_replay_refuses_a_kill_point_beyond_the_run(tmp_path: Path) -> None:
         replay(correct_agent, kill_at=100000, workdir=tmp_path)
 
 
-def test_the_fixture_raises_a_readable_assertion(tmp_path: Path) -> None:
+def test_the_fixture_raises_a_readable_assertion(tmp_path: Path, quick: None) -> None:
     harness = CrashHarness(tmp_path)
     assert harness.run(correct_agent, kills=2).ok
     with pytest.raises(CrashInvariantError) as caught:
-        harness.run(replaying_agent, kills=12)
+        harness.run(replaying_agent, kills=12, mode="points")
     assert isinstance(caught.value, AssertionError)
     text = str(caught.value)
     assert text.startswith(f"crash test of {EXAMPLES}:replaying_agent: 12 kills (seed 0; ")
@@ -362,7 +391,7 @@ def invoke(*args: str) -> Any:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
+def test_cli_passes_the_correct_harness(tmp_path: Path, quick: None) -> None:
     result = invoke(
         "crashtest",
         f"{EXAMPLES}:correct_agent",
@@ -370,28 +399,35 @@ def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
         "3",
         "--seed",
         "1",
+        "--mode",
+        "points",
         "--no-restart-kills",
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert (
-        lines[0] == "kills\trestarts killed\toperations per run\tacknowledged writes\t"
-        "invariants checked\tfailures"
+        lines[0] == "kills\trestarts killed\ttime kills landed\tin harness code\t"
+        "operations per run\tacknowledged writes\tinvariants checked\tfailures"
     )
-    kills, restarts, ops, acked, checked, failures = lines[1].split("\t")
-    assert (kills, restarts, failures, checked) == ("3", "0", "0", str(8 + 18 * 3))
+    kills, restarts, timed, in_harness, ops, acked, checked, failures = lines[1].split("\t")
+    # The uncrashed run: 7 post-crash checks and harness_completes. Each kill: the 7 twice,
+    # harness_completes, the floor and the 4 comparisons with the uncrashed run.
+    assert (kills, restarts, timed, in_harness, failures) == ("3", "0", "0", "0", "0")
+    assert checked == str(8 + 20 * 3)
     assert int(ops) > 50 and int(acked) > 30
     assert lines[2] == "invariant\tchecked\tfailed"
     assert [line.split("\t")[0] for line in lines[3:]] == list(INVARIANTS)
 
 
-def test_cli_json_shape(tmp_path: Path) -> None:
+def test_cli_json_shape(tmp_path: Path, quick: None) -> None:
     result = invoke("crashtest", f"{EXAMPLES}:correct_agent", "--kills", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == {
         "harness",
         "seed",
+        "mode",
+        "backend",
         "ok",
         "kills",
         "total_ops",
@@ -400,7 +436,13 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "checked",
         "kill_points",
         "then_kill_points",
+        "kill_times",
+        "then_kill_times",
         "restart_kills",
+        "time_kills",
+        "time_kills_in_harness",
+        "time_kills_missed",
+        "cases",
         "failures",
         "elapsed_s",
     }
@@ -414,9 +456,18 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     assert data["invariants_checked"] == sum(data["checked"].values())
 
 
-def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -> None:
+def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(
+    tmp_path: Path, quick: None
+) -> None:
     result = invoke(
-        "crashtest", f"{EXAMPLES}:replaying_agent", "--kills", "6", "--workdir", str(tmp_path)
+        "crashtest",
+        f"{EXAMPLES}:replaying_agent",
+        "--kills",
+        "6",
+        "--mode",
+        "points",
+        "--workdir",
+        str(tmp_path),
     )
     assert result.exit_code == 1
     assert "crash test failed: invariant final_state_matches_uncrashed" in result.output
@@ -431,6 +482,8 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
             f"{EXAMPLES}:replaying_agent",
             "--kills",
             "6",
+            "--mode",
+            "points",
             "--workdir",
             str(tmp_path / "json"),
         ).stdout
@@ -442,11 +495,15 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
         "detail",
         "harness",
         "seed",
+        "mode",
         "kill_number",
         "kill_at",
+        "kill_after",
+        "where",
         "total_ops",
         "label",
         "then_kill_at",
+        "then_kill_after",
         "then_label",
         "kill_point",
         "replay",
@@ -506,7 +563,7 @@ def test_the_pytest_plugin_fixture(pytester: pytest.Pytester) -> None:
             assert report.ok
 
         def test_replaying_is_caught(crash_harness):
-            crash_harness.run(replaying_agent, kills=8)
+            crash_harness.run(replaying_agent, kills=8, mode="points")
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
