@@ -7,12 +7,13 @@ exactly from its kill point, and report in the shapes the README shows.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from click.testing import CliRunner
@@ -22,13 +23,14 @@ from clawvm_store import _crashpoints
 from clawvm_store.cli import app
 from clawvm_store.testing import (
     INVARIANTS,
+    CrashFailure,
     CrashHarness,
     CrashInvariantError,
     CrashTestSetupError,
+    examples,
     replay,
     run_crashtest,
 )
-from clawvm_store.testing import examples
 from clawvm_store.testing.examples import (
     correct_agent,
     direct_effect_agent,
@@ -456,9 +458,7 @@ def test_cli_json_shape(tmp_path: Path, quick: None) -> None:
     assert data["invariants_checked"] == sum(data["checked"].values())
 
 
-def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(
-    tmp_path: Path, quick: None
-) -> None:
+def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path, quick: None) -> None:
     result = invoke(
         "crashtest",
         f"{EXAMPLES}:replaying_agent",
@@ -595,3 +595,346 @@ def test_the_readme_harness_survives(tmp_path: Path) -> None:
     report = run_crashtest(readme_harness(), kills=12, seed=0, workdir=tmp_path)
     assert report.ok, report.render()
     assert report.harness == "readme_example:main"
+
+
+# --- lost and doubled effects, the declared world, kills anywhere ------------------------------
+
+
+@pytest.fixture
+def two_turns(monkeypatch: pytest.MonkeyPatch, quick: None) -> None:
+    """The examples run two turns: every crash point of a run stays affordable to try."""
+    monkeypatch.setattr(examples, "TURNS", 2)
+
+
+def every_point(harness: Any, tmp_path: Path, **options: Any) -> Any:
+    """Kill at every crash point of a run, once each, never killing the restart."""
+    report = run_crashtest(
+        harness, kills=10_000, mode="points", restart_kills=False, workdir=tmp_path, **options
+    )
+    assert report.kills == report.total_ops == len(report.cases)
+    return report
+
+
+def test_an_effect_lost_by_ending_the_turn_first_is_caught_exactly_where_it_is_lost(
+    tmp_path: Path, two_turns: None
+) -> None:
+    report = every_point(early_turn_agent, tmp_path)
+    labels = {case.kill_at: case.label for case in report.cases}
+    # Lost: killed once the turn counter advanced (end_turn committed) and before the write
+    # tool's ledger entry let it run (its transaction's three points): the restart skips it.
+    exposed = set()
+    for point, label in labels.items():
+        if label == "Session.end_turn/committed":
+            exposed |= {point, point + 1, point + 2, point + 3}
+            assert [labels[point + n] for n in (1, 2, 3)] == [
+                "Session.tool_call/begin",
+                "Session.tool_call/commit",
+                "Session.tool_call/committed",
+            ]
+    assert len(exposed) == 4 * 2
+    failed = {case.kill_at: set(case.failed) for case in report.cases if case.failed}
+    assert set(failed) == exposed
+    assert all(
+        names
+        == {"write_effects_exactly_once", "evidence_matches_uncrashed", "world_matches_uncrashed"}
+        for names in failed.values()
+    )
+    lost = next(f for f in report.failures if f.invariant == "write_effects_exactly_once")
+    assert lost.detail in {
+        f"write tool 'write_note' (session agent-1, idempotency key 'note-{turn}') ran 0 times "
+        "across the crash and the restart; an uncrashed run runs it 1 time: its effect is lost"
+        for turn in (0, 1)
+    }
+    world = next(f for f in report.failures if f.invariant == "world_matches_uncrashed")
+    assert world.detail.startswith(
+        "the world differs from the uncrashed run's at ['notes.md']: 1 lines against 2, "
+    )
+    evidence = next(f for f in report.failures if f.invariant == "evidence_matches_uncrashed")
+    assert evidence.detail.startswith(
+        "read tool 'read_file' (session agent-1): its last result differs from the uncrashed "
+        "run's: 1 lines against 2, "
+    )
+    # Nothing else broke anywhere: the library kept every acknowledged write.
+    assert {f.invariant for f in report.failures} == set(next(iter(failed.values())))
+    # The lost effect alone, without the world or the evidence to look at.
+    point = min(exposed)
+    alone = replay(
+        early_turn_agent,
+        kill_at=point,
+        observe=None,
+        compare_evidence=False,
+        workdir=tmp_path / "alone",
+    )
+    assert {f.invariant for f in alone.failures} >= {"write_effects_exactly_once"}
+
+
+def test_a_doubled_direct_effect_is_caught_through_the_world_and_the_final_read(
+    tmp_path: Path, two_turns: None
+) -> None:
+    report = every_point(direct_effect_agent, tmp_path)
+    labels = {case.kill_at: case.label for case in report.cases}
+    # Doubled: the note is written directly, then the turn ends; killed before that end
+    # committed, the restart redoes the turn and writes the note again.
+    exposed = {
+        point
+        for point, label in labels.items()
+        if label in ("Session.end_turn/begin", "Session.end_turn/commit")
+    }
+    assert len(exposed) == 2 * 2
+    failed = {case.kill_at: set(case.failed) for case in report.cases if case.failed}
+    assert set(failed) == exposed
+    assert all(
+        names == {"evidence_matches_uncrashed", "world_matches_uncrashed"}
+        for names in failed.values()
+    )
+    world = next(f for f in report.failures if f.invariant == "world_matches_uncrashed")
+    assert world.detail.startswith(
+        "the world differs from the uncrashed run's at ['notes.md']: 3 lines against 2, "
+    )
+    # The library never saw that effect: without the world or the evidence, nothing is caught.
+    point = min(exposed)
+    blind = replay(
+        direct_effect_agent, kill_at=point, compare_evidence=False, workdir=tmp_path / "blind"
+    )
+    assert [f.invariant for f in blind.failures] == ["world_matches_uncrashed"]
+
+
+def test_write_effects_exactly_once_counts_a_run_cut_short_in_the_tool_as_perhaps_once() -> None:
+    from clawvm_store.testing.invariants import Findings, check_write_effects
+
+    def exec_(call: int) -> dict[str, Any]:
+        return {
+            "k": "tool_exec",
+            "session": "s",
+            "call": call,
+            "name": "w",
+            "signature": "sig",
+            "effect": "write",
+            "idempotency_key": "k1",
+        }
+
+    ran = {"k": "tool_ran", "session": "s", "call": 1}
+    baseline = {("s", "w", "key", "k1"): 1}
+    cases = {
+        "once": [exec_(1), ran],
+        "cut short, not re-run": [exec_(1)],
+        "cut short, re-run": [exec_(1), exec_(2), {**ran, "call": 2}],
+        "twice": [exec_(1), ran, exec_(2), {**ran, "call": 2}],
+        "never": [],
+    }
+    outcome = {}
+    for name, acks in cases.items():
+        findings = Findings()
+        check_write_effects(acks, baseline, findings)
+        outcome[name] = findings.broken.get("write_effects_exactly_once")
+    assert outcome == {
+        "once": None,
+        "cut short, not re-run": None,
+        "cut short, re-run": None,
+        "twice": "write tool 'w' (session s) ran 2 times with the same arguments across the "
+        "crash and the restart; an uncrashed run runs it 1 time",
+        "never": "write tool 'w' (session s, idempotency key 'k1') ran 0 times across the crash "
+        "and the restart; an uncrashed run runs it 1 time: its effect is lost",
+    }
+
+
+def test_wall_clock_kills_land_in_harness_code_too_and_the_correct_harness_survives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model that thinks about as long as the library works, as a real agent's does (longer).
+    monkeypatch.setattr(examples, "THINKING_ROUNDS", 120_000)
+    report = run_crashtest(correct_agent, kills=10, seed=1, mode="time", workdir=tmp_path)
+    assert report.ok, report.render()
+    assert (report.kills, report.kill_points, len(report.kill_times)) == (10, [], 10)
+    assert all(0 <= delay <= report.run_s for delay in report.kill_times)
+    landed = [case for case in report.cases if case.where is not None]
+    assert len(landed) == report.time_kills == 10 - report.time_kills_missed
+    assert report.time_kills >= 6
+    in_harness = [case for case in landed if case.where == "harness"]
+    assert len(in_harness) == report.time_kills_in_harness >= 2
+    assert any(case.label == f"{EXAMPLES}:fake_model" for case in in_harness)
+    assert any(case.where == "library" for case in landed)
+    # Exact counts: a missed instant is an uncrashed case (its checks once); a landed one is
+    # checked after the crash, after a second crash if the restart was killed, and at the end.
+    killed_twice = report.restart_kills
+    expected = {
+        name: 1 + 2 * report.time_kills + report.time_kills_missed + killed_twice
+        for name in POST_CRASH
+    }
+    expected.update(harness_completes=1 + 10, **dict.fromkeys(COMPARED, 10))
+    report.checked.pop("floor_after_restart", None)
+    assert dict(report.checked) == expected
+    # The same seed draws the same instants, as shares of the uncrashed run's duration (which
+    # varies from campaign to campaign: that is as far as timing allows).
+    again = run_crashtest(
+        correct_agent, kills=10, seed=1, mode="time", restart_kills=False, workdir=tmp_path / "b"
+    )
+    shares = [delay / report.run_s for delay in report.kill_times]
+    assert [delay / again.run_s for delay in again.kill_times] == pytest.approx(shares, abs=1e-3)
+    assert again.then_kill_times == [None] * 10
+
+
+def test_both_mode_splits_the_kills_and_a_time_case_replays_from_its_delay(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(correct_agent, kills=5, seed=2, workdir=tmp_path / "a")
+    assert report.ok, report.render()
+    assert (report.mode, len(report.kill_points), len(report.kill_times)) == ("both", 3, 2)
+    assert [case.mode for case in report.cases] == ["points"] * 3 + ["time"] * 2
+    points = run_crashtest(correct_agent, kills=3, seed=2, mode="points", workdir=tmp_path / "b")
+    assert points.kill_points == report.kill_points  # a seed names the same points in any mode
+    delay = report.kill_times[0]
+    again = replay(correct_agent, kill_after=delay, workdir=tmp_path / "c")
+    assert (again.kill_times, again.kill_points, again.ok) == ([delay], [], True)
+    failure = CrashFailure(
+        invariant="x",
+        detail="y",
+        harness=f"{EXAMPLES}:correct_agent",
+        seed=2,
+        kill_number=1,
+        kills=1,
+        kill_at=12,
+        total_ops=40,
+        label="Session.stage",
+        kill_after=0.0123,
+        where="harness",
+    )
+    assert (
+        failure.kill_point == "0.0123 s into the run (op 12 of 40, in harness code: Session.stage)"
+    )
+    assert failure.replay_command == (
+        f"clawvm crashtest {EXAMPLES}:correct_agent --seed 2 --kill-after 0.0123"
+    )
+    assert failure.replay_call == "crash_harness.replay(correct_agent, seed=2, kill_after=0.0123)"
+
+
+def test_observe_must_be_callable_and_must_work_on_the_uncrashed_run(tmp_path: Path) -> None:
+    with pytest.raises(CrashTestSetupError, match="observe must be callable"):
+        run_crashtest(correct_agent, kills=1, observe=42, workdir=tmp_path / "a")  # type: ignore[arg-type]
+
+    def broken(db_path: str) -> object:
+        raise OSError("no such world")
+
+    with pytest.raises(
+        CrashTestSetupError, match="observe failed after the uncrashed run: OSError"
+    ):
+        run_crashtest(correct_agent, kills=1, observe=broken, workdir=tmp_path / "b")
+
+
+def test_cli_observe_and_mode_options(tmp_path: Path, two_turns: None) -> None:
+    base = ["crashtest", f"{EXAMPLES}:direct_effect_agent", "--mode", "points", "--no-evidence"]
+    point = first_turn_end(direct_effect_agent, tmp_path / "probe") - 1  # end_turn's commit
+    result = invoke(
+        *base,
+        "--kill-at",
+        str(point),
+        "--observe",
+        f"{EXAMPLES}:observe_world",
+        "--workdir",
+        str(tmp_path / "b"),
+    )
+    assert result.exit_code == 1
+    assert "crash test failed: invariant world_matches_uncrashed" in result.output
+    assert (
+        f"replay:     clawvm crashtest {EXAMPLES}:direct_effect_agent --seed 0 --kill-at {point}"
+        f" --observe {EXAMPLES}:observe_world --no-evidence\n" in result.output
+    )
+    bad = CliRunner().invoke(app, [*base, "--observe", "nope"])
+    assert (bad.exit_code, bad.output) == (2, "error: expected MODULE:FUNCTION, got 'nope'\n")
+    assert observe_world(str(tmp_path / "none" / "agent.db")) == {}
+
+
+# --- LangGraph checkpoints, PostgreSQL ---------------------------------------------------------
+
+
+class TrailState(TypedDict):
+    trail: Annotated[list[str], operator.add]
+
+
+def langgraph_agent(db_path: str) -> None:
+    """A three-node LangGraph chain on ClawVMSaver that resumes from its last checkpoint."""
+    from langgraph.graph import END, START, StateGraph
+
+    from clawvm_store.integrations.langgraph import ClawVMSaver
+
+    builder = StateGraph(TrailState)
+    for name in ("plan", "act", "report"):
+        builder.add_node(name, lambda state, name=name: {"trail": [name]})
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "act")
+    builder.add_edge("act", "report")
+    builder.add_edge("report", END)
+    config: Any = {"configurable": {"thread_id": "t-1"}}
+    with ClawVMSaver.from_path(db_path) as saver:
+        graph = builder.compile(checkpointer=saver)
+        started = saver.get_tuple(config) is not None
+        # Checkpoints written in step (durability="sync"): the same operations on every run.
+        graph.invoke(None if started else {"trail": []}, config, durability="sync")
+        assert graph.get_state(config).values["trail"] == ["plan", "act", "report"]
+
+
+def test_acknowledged_langgraph_checkpoints_are_checked_after_every_crash(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph")
+    report = run_crashtest(langgraph_agent, kills=6, seed=0, mode="points", workdir=tmp_path)
+    assert report.ok, report.render()
+    assert report.checked["acked_checkpoints_readable"] >= 1 + 6
+    assert report.acknowledged_writes >= 6
+
+
+def test_a_checkpoint_lost_after_its_acknowledgement_is_caught(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph")
+
+    def losing_agent(db_path: str) -> None:
+        langgraph_agent(db_path)
+        with cvm.Store.open(db_path) as store, store.db.transaction() as conn:
+            conn.exec_driver_sql("DELETE FROM lg_writes")  # behind the saver's back
+
+    report = run_crashtest(losing_agent, kills=0, workdir=tmp_path)
+    assert [f.invariant for f in report.failures] == ["acked_checkpoints_readable"]
+    assert "acknowledged pending write t-1/" in report.failures[0].detail
+    assert (
+        report.failures[0].detail.endswith("is missing")
+        or " is missing;" in report.failures[0].detail
+    )
+
+
+def first_turn_end(harness: Any, directory: Path) -> int:
+    """The crash point at which the first turn_end commits (its acknowledgement's count)."""
+    from clawvm_store.testing.kit import _run_child
+
+    directory.mkdir()
+    run = _run_child(harness, str(directory / "agent.db"), directory, "probe", 60.0)
+    return next(
+        int(ack["at"])
+        for ack in run.acks
+        if ack["k"] == "boundary" and ack["boundary"] == "turn_end"
+    )
+
+
+def test_the_kit_runs_against_postgresql(
+    tmp_path: Path, postgres_server: str, two_turns: None
+) -> None:
+    report = run_crashtest(
+        correct_agent, kills=4, seed=3, mode="points", postgres=postgres_server, workdir=tmp_path
+    )
+    assert report.ok, report.render()
+    assert report.backend == "postgresql"
+    expected = {name: 1 + 2 * 4 + report.restart_kills for name in POST_CRASH}
+    expected.update(harness_completes=1 + 4, **dict.fromkeys(COMPARED, 4))
+    report.checked.pop("floor_after_restart", None)
+    assert dict(report.checked) == expected
+    # A lost effect is caught there too, at a point that loses it.
+    lost = run_crashtest(
+        early_turn_agent, kills=0, postgres=postgres_server, workdir=tmp_path / "x"
+    )
+    assert lost.ok
+    point = first_turn_end(early_turn_agent, tmp_path / "probe")
+    caught = replay(
+        early_turn_agent, kill_at=point, postgres=postgres_server, workdir=tmp_path / "y"
+    )
+    assert {f.invariant for f in caught.failures} == {
+        "write_effects_exactly_once",
+        "evidence_matches_uncrashed",
+        "world_matches_uncrashed",
+    }
+    assert caught.failures[0].kill_at == point

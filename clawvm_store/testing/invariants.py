@@ -92,7 +92,7 @@ _DIGEST_TABLES = (
     ("tool_calls", "id"),
     ("faults", "id"),
 )
-ACK_WRITES = ("stage", "put", "boundary", "tool_finish")
+ACK_WRITES = ("stage", "put", "boundary", "tool_finish", "lg_checkpoint", "lg_writes")
 """Acknowledgement kinds that count as acknowledged writes in the summary."""
 
 
