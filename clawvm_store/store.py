@@ -1245,14 +1245,22 @@ class Store:
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         limit: int | None = None,
+        timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Run a read-only SQL statement and return its rows as dicts (column name → value).
 
         Any statement that would change anything (INSERT, UPDATE, DELETE, DDL, ATTACH, a
         state-changing PRAGMA, VACUUM) raises :class:`ReadOnlyViolation` and the database is
         left byte for byte as it was. Bind values with ``params`` (``?`` or ``:name``).
+        Read-only introspection works: ``pragma_table_info('pages')``, ``pragma_index_list``,
+        ``pragma_foreign_key_list`` and ``sqlite_schema`` on SQLite, ``information_schema`` on
+        PostgreSQL.
+
+        ``timeout`` is a time limit in seconds (``None``: none): a statement still running
+        then stops with :class:`QueryTimeout` and its read snapshot is released. A Ctrl-C stops
+        a running statement too (``KeyboardInterrupt``).
         """
-        columns, rows = self.db.query(sql, params, limit=limit)
+        columns, rows = self.db.query(sql, params, limit=limit, timeout=timeout)
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def backup(self, destination: str | os.PathLike[str]) -> str:

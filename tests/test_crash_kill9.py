@@ -27,6 +27,8 @@ import random
 import select
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import traceback
 import uuid
@@ -875,3 +877,27 @@ def test_acked_stages_commit_at_recovery_after_self_kill(
         assert resumed.staged() == []
     finally:
         store.close()
+
+
+def test_a_database_killed_while_it_was_being_created_opens(tmp_path: Path) -> None:
+    """Killed in rollback-journal mode (before the first connection switched the new file to
+    WAL), the file has a hot journal: a read-only probe cannot read it, the open must."""
+    db = tmp_path / "agent.db"
+    script = (
+        "import os, signal, sqlite3\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('PRAGMA cache_size = 1')\n"
+        "c.execute('CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)')\n"
+        "c.execute('BEGIN')\n"
+        "c.execute('CREATE TABLE half (x)')\n"
+        "for _ in range(500): c.execute('INSERT INTO half VALUES (?)', ('x' * 500,))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert Path(f"{db}-journal").stat().st_size > 0  # hot: the rollback has not happened
+    with cvm.Store.open(db) as store:
+        store.put("policy/agents", type="bootstrap", content="Be careful.", project="p")
+        assert store.check().ok
+        tables = {row["name"] for row in store.query("SELECT name FROM sqlite_schema")}
+        assert "half" not in tables  # the dead writer's transaction was rolled back
