@@ -628,3 +628,86 @@ def test_gc_keeps_every_staying_version_readable(tmp_path: Path, keep: int) -> N
         )
         assert store.page("conversation/c", session="s").content == f"{texts[-1]}\nuser: after gc"
         assert store.check().ok
+
+
+# -- revision 0006 converts a store written in the 0005 layout -------------------------------------
+
+
+def _alembic(path: Path, action: str, revision: str) -> None:
+    from alembic import command
+
+    from clawvm_store.db import Database
+
+    db = Database(path)
+    try:
+        config = db._alembic_config()
+        with db.engine.connect() as conn:
+            # As Database.migrate does: batch mode rebuilds tables that others refer to.
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            driver.execute("PRAGMA foreign_keys = OFF")
+            driver.execute("PRAGMA legacy_alter_table = ON")
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    finally:
+        db.dispose()
+
+
+def test_revision_0006_converts_full_copies_to_segments(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    texts = ["user: hello", "assistant: hi there", "user: read a.py", "assistant: done"]
+    with cvm.Store.open(path) as store:
+        for n, text in enumerate(texts):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=text,
+                op="append" if n else "set",
+                session="s",
+            )
+        store.put("plan/p", type="plan", content="Goal: ship\n- [ ] one", session="s")
+        store.put(
+            "plan/p", type="plan", content="- [ ] two", op="merge", structured={}, session="s"
+        )
+        before = {
+            (key, v, f): store.page(key, session="s", version=v, fidelity=f)
+            for key, versions in (("conversation/c", 4), ("plan/p", 2))
+            for v in range(1, versions + 1)
+            for f in POLICIES[PageType(key.split("/")[0])].ladder
+        }
+    # Back to the 0005 layout: every appended version holds a whole copy of its text again.
+    _alembic(path, "downgrade", "0005")
+    with sqlite3.connect(path) as raw:
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(representations)")}
+        assert "chain_start" not in columns
+        copies = raw.execute(
+            "SELECT r.version, r.content FROM representations r JOIN pages p ON p.id = r.page_id"
+            " WHERE p.key = 'conversation/c' AND r.fidelity = 'full' ORDER BY r.version"
+        ).fetchall()
+    assert copies == [(n + 1, "\n".join(texts[: n + 1])) for n in range(4)]
+    # Opening migrates to the head, converting in one transaction; nothing reads differently.
+    with cvm.Store.open(path) as store:
+        assert store.check().ok, store.check().findings
+        for (key, version, fidelity), page in before.items():
+            again = store.page(key, session="s", version=version, fidelity=fidelity)
+            assert (again.content, again.tokens) == (page.content, page.tokens)
+        store.put(
+            "conversation/c", type="conversation", content="user: thanks", op="append", session="s"
+        )
+        assert store.page("conversation/c", session="s").content == "\n".join(
+            [*texts, "user: thanks"]
+        )
+        assert store.check().ok
+    with sqlite3.connect(path) as raw:
+        pieces = raw.execute(
+            "SELECT r.version, r.content, r.chain_start FROM representations r"
+            " JOIN pages p ON p.id = r.page_id WHERE p.key = 'conversation/c'"
+            " AND r.fidelity = 'full' ORDER BY r.version"
+        ).fetchall()
+    assert pieces == [
+        (1, texts[0], None),
+        (2, texts[1], 1),
+        (3, texts[2], 1),
+        (4, texts[3], 1),
+        (5, "user: thanks", 1),
+    ]
