@@ -131,6 +131,20 @@ _RESOLVE = (
         resolved_at=bindparam("b_at"),
     )
 )
+# An applied entry gives its content up: the version it made holds it (with its own SHA-256),
+# and the journal keeps the content's hash in its place, re-sealed under a new checksum.
+_APPLIED = (
+    update(t.journal)
+    .where(t.journal.c.lsn == bindparam("b_lsn"))
+    .values(
+        state="applied",
+        event_id=bindparam("b_event"),
+        version=bindparam("b_version"),
+        resolved_at=bindparam("b_at"),
+        payload=bindparam("b_payload"),
+        checksum=bindparam("b_checksum"),
+    )
+)
 _PAGE_UPDATE = (
     update(t.pages)
     .where(t.pages.c.id == bindparam("b_id"))
@@ -253,6 +267,43 @@ def entry_checksum(
         }
     )
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload an applied entry keeps: its content replaced by the content's SHA-256.
+
+    Deterministic, so a retried stage with the same idempotency key still recognizes itself
+    (:meth:`JournalEngine.stage`), and the crash kit can check an acknowledged stage's content.
+    """
+    content = payload.get("content")
+    if not isinstance(content, str):
+        return dict(payload)
+    return {**payload, "content": None, "content_sha256": text_sha256(content)}
+
+
+def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int, at: str) -> None:
+    """Set ``entry`` applied as ``version``, keeping its content only as a hash (it is applied)."""
+    payload_json = canonical_json(compact_payload(entry.payload))
+    checksum = entry_checksum(
+        project=entry.project,
+        session_id=entry.session_id,
+        key=entry.key,
+        op=entry.op.value,
+        page_type=entry.page_type.value if entry.page_type else None,
+        scope=entry.scope.value,
+        payload_json=payload_json,
+    )
+    conn.execute(
+        _APPLIED,
+        {
+            "b_lsn": entry.lsn,
+            "b_event": event_id,
+            "b_version": version,
+            "b_at": at,
+            "b_payload": payload_json,
+            "b_checksum": checksum,
+        },
+    )
 
 
 def row_to_entry(row: Any) -> Entry:
@@ -461,7 +512,18 @@ class JournalEngine:
                 },
             ).first()
             if existing is not None:
-                if existing.checksum != checksum:
+                if existing.checksum not in (
+                    checksum,
+                    entry_checksum(  # the original was applied, and keeps a content hash
+                        project=project,
+                        session_id=session_id,
+                        key=update.key,
+                        op=update.op.value,
+                        page_type=page_type,
+                        scope=update.scope.value,
+                        payload_json=canonical_json(compact_payload(payload)),
+                    ),
+                ):
                     raise InvalidInput(
                         f"idempotency key {update.idempotency_key!r} was already used for a "
                         f"different update (lsn {existing.lsn})"
@@ -1039,18 +1101,7 @@ class JournalEngine:
             self.apply(conn, entry, head, version, reps)
             # Commit and apply share this transaction, so the entry goes straight to its final
             # state; "committed" rows exist only where apply was deferred (imports, old crashes).
-            conn.execute(
-                _RESOLVE,
-                {
-                    "b_lsn": entry.lsn,
-                    "b_state": "applied",
-                    "b_reason": None,
-                    "b_detail": None,
-                    "b_event": event_id,
-                    "b_version": version,
-                    "b_at": now,
-                },
-            )
+            mark_applied(conn, entry, event_id=event_id, version=version, at=now)
             result.committed.append(entry.lsn)
             result.versions[entry.lsn] = version
         conn.execute(

@@ -13,7 +13,8 @@ its ``page_versions`` row and all its ``representations``):
 3. a **tool call** names it as its result: ``tool_calls (result_key, result_version)``, resolved
    in the call's project among the call's session's pages and the project's pages;
 4. a **journal entry** refers to it: a payload whose ``provenance`` is ``{"page": "key@N"}``, a
-   pointer handle ``[ptr key@N ...]`` in any string of a payload, or (for an entry still
+   pointer handle ``[ptr key@N ...]`` in any string of a payload (an applied entry keeps its
+   content only as a hash: the text is its version's, rule 5), or (for an entry still
    ``staged`` or ``committed``) the entry's ``expected_version`` or ``version`` on its own key.
    Entries in every state count, quarantined and rejected ones included;
 5. a **pointer** names it: a handle ``[ptr key@N ...]`` anywhere in the text of a kept version's

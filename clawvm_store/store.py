@@ -48,6 +48,7 @@ from .journal import (
     WritebackResult,
     check_key,
     inserted_id,
+    mark_applied,
     row_to_entry,
     text_sha256,
     verify_row,
@@ -919,11 +920,7 @@ class Store:
                 reps = self.journal.prepare(entry, head, conn)
                 self.journal.apply(conn, entry, head, row.version, reps)
                 report.reapplied.append(row.lsn)
-            conn.execute(
-                update(t.journal)
-                .where(t.journal.c.lsn == row.lsn)
-                .values(state="applied", event_id=event_id)
-            )
+            mark_applied(conn, entry, event_id=event_id, version=row.version, at=self.clock())
 
     def _dead_sessions(
         self,
