@@ -243,8 +243,16 @@ def derive_fields(
 # and words never straddle a seam.
 
 FOLD_LINES = 12  # rule lines and plain lines kept (the fields keep at most this many rules)
-FOLD_WORDS = 31  # leading words kept (a summary uses at most 30, plus one to know if there is more)
-FOLD_TITLE_WORDS = 21  # words of the first line kept (a title uses at most 20, plus one)
+# Per type: the words of the first line kept (a title uses at most 6, a plan's fallback goal 20)
+# and the leading words kept (a summary uses 8, 20 or 30), each plus one to know if there is more.
+_FOLD_WORDS: dict[PageType, tuple[int, int]] = {
+    PageType.BOOTSTRAP: (7, 0),
+    PageType.CONSTRAINT: (7, 0),
+    PageType.PLAN: (21, 0),
+    PageType.PREFERENCE: (7, 31),
+    PageType.EVIDENCE: (7, 21),
+    PageType.CONVERSATION: (7, 9),
+}
 _BULLET = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
 _OPEN_STEP = re.compile(r"^(?:[-*•]|\d+[.)])\s+\[ \]")
 _CURRENT = re.compile(r"^(current|next|now)( step)?:", re.IGNORECASE)
@@ -283,8 +291,9 @@ def fold_extend(page_type: PageType, fold: Mapping[str, Any], segment: str) -> d
     state = {
         name: (list(value) if isinstance(value, list) else value) for name, value in fold.items()
     }
-    if "words" in state and len(state["words"]) < FOLD_WORDS:
-        state["words"].extend(segment.split()[: FOLD_WORDS - len(state["words"])])
+    title_words, lead_words = _FOLD_WORDS[page_type]
+    if "words" in state and len(state["words"]) < lead_words:
+        state["words"].extend(segment.split()[: lead_words - len(state["words"])])
     if "roles" in state:
         roles = set(state["roles"])
         roles.update(match.group(1).lower() for match in _ROLE.finditer(segment))
@@ -304,7 +313,7 @@ def fold_extend(page_type: PageType, fold: Mapping[str, Any], segment: str) -> d
         if state.get("title") is None:
             heading = line.lstrip("#").strip()
             if heading:
-                state["title"] = heading.split()[:FOLD_TITLE_WORDS]
+                state["title"] = heading.split()[:title_words]
         if "lines" in state:
             if len(state["lines"]) < FOLD_LINES:
                 state["lines"].append(line)
