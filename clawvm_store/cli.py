@@ -838,25 +838,58 @@ def vacuum(obj: Context) -> None:
         click.echo(f"vacuumed: {before} -> {after} bytes")
 
 
+def _retention(values: tuple[str, ...]) -> dict[str, int]:
+    policy: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not number.strip().isdigit():
+            raise click.BadParameter(
+                f"expected TYPE=N (for example conversation=50), got {value!r}"
+            )
+        policy[name.strip()] = int(number)
+    return policy
+
+
 @app.command()
 @click.option(
-    "--keep-versions", type=click.IntRange(min=1), required=True, help="Versions to keep."
+    "--keep-versions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Versions to keep of every page (of types --keep does not name).",
+)
+@click.option(
+    "--keep",
+    "keep_by_type",
+    multiple=True,
+    metavar="TYPE=N",
+    help="Versions to keep of one page type (repeatable), e.g. conversation=50 evidence=10.",
 )
 @click.option("--project", default=None, help="Only this project's pages.")
 @click.option("--apply", "apply_changes", is_flag=True, help="Remove them (default: a dry run).")
 @common_options
 @pass_context
-def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: bool) -> None:
+def gc(
+    obj: Context,
+    keep_versions: int | None,
+    keep_by_type: tuple[str, ...],
+    project: str | None,
+    apply_changes: bool,
+) -> None:
     """Remove old page versions beyond the newest N; a dry run unless --apply.
 
     Never removes the head, nor a version that a journal entry, an assembly record, a tool call's
-    result, a pointer or another version's provenance still refers to.
+    result, a pointer or another version's provenance still refers to. With only --keep, pages
+    of the types it does not name are left alone.
 
     \b
     Example:
       clawvm --db agent.db gc --keep-versions 5            # what would go
       clawvm --db agent.db gc --keep-versions 5 --apply    # remove it
+      clawvm --db agent.db gc --keep conversation=50 --keep evidence=10 --apply
     """
+    retention = _retention(keep_by_type)
+    if keep_versions is None and not retention:
+        raise click.UsageError("give --keep-versions N or --keep TYPE=N")
     from rich.progress import Progress
 
     from .maintenance import gc as collect
@@ -869,6 +902,7 @@ def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: boo
         report = collect(
             store,
             keep_versions=keep_versions,
+            retention=retention or None,
             dry_run=not apply_changes,
             project=project,
             progress=lambda done, total: progress.update(task, completed=done, total=total),

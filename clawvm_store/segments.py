@@ -335,6 +335,12 @@ def detach(conn: Connection, page_id: int, doomed: Iterable[int]) -> int:
                             plan.setdefault((version, other), {}).update(
                                 {"content": piece, "sha256": text_sha256(piece), "same_as": None}
                             )
+    # A row sharing another's text carries that row's hash: follow a rewritten owner.
+    for (version, name), row in by_key.items():
+        owner_plan = plan.get((version, row.same_as)) if row.same_as else None
+        own = plan.get((version, name), {})
+        if owner_plan and "sha256" in owner_plan and own.get("same_as", row.same_as) is not None:
+            plan.setdefault((version, name), {})["sha256"] = owner_plan["sha256"]
     for (version, name), values in plan.items():
         conn.execute(
             _R.update()

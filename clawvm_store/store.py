@@ -67,6 +67,7 @@ from .pages import (
     Pin,
     ReasonCode,
     Scope,
+    check_retention,
 )
 from .recall import FtsRecall, RecallBackend
 from .representations import (
@@ -253,6 +254,8 @@ class Store:
         self._prepared: OrderedDict[int, ContentRepresentations] = OrderedDict()
         self._discarded_now: list[int] = []
         self.recall_backend: RecallBackend = recall or FtsRecall()
+        # Page type -> versions gc keeps of that type by default (Store.open(retention=...)).
+        self.retention: dict[PageType, int] = {}
         self._token = secrets.token_hex(8)
         self.owner = owner_tag(self._token)
         register_store(self._token, self)
@@ -272,6 +275,7 @@ class Store:
         create: bool = True,
         recover: bool = True,
         recall: RecallBackend | None = None,
+        retention: Mapping[PageType | str, int] | None = None,
     ) -> Store:
         """Open (creating and migrating as needed) the store at a path or SQLAlchemy URL.
 
@@ -281,7 +285,11 @@ class Store:
         is an error instead of a new database. With ``recover=True`` (the default) the journal is
         recovered on open: pending entries are verified, committed ones re-applied, and staged
         updates of sessions whose process died are validated at a ``recovery`` boundary.
+        ``retention`` (page type → versions to keep, e.g. ``{"conversation": 50, "evidence":
+        10}``) is what :func:`clawvm_store.maintenance.gc` keeps of those types by default,
+        beyond the versions something still refers to.
         """
+        policy = check_retention(retention)
         db = Database(target, durability=durability, create=create)
         try:
             db.migrate()
@@ -300,6 +308,7 @@ class Store:
                 max_content_bytes=max_content_bytes,
                 recall=recall,
             )
+            store.retention = policy
             if recorded is None:
                 with db.transaction() as conn:
                     # Read again under the write lock: another process opening the same new

@@ -711,3 +711,84 @@ def test_revision_0006_converts_full_copies_to_segments(tmp_path: Path) -> None:
         (4, texts[3], 1),
         (5, "user: thanks", 1),
     ]
+
+
+def test_retention_keeps_per_type_versions(tmp_path: Path) -> None:
+    from clawvm_store.maintenance import gc
+
+    path = tmp_path / "store.db"
+    with cvm.Store.open(path, retention={"conversation": 3, "evidence": 1}) as store:
+        for n in range(6):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=f"user: turn {n}",
+                op="append" if n else "set",
+                session="s",
+            )
+            store.put(
+                "evidence/e",
+                type="evidence",
+                content=f"output {n}",
+                provenance=PROVENANCE,
+                expected_version=n or None,
+                session="s",
+            )
+            store.put(
+                "plan/p",
+                type="plan",
+                content=f"Goal: g\n- [ ] step {n}",
+                expected_version=n or None,
+                session="s",
+            )
+        report = gc(store, dry_run=False)  # the store's own policy
+        assert report.retention == {"conversation": 3, "evidence": 1}
+        assert sorted((ref.key, ref.version) for ref in report.removed) == [
+            ("conversation/c", 1),
+            ("conversation/c", 2),
+            ("conversation/c", 3),
+            ("evidence/e", 1),
+            ("evidence/e", 2),
+            ("evidence/e", 3),
+            ("evidence/e", 4),
+            ("evidence/e", 5),
+        ]
+        assert [v.version for v in store.history("plan/p", session="s")] == [1, 2, 3, 4, 5, 6]
+        assert store.page("conversation/c", session="s", version=4).content == "\n".join(
+            f"user: turn {n}" for n in range(4)
+        )
+        assert store.check().ok
+    with pytest.raises(cvm.InvalidInput, match="unknown page type"):
+        cvm.Store.open(path, retention={"chat": 3})
+    with pytest.raises(cvm.InvalidInput, match="at least 1"):
+        cvm.Store.open(path, retention={"evidence": 0})
+
+
+def test_cli_gc_keep_by_type(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clawvm_store.cli import app
+
+    path = tmp_path / "store.db"
+    with cvm.Store.open(path) as store:
+        for n in range(4):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=f"user: turn {n}",
+                op="append" if n else "set",
+                session="s",
+            )
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", str(path), "gc", "--keep", "conversation=2", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("removed 2 versions") for line in result.output.splitlines())
+    result = runner.invoke(app, ["--db", str(path), "gc", "--keep", "conversation"])
+    assert result.exit_code == 2 and "expected TYPE=N" in result.output
+    result = runner.invoke(app, ["--db", str(path), "gc"])
+    assert result.exit_code == 2 and "give --keep-versions N or --keep TYPE=N" in result.output
+    with cvm.Store.open(path) as store:
+        assert [v.version for v in store.history("conversation/c", session="s")] == [3, 4]
+        assert store.page("conversation/c", session="s").content == "\n".join(
+            f"user: turn {n}" for n in range(4)
+        )
