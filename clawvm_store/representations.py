@@ -588,11 +588,13 @@ def safe_tail_start(text: str) -> int:
     """The start of the last line of ``text`` where the tokenizer is bound to begin a new piece.
 
     tiktoken first splits text with a regular expression and encodes each piece on its own. A
-    position right after a newline, at a letter or digit, always starts a piece whatever follows
-    it later (a run of newlines ends there, and no pattern takes a newline before a letter or a
-    digit), and deciding that looks at nothing past it. So for such a position ``s``,
-    ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an append only re-tokenizes from ``s``.
-    ``0`` when the text has no such line (the whole text is then the tail).
+    position right after a newline, at a character that is neither whitespace nor ``/``, always
+    starts a piece whatever follows it later: the piece before it ends with the run of newlines
+    (no pattern continues a newline run with such a character; o200k's punctuation pattern may
+    take a ``/`` after newlines, hence the exception), and deciding that looks at nothing past
+    it. So for such a position ``s``, ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an
+    append only re-tokenizes from ``s``. ``0`` when the text has no such line (the whole text is
+    then the tail). A property test checks it against tiktoken on the whole text.
     """
     end = len(text)
     while True:
@@ -600,7 +602,7 @@ def safe_tail_start(text: str) -> int:
         if newline < 0:
             return 0
         after = newline + 1
-        if after < len(text) and text[after].isalnum():
+        if after < len(text) and not text[after].isspace() and text[after] != "/":
             return after
         end = newline
 

@@ -47,7 +47,7 @@ COUNTER = TokenCounter()
 # Text that stresses the tokenizer at seams: newlines and CRs, spaces before newlines,
 # punctuation, digits, contractions, non-Latin letters, combining marks, emoji.
 ALPHABET = st.sampled_from(
-    [*"ab zZ09.,'-:#*\n\n\r\t ", "'s", "'ll", "é", "ß", "中", "\u0301", "😀", "  ", "\n\n", ".\n"]
+    [*"ab zZ09.,'-:#*/[]()\n\n\r\t\x0b\x0c ", "'s", "'ll", "é", "ß", "中", "\u0301", "😀", "  ", "\n\n", ".\n"]
 )
 TEXTS = st.lists(ALPHABET, min_size=1, max_size=40).map("".join)
 WORDS = st.sampled_from(
@@ -81,7 +81,7 @@ CONTENTS = st.lists(LINES, min_size=1, max_size=8).map("\n".join).filter(lambda 
 # -- tokens: an append re-tokenizes only from the last safe boundary -----------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(TEXTS, min_size=1, max_size=8))
 def test_extended_counts_equal_whole_counts_cl100k(pieces: list[str]) -> None:
     text = pieces[0]
@@ -119,7 +119,8 @@ def test_safe_tail_start_examples() -> None:
     assert safe_tail_start("one line") == 0
     assert safe_tail_start("first\nsecond") == 6
     # A line that starts with a space, a newline or punctuation is no boundary: look further up.
-    assert safe_tail_start("first\nsecond\n third\n.fourth") == 6
+    assert safe_tail_start("first\nsecond\n third\n\n/fourth") == 6
+    assert safe_tail_start("first\n- [x] step") == 6
     assert safe_tail_start("a\n\n") == 0
 
 
