@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -907,3 +908,84 @@ class Database:
             raise
         except Exception as exc:
             raise MigrationError(f"schema migration failed and was rolled back: {exc}") from exc
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run as the driver's own SQL.
+
+    Building and cache-keying a Core statement costs several times what SQLite takes to run a
+    small one, and a turn runs a couple of dozen; the hot paths (stage, boundary, apply) run
+    these instead. Run them only on a connection inside :meth:`Database.transaction`: driver
+    errors then leave through it, translated. No expanding (IN-list) parameters.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, bool, tuple[str, ...], dict[str, Any], Any]] = {}
+
+    def _for(self, conn: Connection) -> tuple[str, bool, tuple[str, ...], dict[str, Any], Any]:
+        name = conn.dialect.name
+        found = self._compiled.get(name)
+        if found is None:
+            compiled = self.statement.compile(dialect=conn.dialect)
+            selected = getattr(self.statement, "selected_columns", None)
+            if selected is None:
+                returning = getattr(self.statement, "_returning", ())
+                selected = list(returning) if returning else None
+            names = [column.name for column in selected] if selected else ["unused"]
+            found = (
+                compiled.string,
+                bool(compiled.positional),
+                tuple(compiled.positiontup or ()),
+                # Values fixed in the statement itself (a LIMIT) travel as bound parameters too.
+                {k: v for k, v in compiled.params.items() if v is not None},
+                namedtuple("Row", names, rename=True),
+            )
+            self._compiled[name] = found
+        return found
+
+    def _bind(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, Any, Any]:
+        sql, positional, order, fixed, row = self._for(conn)
+        values = {**fixed, **params} if fixed else params
+        bound = tuple(values[name] for name in order) if positional else dict(values)
+        return sql, bound, row
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Every row, as named tuples."""
+        sql, bound, row = self._bind(conn, params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, bound)
+            return [row._make(found) for found in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """The first row, or ``None``."""
+        found = self.rows(conn, params)
+        return found[0] if found else None
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run a write once."""
+        sql, bound, _ = self._bind(conn, params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, bound)
+        finally:
+            cursor.close()
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a write once per row of parameters."""
+        if not rows:
+            return
+        sql, positional, order, fixed, _ = self._for(conn)
+        bound: Any = (
+            [tuple({**fixed, **r}[name] for name in order) for r in rows]
+            if positional
+            else [{**fixed, **r} for r in rows]
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, bound)
+        finally:
+            cursor.close()

@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from . import schema as t
+from .db import Prepared
 from .errors import CorruptDatabase, InvalidInput, NotFound, SchemaInvalid
 from .pages import POLICIES, Boundary, Fidelity, Op, PageType, Pin, ReasonCode, Scope
 from .representations import (
@@ -162,6 +163,64 @@ _EVENT_COUNTS = (
     update(t.lifecycle_events)
     .where(t.lifecycle_events.c.id == bindparam("b_id"))
     .values(committed=bindparam("b_committed"), rejected=bindparam("b_rejected"))
+)
+
+
+def _insert(table: Any, columns: Sequence[str], returning: Any = None) -> Prepared:
+    statement = insert(table).values({name: bindparam(name) for name in columns})
+    return Prepared(statement.returning(returning) if returning is not None else statement)
+
+
+# The statements a turn runs for each update, compiled once per dialect (db.Prepared).
+_P_HEAD = Prepared(_HEAD)
+_P_IDEMPOTENT = Prepared(_IDEMPOTENT)
+_P_WRITERS = Prepared(_WRITERS)
+_P_RESOLVE = Prepared(_RESOLVE)
+_P_APPLIED = Prepared(_APPLIED)
+_P_PAGE_UPDATE = Prepared(_PAGE_UPDATE)
+_P_EVENT_COUNTS = Prepared(_EVENT_COUNTS)
+_P_STAGE = _insert(
+    t.journal,
+    (
+        "session_id",
+        "project",
+        "principal",
+        "key",
+        "op",
+        "page_type",
+        "scope",
+        "payload",
+        "checksum",
+        "state",
+        "idempotency_key",
+        "staged_at",
+    ),
+    t.journal.c.lsn,
+)
+_P_PAGE_INSERT = _insert(
+    t.pages,
+    (
+        "project",
+        "session_id",
+        "key",
+        "type",
+        "scope",
+        "pin",
+        "priority",
+        "version",
+        "provenance",
+        "deleted",
+        "created_at",
+        "updated_at",
+    ),
+    t.pages.c.id,
+)
+_P_VERSION_INSERT = _insert(t.page_versions, [c.name for c in t.page_versions.columns])
+_P_REP_INSERT = _insert(t.representations, [c.name for c in t.representations.columns])
+_P_EVENT_INSERT = _insert(
+    t.lifecycle_events,
+    ("session_id", "project", "boundary", "turn", "detail", "at"),
+    t.lifecycle_events.c.id,
 )
 
 
@@ -293,8 +352,8 @@ def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int,
         scope=entry.scope.value,
         payload_json=payload_json,
     )
-    conn.execute(
-        _APPLIED,
+    _P_APPLIED.execute(
+        conn,
         {
             "b_lsn": entry.lsn,
             "b_event": event_id,
@@ -503,14 +562,14 @@ class JournalEngine:
             payload_json=payload_json,
         )
         if update.idempotency_key is not None:
-            existing = conn.execute(
-                _IDEMPOTENT,
+            existing = _P_IDEMPOTENT.first(
+                conn,
                 {
                     "b_project": project,
                     "b_session": session_id,
                     "b_idempotency": update.idempotency_key,
                 },
-            ).first()
+            )
             if existing is not None:
                 if existing.checksum not in (
                     checksum,
@@ -529,8 +588,8 @@ class JournalEngine:
                         f"different update (lsn {existing.lsn})"
                     )
                 return int(existing.lsn), True
-        result = conn.execute(
-            t.journal.insert(),
+        inserted = _P_STAGE.first(
+            conn,
             {
                 "session_id": session_id,
                 "project": project,
@@ -546,15 +605,13 @@ class JournalEngine:
                 "staged_at": self.clock(),
             },
         )
-        return inserted_id(result), False
+        return int(inserted.lsn), False
 
     # -- reading heads ---------------------------------------------------------------------------
 
     def head(self, conn: Connection, project: str, page_session: str, key: str) -> Head | None:
         """The committed head of one page (with its full content), or ``None``."""
-        page = conn.execute(
-            _HEAD, {"b_project": project, "b_session": page_session, "b_key": key}
-        ).first()
+        page = _P_HEAD.first(conn, {"b_project": project, "b_session": page_session, "b_key": key})
         if page is None:
             return None
         fields_json = page.fields
@@ -645,7 +702,8 @@ class JournalEngine:
         if entry.scope is Scope.SESSION and not entry.session_id:
             return Verdict(ReasonCode.SCOPE_DENIED, "a session-scoped page needs a session")
         if entry.scope is Scope.PROJECT and entry.principal is not None:
-            writers = conn.execute(_WRITERS, {"b_project": entry.project}).scalar()
+            found = _P_WRITERS.first(conn, {"b_project": entry.project})
+            writers = found[0] if found is not None else None
             if writers is not None and entry.principal not in json.loads(writers):
                 return Verdict(
                     ReasonCode.SCOPE_DENIED,
@@ -930,9 +988,9 @@ class JournalEngine:
         provenance_json = canonical_json(provenance) if provenance is not None else None
         deleted = entry.op is Op.DELETE
         if head is None:
-            page_id = inserted_id(
-                conn.execute(
-                    t.pages.insert(),
+            page_id = int(
+                _P_PAGE_INSERT.first(
+                    conn,
                     {
                         "project": entry.project,
                         "session_id": entry.page_session,
@@ -947,15 +1005,15 @@ class JournalEngine:
                         "created_at": now,
                         "updated_at": now,
                     },
-                )
+                ).id
             )
         else:
             page_id = head.page_id
             if head.version >= version:
                 # Applied before (heads only move forward): apply is idempotent by version.
                 return int(page_id)
-            conn.execute(
-                _PAGE_UPDATE,
+            _P_PAGE_UPDATE.execute(
+                conn,
                 {
                     "b_id": page_id,
                     "b_type": page_type.value,
@@ -995,14 +1053,14 @@ class JournalEngine:
             "fold": fold_json,
         }
         version_row["row_sha256"] = version_row_sha256(version_row)
-        conn.execute(t.page_versions.insert(), version_row)
+        _P_VERSION_INSERT.execute(conn, version_row)
         if reps is not None:
             levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
             if any(level.chained and level.fidelity not in reps.chain_starts for level in levels):
                 raise RuntimeError(f"a chained level of {entry.key!r} has no chain start")
             texts = {level.fidelity: level.text for level in levels if level.same_as is None}
-            conn.execute(
-                t.representations.insert(),
+            _P_REP_INSERT.executemany(
+                conn,
                 [
                     {
                         "page_id": page_id,
@@ -1055,17 +1113,18 @@ class JournalEngine:
         the entries stay staged and nothing is half-applied.
         """
         now = self.clock()
-        event_id = inserted_id(
-            conn.execute(
-                insert(t.lifecycle_events).values(
-                    session_id=session_id,
-                    project=project,
-                    boundary=boundary.value,
-                    turn=turn,
-                    detail=canonical_json(dict(detail)) if detail else None,
-                    at=now,
-                )
-            )
+        event_id = int(
+            _P_EVENT_INSERT.first(
+                conn,
+                {
+                    "session_id": session_id,
+                    "project": project,
+                    "boundary": boundary.value,
+                    "turn": turn,
+                    "detail": canonical_json(dict(detail)) if detail else None,
+                    "at": now,
+                },
+            ).id
         )
         result = WritebackResult(boundary=boundary, event_id=event_id)
         for entry in sorted(entries, key=lambda e: e.lsn):
@@ -1082,8 +1141,8 @@ class JournalEngine:
                     except SchemaInvalid as exc:
                         verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
             if verdict.reason is not None:
-                conn.execute(
-                    _RESOLVE,
+                _P_RESOLVE.execute(
+                    conn,
                     {
                         "b_lsn": entry.lsn,
                         "b_state": "rejected",
@@ -1104,8 +1163,8 @@ class JournalEngine:
             mark_applied(conn, entry, event_id=event_id, version=version, at=now)
             result.committed.append(entry.lsn)
             result.versions[entry.lsn] = version
-        conn.execute(
-            _EVENT_COUNTS,
+        _P_EVENT_COUNTS.execute(
+            conn,
             {
                 "b_id": event_id,
                 "b_committed": len(result.committed),

@@ -47,7 +47,19 @@ COUNTER = TokenCounter()
 # Text that stresses the tokenizer at seams: newlines and CRs, spaces before newlines,
 # punctuation, digits, contractions, non-Latin letters, combining marks, emoji.
 ALPHABET = st.sampled_from(
-    [*"ab zZ09.,'-:#*/[]()\n\n\r\t\x0b\x0c ", "'s", "'ll", "é", "ß", "中", "\u0301", "😀", "  ", "\n\n", ".\n"]
+    [
+        *"ab zZ09.,'-:#*/[]()\n\n\r\t\x0b\x0c ",
+        "'s",
+        "'ll",
+        "é",
+        "ß",
+        "中",
+        "\u0301",
+        "😀",
+        "  ",
+        "\n\n",
+        ".\n",
+    ]
 )
 TEXTS = st.lists(ALPHABET, min_size=1, max_size=40).map("".join)
 WORDS = st.sampled_from(
