@@ -7,8 +7,8 @@ The loop is the one a harness author writes after reading the README, on one ses
    (300-600 bytes of deterministic seeded text);
 2. ``stage(f"evidence/tool/{turn}")``: about 1 KB of tool output, a new evidence page per turn,
    with a ``file://`` provenance URI;
-3. ``stage("plan/main", op="merge")``: ``- [x] step N`` appended and the step added to the plan's
-   ``steps`` list (turn 0 creates the plan with ``op="set"``); every merge must commit;
+3. ``stage("plan/main", op="merge")``: ``- [x] step N`` appended and the plan's current step
+   moved on (turn 0 creates the plan with ``op="set"``); every merge must commit;
 4. ``end_turn()``;
 5. ``assemble(8000, fixed="You are a coding agent.")``.
 
@@ -157,12 +157,15 @@ def plan_update(turn: int) -> dict[str, Any]:
     """The plan stage of ``turn``: a set on turn 0, then merges the engine accepts every turn."""
     if turn == 0:
         return {"op": "set", "content": "Goal: keep a long-lived agent fast\n- [ ] step 1"}
-    # PlanFields has goal, current_step (scalars: changing them without expected_version is a
-    # conflict) and steps (a list: a merge extends it), so the merge only adds to steps.
+    # One line merged in: the finished step appended to the text and the plan's current step
+    # moved on (a changed scalar, so the merge names the version it changes: turn N's merge
+    # makes version N + 1). The fields stay the plan's invariant, goal + current step; a list
+    # that grew by a step each turn would copy every earlier step into every version's fields.
     return {
         "op": "merge",
         "content": f"- [x] step {turn}",
-        "structured": {"steps": [f"step {turn}"]},
+        "structured": {"current_step": f"step {turn + 1}"},
+        "expected_version": turn,
     }
 
 

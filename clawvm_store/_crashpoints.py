@@ -16,8 +16,18 @@ one global check: ``if _crashpoints.ACTIVE: ...``. Enabled in a child process ru
   crashes, not power loss). A kill between a commit and its line makes the operation *in
   flight*: it may be present or absent, never half.
 
+* ``kill_after`` starts a *wall-clock* kill instead: a timer thread that, that many seconds
+  after :func:`enable`, notes where the main thread is (in the library, or in the harness's own
+  code: its loop, its model, its tools) and sends the process a real ``SIGKILL``. The thread
+  needs the GIL to fire, which the main thread gives up at least every switch interval (set to
+  0.5 ms here) and during every blocking call (SQLite's steps and fsyncs, file writes), so the
+  kill lands within about a millisecond of its instant, at any bytecode or inside a C call.
+  Such a kill is reproducible only as far as timing allows: the same delay lands near, not at,
+  the same instruction.
+
 The environment turns it on too (``CLAWVM_CRASHTEST_ACKS=<file>`` and optionally
-``CLAWVM_CRASHTEST_KILL_AT=<n>``), for a harness driven by something other than the kit.
+``CLAWVM_CRASHTEST_KILL_AT=<n>`` or ``CLAWVM_CRASHTEST_KILL_AFTER=<seconds>``), for a harness
+driven by something other than the kit.
 """
 
 from __future__ import annotations
@@ -27,7 +37,11 @@ import json
 import os
 import signal
 import sys
+import sysconfig
+import threading
+import time
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 ACTIVE = False
@@ -38,10 +52,11 @@ _kill_at = 0
 _count = 0
 
 
-def enable(ack_path: str, kill_at: int | None = None) -> None:
+def enable(ack_path: str, kill_at: int | None = None, kill_after: float | None = None) -> None:
     """Start counting crash points and writing acknowledgements to ``ack_path``.
 
-    ``kill_at`` is the crash point (1-based) at which the process kills itself; ``None`` never.
+    ``kill_at`` is the crash point (1-based) at which the process kills itself; ``kill_after``
+    a number of seconds from now after which a timer kills it wherever it is; ``None``: never.
     """
     global ACTIVE, _fd, _kill_at, _count
     disable()
@@ -49,6 +64,104 @@ def enable(ack_path: str, kill_at: int | None = None) -> None:
     _kill_at = kill_at or 0
     _count = 0
     ACTIVE = True
+    if kill_after is not None:
+        _start_timer(kill_after)
+
+
+def _start_timer(delay: float) -> None:
+    """Kill this process with ``SIGKILL`` ``delay`` seconds from now, wherever it is."""
+    target = threading.get_ident()  # the thread that runs the harness
+    started = time.monotonic()
+
+    def fire() -> None:
+        deadline = started + delay
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(left)
+        # Holding the GIL from here to the kill: the main thread cannot move to another Python
+        # line in between, so where it is now is where it dies (a C call it is in may finish).
+        frame = sys._current_frames().get(target)
+        where, name = locate(frame)
+        _write(
+            {
+                "k": "killed",
+                "at": _count,
+                "label": name,
+                "mode": "time",
+                "where": where,
+                "after": round(time.monotonic() - started, 6),
+            }
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # Without this the timer could wait up to the default 5 ms for the GIL.
+    sys.setswitchinterval(0.0005)
+    threading.Thread(target=fire, name="clawvm-crashtest-timer", daemon=True).start()
+
+
+_NOT_LIBRARY = ("clawvm_store.testing", "clawvm_store.cli")
+_KIT = "clawvm_store.testing.kit"
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_NOT_LIBRARY_PATHS = (os.path.join(_PACKAGE, "testing") + os.sep, os.path.join(_PACKAGE, "cli.py"))
+_SYSTEM_PATHS = tuple(
+    sorted(
+        {
+            os.path.realpath(path) + os.sep
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (path := sysconfig.get_paths().get(key))
+        }
+    )
+)
+
+
+def _owner(frame: FrameType) -> str | None:
+    """``library``, ``harness``, or ``None`` for a frame that belongs to whoever called it.
+
+    Python's standard library and installed third-party packages (SQLAlchemy, sqlite3, Rich,
+    LangGraph ...) have no owner of their own: they run on behalf of their caller.
+    """
+    module = str(frame.f_globals.get("__name__", ""))
+    if module == __name__:
+        return None
+    if module.startswith("clawvm_store."):
+        return "harness" if module.startswith(_NOT_LIBRARY) else "library"
+    filename = frame.f_code.co_filename
+    if filename.startswith(_PACKAGE) and not filename.startswith(_NOT_LIBRARY_PATHS):
+        return "library"  # the migration scripts, which Alembic loads under names of its own
+    if filename.startswith("<") or os.path.realpath(filename).startswith(_SYSTEM_PATHS):
+        return None
+    return "harness"
+
+
+def locate(frame: FrameType | None) -> tuple[str, str]:
+    """Where a thread is: ``("library", "Session.end_turn")``, ``("harness", "mod:func")`` or
+    ``("kit", ...)`` (outside both).
+
+    The innermost frame that has an owner decides: clawvm-store's own code is the *library*,
+    named by the outermost library frame around it (the API the harness called); anything else
+    that is not Python's or a third-party package's is the *harness*: its loop, its model, its
+    tools (even while the library runs them), named ``module:function``. A harness installed
+    as a package in site-packages counts as third-party: a kill in it is attributed to its
+    caller.
+    """
+    current = frame
+    while current is not None:
+        module = str(current.f_globals.get("__name__", ""))
+        if module.startswith(_KIT):
+            break  # the kit's child runner: nothing from here out is the harness's
+        owner = _owner(current)
+        if owner == "harness":
+            return "harness", f"{module}:{current.f_code.co_qualname}"
+        if owner == "library":
+            outer = current
+            while current is not None and _owner(current) != "harness":
+                if _owner(current) == "library":
+                    outer = current
+                current = current.f_back
+            return "library", outer.f_code.co_qualname
+        current = current.f_back
+    # Nothing of the harness's or the library's on the stack: the kit's own child runner,
+    # just before the harness was called or just after it returned.
+    return "kit", "the kit's child runner"
 
 
 def disable() -> None:
@@ -96,9 +209,6 @@ def label(name: str) -> str:
     return f"{where}/{name}"
 
 
-_NOT_LIBRARY = ("clawvm_store.testing", "clawvm_store.cli")
-
-
 def point(name: str) -> None:
     """A crash point: counted, and the process dies here if it is the chosen one."""
     global _count
@@ -125,4 +235,9 @@ def ack(kind: str, **fields: Any) -> None:
 
 _env_acks = os.environ.get("CLAWVM_CRASHTEST_ACKS")
 if _env_acks:
-    enable(_env_acks, int(os.environ.get("CLAWVM_CRASHTEST_KILL_AT") or 0) or None)
+    _env_after = os.environ.get("CLAWVM_CRASHTEST_KILL_AFTER")
+    enable(
+        _env_acks,
+        int(os.environ.get("CLAWVM_CRASHTEST_KILL_AT") or 0) or None,
+        float(_env_after) if _env_after else None,
+    )

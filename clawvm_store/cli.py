@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import schema as t
+from .db import MAX_QUERY_TIMEOUT_S
 from .errors import ClawVMError, InvalidInput
 from .pages import POLICIES, Fidelity, PageType, Pin
 from .store import DEFAULT_PROJECT, Store
@@ -31,6 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
 EXIT_BUG = 3
+DEFAULT_SQL_TIMEOUT_S = 30.0
+"""``clawvm sql``'s time limit: a runaway query must not hold its snapshot (and stall WAL
+checkpoints) forever."""
 
 
 class Context:
@@ -680,7 +684,7 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
 
 
 @app.command()
-@click.argument("statement")
+@click.argument("statement", required=False)
 @click.option(
     "--param", "params", multiple=True, help="A value for ? (repeatable), or NAME=VALUE for :NAME."
 )
@@ -697,22 +701,74 @@ def faults(obj: Context, session: str | None, events: bool) -> None:
     default=None,
     help="At most this many rows.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, max=MAX_QUERY_TIMEOUT_S, max_open=True),
+    default=DEFAULT_SQL_TIMEOUT_S,
+    show_default=True,
+    help="Stop the query after this many seconds (0: no limit).",
+)
+@click.option(
+    "--schema",
+    "show_schema",
+    is_flag=True,
+    help="List every table and view with its columns instead of running a statement.",
+)
 @common_options
 @pass_context
 def sql(
-    obj: Context, statement: str, params: tuple[str, ...], output_format: str, limit: int | None
+    obj: Context,
+    statement: str | None,
+    params: tuple[str, ...],
+    output_format: str,
+    limit: int | None,
+    timeout: float,
+    show_schema: bool,
 ) -> None:
     """Run read-only SQL over the store and its history views.
 
     The database is opened read-only: INSERT, UPDATE, DELETE, DDL, ATTACH, VACUUM and pragmas that
     change state are refused and nothing is changed. Views: page_history, resident_by_turn,
-    journal_outcomes, fault_counts. Values are always bound, never pasted into the SQL.
+    journal_outcomes, fault_counts. Values are always bound, never pasted into the SQL. A query
+    still running after --timeout seconds (default 30) stops with a QueryTimeout error and exit
+    1; Ctrl-C stops it too (exit 130). --schema lists the tables and views with their columns;
+    pragma_table_info('NAME') and sqlite_schema can be queried as well.
 
     \b
     Example:
       clawvm sql "SELECT key, version, full_tokens FROM page_history WHERE key = ?" --param plan/main
       clawvm sql "SELECT * FROM resident_by_turn WHERE session = :s AND turn = 3" --param s=s-1
+      clawvm sql --schema
+      clawvm sql "SELECT name, type FROM pragma_table_info('page_history')"
     """
+    if show_schema:
+        if statement is not None or params:
+            fail("--schema takes no statement or --param", 2)
+        with obj.open() as store:
+            objects = store.db.schema()
+        if obj.as_json or output_format == "json":
+            emit_json(
+                [
+                    {
+                        "name": name,
+                        "type": kind,
+                        "columns": [{"name": column, "type": type_} for column, type_ in columns],
+                    }
+                    for name, kind, columns in objects
+                ]
+            )
+            return
+        schema_rows = [
+            (name, kind, ", ".join(f"{column} {type_}".strip() for column, type_ in columns))
+            for name, kind, columns in objects
+        ]
+        if output_format == "csv":
+            _write_csv(["name", "type", "columns"], schema_rows)
+        else:
+            emit_table(f"{len(objects)} tables and views", ["name", "type", "columns"], schema_rows)
+        return
+    if statement is None:
+        fail("missing the SQL statement (or --schema)", 2)
     bound: list[str] | dict[str, str]
     named = [param.partition("=") for param in params]
     if params and all(sep for _, sep, _ in named) and ":" in statement:
@@ -720,21 +776,23 @@ def sql(
     else:
         bound = list(params)
     with obj.open() as store:
-        rows = store.query(statement, bound, limit=limit)
+        rows = store.query(statement, bound, limit=limit, timeout=timeout or None)
     columns = list(rows[0]) if rows else []
     if obj.as_json or output_format == "json":
         emit_json(rows)
     elif output_format == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(
-                [printable(value) if isinstance(value, str) else value for value in row.values()]
-            )
+        _write_csv(columns, [list(row.values()) for row in rows])
     else:
         emit_table(f"{len(rows)} rows", columns, [[row[c] for c in columns] for row in rows])
+
+
+def _write_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([printable(value) if isinstance(value, str) else value for value in row])
 
 
 @app.command()
@@ -780,25 +838,58 @@ def vacuum(obj: Context) -> None:
         click.echo(f"vacuumed: {before} -> {after} bytes")
 
 
+def _retention(values: tuple[str, ...]) -> dict[str, int]:
+    policy: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not number.strip().isdigit():
+            raise click.BadParameter(
+                f"expected TYPE=N (for example conversation=50), got {value!r}"
+            )
+        policy[name.strip()] = int(number)
+    return policy
+
+
 @app.command()
 @click.option(
-    "--keep-versions", type=click.IntRange(min=1), required=True, help="Versions to keep."
+    "--keep-versions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Versions to keep of every page (of types --keep does not name).",
+)
+@click.option(
+    "--keep",
+    "keep_by_type",
+    multiple=True,
+    metavar="TYPE=N",
+    help="Versions to keep of one page type (repeatable), e.g. conversation=50 evidence=10.",
 )
 @click.option("--project", default=None, help="Only this project's pages.")
 @click.option("--apply", "apply_changes", is_flag=True, help="Remove them (default: a dry run).")
 @common_options
 @pass_context
-def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: bool) -> None:
+def gc(
+    obj: Context,
+    keep_versions: int | None,
+    keep_by_type: tuple[str, ...],
+    project: str | None,
+    apply_changes: bool,
+) -> None:
     """Remove old page versions beyond the newest N; a dry run unless --apply.
 
     Never removes the head, nor a version that a journal entry, an assembly record, a tool call's
-    result, a pointer or another version's provenance still refers to.
+    result, a pointer or another version's provenance still refers to. With only --keep, pages
+    of the types it does not name are left alone.
 
     \b
     Example:
       clawvm --db agent.db gc --keep-versions 5            # what would go
       clawvm --db agent.db gc --keep-versions 5 --apply    # remove it
+      clawvm --db agent.db gc --keep conversation=50 --keep evidence=10 --apply
     """
+    retention = _retention(keep_by_type)
+    if keep_versions is None and not retention:
+        raise click.UsageError("give --keep-versions N or --keep TYPE=N")
     from rich.progress import Progress
 
     from .maintenance import gc as collect
@@ -811,6 +902,7 @@ def gc(obj: Context, keep_versions: int, project: str | None, apply_changes: boo
         report = collect(
             store,
             keep_versions=keep_versions,
+            retention=retention or None,
             dry_run=not apply_changes,
             project=project,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
@@ -998,6 +1090,44 @@ def eval_command(
     help="With --kill-at: also kill the restarted run at this operation of its own.",
 )
 @click.option(
+    "--kill-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Replay one wall-clock case: kill after this many seconds (from a failure report).",
+)
+@click.option(
+    "--then-kill-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --kill-after: also kill the restarted run after this many seconds.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["points", "time", "both"]),
+    default="both",
+    show_default=True,
+    help="Kill at the library's crash points, at seeded wall-clock instants, or half each.",
+)
+@click.option(
+    "--observe",
+    "observe_target",
+    metavar="MODULE:FUNCTION",
+    default=None,
+    help="What the harness changes outside the store: FUNCTION(db_path) returns it as JSON.",
+)
+@click.option(
+    "--no-evidence",
+    is_flag=True,
+    help="Do not compare the last result of each read tool with the uncrashed run's.",
+)
+@click.option(
+    "--postgres",
+    metavar="URL",
+    default=None,
+    help="Run every case on a fresh database of this PostgreSQL server (a role that may "
+    "create databases).",
+)
+@click.option(
     "--no-restart-kills",
     is_flag=True,
     help="Never kill a restarted run (by default about half the kills do).",
@@ -1023,6 +1153,12 @@ def crashtest(
     seed: int,
     kill_at: int | None,
     then_kill_at: int | None,
+    kill_after: float | None,
+    then_kill_after: float | None,
+    mode: str,
+    observe_target: str | None,
+    no_evidence: bool,
+    postgres: str | None,
     no_restart_kills: bool,
     workdir: str | None,
     timeout: float,
@@ -1031,18 +1167,23 @@ def crashtest(
 
     MODULE:FUNCTION is a callable taking the database path that drives a Store to the end and
     resumes after a crash (see clawvm_store.testing). After an uncrashed run that counts the
-    library operations, each kill runs it on a fresh database and kills it at a seeded
-    operation, recovers, checks the invariants (acknowledged stages and puts present exactly,
-    nothing half-applied, recovery idempotent, tool calls paired, check() clean), restarts it
-    (about half the time killing the restart too, and checking again) to the end and checks again (no write tool re-run, floor pages in the first assembly, the
-    same pages as the uncrashed run). Exits 1 with a report and a replay line when an
-    invariant breaks. Does not use --db.
+    library operations and times the run, each kill runs it on a fresh database and kills it
+    at a seeded library operation (--mode points) or a seeded wall-clock instant (--mode time,
+    which lands in the harness's own code too; --mode both, the default, does half each),
+    recovers, checks the invariants (acknowledged stages, puts and LangGraph checkpoints
+    present exactly, nothing half-applied, recovery idempotent, tool calls paired, check()
+    clean), restarts it (about half the time killing the restart too, and checking again) to
+    the end and checks again (every write tool call exactly once, floor pages in the first
+    assembly, the same pages, last tool evidence and --observe'd world as the uncrashed run).
+    Exits 1 with a report and a replay line when an invariant breaks. Does not use --db.
 
     \b
     Example:
       clawvm crashtest clawvm_store.testing.examples:correct_agent --kills 20
-      clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37
+      clawvm crashtest mypackage.agent:main --observe mypackage.agent:world --kills 50
       clawvm crashtest mypackage.agent:main --seed 7 --kill-at 37 --then-kill-at 12
+      clawvm crashtest mypackage.agent:main --seed 7 --kill-after 0.0412
+      clawvm crashtest mypackage.agent:main --postgres postgresql+psycopg://me@db/postgres
     """
     from rich.progress import Progress
 
@@ -1051,8 +1192,22 @@ def crashtest(
 
     try:
         harness = load_harness(target)
+        observe = load_harness(observe_target) if observe_target else None
     except CrashTestSetupError as exc:
         fail(str(exc), 2)
+    options: list[str] = []
+    if observe_target:
+        options += ["--observe", observe_target]
+    if no_evidence:
+        options.append("--no-evidence")
+    if postgres:
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(postgres).render_as_string(hide_password=True)
+        except Exception:
+            shown = postgres
+        options += ["--postgres", shown]
     console = Console(stderr=True)
     # No refresh thread: the kit forks, and a fork should not copy a thread that may hold the
     # console's lock. The bar is redrawn after each case instead.
@@ -1071,13 +1226,20 @@ def crashtest(
                 harness,
                 kills=kills,
                 seed=seed,
+                mode=mode,  # type: ignore[arg-type]  # Click checked it is one of MODES
                 kill_at=kill_at,
                 then_kill_at=then_kill_at,
+                kill_after=kill_after,
+                then_kill_after=then_kill_after,
                 restart_kills=not no_restart_kills,
+                observe=observe,
+                compare_evidence=not no_evidence,
+                postgres=postgres,
                 workdir=workdir,
                 timeout=timeout,
                 progress=advance,
                 name=target,
+                options=options,
             )
         except CrashTestSetupError as exc:
             fail(str(exc), 2)
@@ -1089,6 +1251,8 @@ def crashtest(
             [
                 "kills",
                 "restarts killed",
+                "time kills landed",
+                "in harness code",
                 "operations per run",
                 "acknowledged writes",
                 "invariants checked",
@@ -1098,6 +1262,8 @@ def crashtest(
                 (
                     report.kills,
                     report.restart_kills,
+                    report.time_kills,
+                    report.time_kills_in_harness,
                     report.total_ops,
                     report.acknowledged_writes,
                     report.invariants_checked,

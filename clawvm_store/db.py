@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from .errors import (
     InvalidInput,
     MigrationError,
     NotADatabase,
+    QueryTimeout,
     ReadOnlyViolation,
     SchemaTooNew,
     is_busy,
@@ -51,6 +53,12 @@ Sync = Literal["full", "normal"]
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_ROWS = 2**31 - 1
 """The most rows a query may be limited to (SQLite's C int)."""
+MAX_QUERY_TIMEOUT_S = 2_000_000
+"""A query's time limit stays below this many seconds (PostgreSQL's ``statement_timeout`` is
+a 32-bit count of milliseconds)."""
+_PROGRESS_STEPS = 4096
+"""SQLite virtual-machine instructions between two checks of a query's time limit (well under a
+millisecond of work, and cheap: one Python call per batch)."""
 BUSY_TIMEOUT_MS = int(os.environ.get("CLAWVM_BUSY_TIMEOUT_MS", "5000"))
 """How long a writer waits for another writer's lock (env ``CLAWVM_BUSY_TIMEOUT_MS``).
 
@@ -148,6 +156,7 @@ _VALUE_PRAGMAS = frozenset(
         "collation_list",
     }
 )
+_SCHEMA_COLUMNS = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
 _ALLOWED_ACTIONS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 )
@@ -158,6 +167,18 @@ def _read_only_authorizer(
 ) -> int:
     """SQLite authorizer for read-only SQL: reads yes, anything that could change state no."""
     if action in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if (
+        action == sqlite3.SQLITE_UPDATE
+        and first == "sqlite_master"
+        and second in _SCHEMA_COLUMNS
+        and database == "main"
+        and trigger is None
+    ):
+        # SQLite asks this while it declares an eponymous virtual table (pragma_table_info(),
+        # pragma_index_list(), ...) for a read. A real UPDATE of the schema table never gets
+        # here: SQLite refuses it first ("may not be modified") unless writable_schema is set,
+        # which this authorizer refuses, and query_only and mode=ro stop any write anyway.
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and first:
         name = first.lower()
@@ -207,6 +228,23 @@ def _to_pyformat(
     return "".join(out), params
 
 
+def _timeout_message(timeout: float | None) -> str:
+    limit = f"{timeout:g} s " if timeout is not None else ""
+    return (
+        f"the query ran past its {limit}time limit and was stopped; nothing was changed "
+        "(allow it longer with timeout= or `clawvm sql --timeout SECONDS`)"
+    )
+
+
+def _type_name(value: Any) -> str:
+    """A reflected column type as text; '' where the database records none (view columns)."""
+    try:
+        text = str(value)
+    except Exception:  # a type SQLAlchemy reflects but cannot render
+        return type(value).__name__
+    return "" if text == "NULL" else text
+
+
 def _lenient_text(data: bytes) -> str:
     """Decode a TEXT value; invalid UTF-8 becomes lone surrogates, which never verify."""
     return data.decode("utf-8", "surrogateescape")
@@ -228,6 +266,11 @@ def create_private_file(target: Path, purpose: str) -> int:
         raise DatabaseError(f"cannot create {str(target)!r}: {exc.strerror}") from None
 
 
+def _hot_journal(path: str, exc: sqlite3.OperationalError) -> bool:
+    """Whether a read-only open failed only because a crashed writer left a hot journal."""
+    return "readonly" in str(exc) and Path(f"{path}-journal").exists()
+
+
 def _refuse_foreign_database(path: str) -> None:
     """Refuse, without writing a byte, an SQLite file that holds someone else's tables.
 
@@ -244,9 +287,28 @@ def _refuse_foreign_database(path: str) -> None:
             row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        raise translate_driver_error(exc, context=path) from None
+        if not (isinstance(exc, sqlite3.OperationalError) and _hot_journal(path, exc)):
+            raise translate_driver_error(exc, context=path) from None
+        names = None
     finally:
         probe.close()
+    if names is None:
+        # A process died while it wrote the file in rollback-journal mode (a new database is
+        # created so, before its first connection switches it to WAL): the hot journal must
+        # be rolled back before anyone can read the file, and a read-only connection cannot.
+        # Any SQLite client does this on open; it restores the file as it was before that
+        # write, and changes nothing else (no WAL switch, no table of ours).
+        try:
+            rescue = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                names = [
+                    row[0]
+                    for row in rescue.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+            finally:
+                rescue.close()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise translate_driver_error(exc, context=path) from None
     ours = "alembic_version" in names
     foreign = sorted(
         name for name in names if name != "alembic_version" and not name.startswith("sqlite_")
@@ -494,18 +556,38 @@ class Database:
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         limit: int | None = None,
+        timeout: float | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only statement; returns (column names, rows).
 
         Three locks keep it read-only whatever the text says: the file is opened ``mode=ro``,
         ``PRAGMA query_only`` is on, and an SQLite authorizer allows only reading (SELECT, reads
-        of columns, functions, read-only pragmas): ATTACH, VACUUM, DDL, writes and pragmas that
-        change state are refused before they run.
+        of columns, functions, read-only pragmas and their table-valued forms such as
+        ``pragma_table_info('pages')``): ATTACH, VACUUM, DDL, writes and pragmas that change
+        state are refused before they run.
+
+        ``timeout`` (seconds, ``None`` for none) bounds the whole statement, fetching included:
+        past it the statement stops with :class:`QueryTimeout` and its read snapshot is released
+        (a reader held open forever would also stop WAL checkpoints). SQLite enforces it with a
+        progress handler, PostgreSQL with ``statement_timeout``. A Ctrl-C (SIGINT) in the main
+        thread stops a running statement the same way and raises ``KeyboardInterrupt``.
         """
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidInput("the SQL statement is empty")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
+        ):
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < MAX_QUERY_TIMEOUT_S
+        ):
+            raise InvalidInput(
+                f"timeout must be a number of seconds above 0 and below {MAX_QUERY_TIMEOUT_S}"
+            )
         if self.dialect == "postgresql":
-            return self._query_postgresql(sql, params, limit=limit)
+            return self._query_postgresql(sql, params, limit=limit, timeout=timeout)
         if not self.path:
             raise ReadOnlyViolation("read-only SQL needs an SQLite database file")
         uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
@@ -513,21 +595,42 @@ class Database:
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
             raise translate_driver_error(exc, context=self.path) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+
+        def progress() -> int:
+            # Called every _PROGRESS_STEPS virtual-machine instructions, with the GIL: a nonzero
+            # return aborts the statement ("interrupted"). Being Python code, it is also where a
+            # pending SIGINT raises; SQLite then aborts the statement the same way.
+            nonlocal timed_out
+            if deadline is not None and time.monotonic() > deadline:
+                timed_out = True
+                return 1
+            return 0
+
         try:
             conn.text_factory = _lenient_text
             conn.execute("PRAGMA query_only = ON")
             conn.set_authorizer(_read_only_authorizer)
-            if limit is not None and (
-                isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
-            ):
-                raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
+            conn.set_progress_handler(progress, _PROGRESS_STEPS)
             cursor = conn.execute(sql, params if params is not None else ())
             columns = [item[0] for item in cursor.description or ()]
             rows = cursor.fetchmany(limit) if limit is not None else cursor.fetchall()
             return columns, [tuple(row) for row in rows]
         except sqlite3.DatabaseError as exc:
             message = str(exc)
-            refused = ("not authorized", "authorization denied", "readonly", "query_only")
+            if message == "interrupted" and not timed_out:
+                # The progress handler swallowed the KeyboardInterrupt it raised; say it again.
+                raise KeyboardInterrupt from None
+            if timed_out:
+                raise QueryTimeout(_timeout_message(timeout)) from None
+            refused = (
+                "not authorized",
+                "authorization denied",
+                "readonly",
+                "query_only",
+                "may not be modified",
+            )
             if any(word in message for word in refused):
                 raise ReadOnlyViolation(
                     f"refused: `clawvm sql` and store.query() only read ({message})"
@@ -536,6 +639,7 @@ class Database:
                 isinstance(exc, sqlite3.ProgrammingError)
                 or "syntax error" in message
                 or "no such" in message
+                or "too many arguments" in message
             ):
                 raise InvalidInput(f"bad SQL: {message}") from None
             raise translate_driver_error(exc, context="query") from None
@@ -548,7 +652,7 @@ class Database:
         ) as exc:
             raise InvalidInput(f"bad SQL or parameters: {exc}") from None
         finally:
-            conn.close()
+            conn.close()  # ends the read transaction: its snapshot no longer pins the WAL
 
     def _query_postgresql(
         self,
@@ -556,6 +660,7 @@ class Database:
         params: Sequence[Any] | Mapping[str, Any] | None,
         *,
         limit: int | None,
+        timeout: float | None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Read-only SQL on PostgreSQL: one statement in a ``READ ONLY`` transaction, rolled back.
 
@@ -564,10 +669,6 @@ class Database:
         write inside it. The connection is discarded afterwards, so a
         session setting the statement changed never reaches another caller.
         """
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ROWS
-        ):
-            raise InvalidInput(f"limit must be an integer from 1 to {MAX_ROWS}")
         statement, bound = _to_pyformat(sql, params)
         try:
             conn = self.engine.connect()
@@ -583,6 +684,12 @@ class Database:
                 # Read-only twice over: this transaction, and any the statement could start.
                 cursor.execute("SET TRANSACTION READ ONLY")
                 cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                if timeout is not None:
+                    # Whole milliseconds, at least one (0 would mean "no limit" to the server).
+                    milliseconds = max(1, round(timeout * 1000))
+                    cursor.execute(
+                        "SELECT set_config('statement_timeout', %s, true)", (str(milliseconds),)
+                    )
                 # prepare=True forces the extended protocol, whose Parse takes one statement:
                 # without it, psycopg sends parameterless SQL as a simple query, which runs
                 # "COMMIT; DELETE ..." as two statements.
@@ -598,6 +705,8 @@ class Database:
             raise
         except Exception as exc:
             translated = translate_driver_error(exc, context="query")
+            if isinstance(translated, QueryTimeout):
+                raise QueryTimeout(_timeout_message(timeout)) from None
             if isinstance(translated, ReadOnlyViolation):
                 raise ReadOnlyViolation(
                     f"refused: `clawvm sql` and store.query() only read ({exc})".splitlines()[0]
@@ -608,6 +717,25 @@ class Database:
         finally:
             conn.invalidate()
             conn.close()
+
+    def schema(self) -> list[tuple[str, str, list[tuple[str, str]]]]:
+        """Every table and view: (name, ``table`` or ``view``, [(column, type), ...]), by name.
+
+        Read through SQLAlchemy's inspector in one read transaction, so it means the same on
+        both backends (PostgreSQL: the connection's default schema).
+        """
+        objects: list[tuple[str, str, list[tuple[str, str]]]] = []
+        with self.transaction(write=False) as conn:
+            inspector = inspect(conn)
+            names = [(name, "table") for name in inspector.get_table_names()]
+            names += [(name, "view") for name in inspector.get_view_names()]
+            for name, kind in sorted(names):
+                columns = [
+                    (str(column["name"]), _type_name(column["type"]))
+                    for column in inspector.get_columns(name)
+                ]
+                objects.append((name, kind, columns))
+        return objects
 
     def backup(self, destination: str | os.PathLike[str]) -> Path:
         """A consistent copy of the database at ``destination`` (``VACUUM INTO``), mode 0600.
@@ -780,3 +908,84 @@ class Database:
             raise
         except Exception as exc:
             raise MigrationError(f"schema migration failed and was rolled back: {exc}") from exc
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run as the driver's own SQL.
+
+    Building and cache-keying a Core statement costs several times what SQLite takes to run a
+    small one, and a turn runs a couple of dozen; the hot paths (stage, boundary, apply) run
+    these instead. Run them only on a connection inside :meth:`Database.transaction`: driver
+    errors then leave through it, translated. No expanding (IN-list) parameters.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, bool, tuple[str, ...], dict[str, Any], Any]] = {}
+
+    def _for(self, conn: Connection) -> tuple[str, bool, tuple[str, ...], dict[str, Any], Any]:
+        name = conn.dialect.name
+        found = self._compiled.get(name)
+        if found is None:
+            compiled = self.statement.compile(dialect=conn.dialect)
+            selected = getattr(self.statement, "selected_columns", None)
+            if selected is None:
+                returning = getattr(self.statement, "_returning", ())
+                selected = list(returning) if returning else None
+            names = [column.name for column in selected] if selected else ["unused"]
+            found = (
+                compiled.string,
+                bool(compiled.positional),
+                tuple(compiled.positiontup or ()),
+                # Values fixed in the statement itself (a LIMIT) travel as bound parameters too.
+                {k: v for k, v in compiled.params.items() if v is not None},
+                namedtuple("Row", names, rename=True),
+            )
+            self._compiled[name] = found
+        return found
+
+    def _bind(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, Any, Any]:
+        sql, positional, order, fixed, row = self._for(conn)
+        values = {**fixed, **params} if fixed else params
+        bound = tuple(values[name] for name in order) if positional else dict(values)
+        return sql, bound, row
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Every row, as named tuples."""
+        sql, bound, row = self._bind(conn, params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, bound)
+            return [row._make(found) for found in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """The first row, or ``None``."""
+        found = self.rows(conn, params)
+        return found[0] if found else None
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run a write once."""
+        sql, bound, _ = self._bind(conn, params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, bound)
+        finally:
+            cursor.close()
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a write once per row of parameters."""
+        if not rows:
+            return
+        sql, positional, order, fixed, _ = self._for(conn)
+        bound: Any = (
+            [tuple({**fixed, **r}[name] for name in order) for r in rows]
+            if positional
+            else [{**fixed, **r} for r in rows]
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, bound)
+        finally:
+            cursor.close()

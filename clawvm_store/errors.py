@@ -111,6 +111,10 @@ class ReadOnlyViolation(ClawVMError):
     """A read-only query tried to change the database."""
 
 
+class QueryTimeout(ClawVMError):
+    """A read-only query ran past its time limit and was stopped; its snapshot was released."""
+
+
 class SessionInUse(ClawVMError):
     """The session is open in another live process; two owners would interleave its turns."""
 
@@ -171,6 +175,10 @@ def translate_driver_error(exc: BaseException, *, context: str = "") -> ClawVMEr
     state = _sqlstate(exc)
     if is_busy(exc):
         return Busy(f"{where}the database is locked by another writer ({text})")
+    # 57014 query_canceled (statement_timeout); SQLite's "interrupted" comes from the progress
+    # handler that enforces store.query's time limit (a Ctrl-C is told apart by the caller).
+    if state == "57014" or lowered == "interrupted":
+        return QueryTimeout(f"{where}the query ran past its time limit and was stopped ({text})")
     if state.startswith("08") or "connection refused" in lowered or "could not connect" in lowered:
         return DatabaseError(f"{where}cannot reach the database server ({text})")
     if state == "22021" or "cannot contain nul" in lowered:

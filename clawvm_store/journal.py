@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from . import schema as t
+from .db import Prepared
 from .errors import CorruptDatabase, InvalidInput, NotFound, SchemaInvalid
 from .pages import POLICIES, Boundary, Fidelity, Op, PageType, Pin, ReasonCode, Scope
 from .representations import (
@@ -69,12 +70,18 @@ Clock = Callable[[], str]
 # times what executing a prebuilt one does, and a turn runs a couple of dozen of them.
 # The head without its text: an append builds on the head's tokens, tail and fold, never on
 # a copy of the whole text (segments.append_basis).
+_FULL_REP = t.representations.alias("full_rep")
+_COMPRESSED_REP = t.representations.alias("compressed_rep")
 _HEAD = (
     select(
         t.pages,
         t.page_versions.c.fields,
         t.page_versions.c.fold,
         t.page_versions.c.lsn.label("head_lsn"),
+        # Where the head's chains start, read fresh every time: gc may re-chain them.
+        _FULL_REP.c.chain_start.label("full_chain"),
+        _COMPRESSED_REP.c.chain_start.label("compressed_chain"),
+        _COMPRESSED_REP.c.fidelity.label("compressed_rung"),
     )
     .select_from(
         t.pages.outerjoin(
@@ -82,6 +89,22 @@ _HEAD = (
             and_(
                 t.page_versions.c.page_id == t.pages.c.id,
                 t.page_versions.c.version == t.pages.c.version,
+            ),
+        )
+        .outerjoin(
+            _FULL_REP,
+            and_(
+                _FULL_REP.c.page_id == t.pages.c.id,
+                _FULL_REP.c.version == t.pages.c.version,
+                _FULL_REP.c.fidelity == "full",
+            ),
+        )
+        .outerjoin(
+            _COMPRESSED_REP,
+            and_(
+                _COMPRESSED_REP.c.page_id == t.pages.c.id,
+                _COMPRESSED_REP.c.version == t.pages.c.version,
+                _COMPRESSED_REP.c.fidelity == "compressed",
             ),
         )
     )
@@ -109,6 +132,20 @@ _RESOLVE = (
         resolved_at=bindparam("b_at"),
     )
 )
+# An applied entry gives its content up: the version it made holds it (with its own SHA-256),
+# and the journal keeps the content's hash in its place, re-sealed under a new checksum.
+_APPLIED = (
+    update(t.journal)
+    .where(t.journal.c.lsn == bindparam("b_lsn"))
+    .values(
+        state="applied",
+        event_id=bindparam("b_event"),
+        version=bindparam("b_version"),
+        resolved_at=bindparam("b_at"),
+        payload=bindparam("b_payload"),
+        checksum=bindparam("b_checksum"),
+    )
+)
 _PAGE_UPDATE = (
     update(t.pages)
     .where(t.pages.c.id == bindparam("b_id"))
@@ -126,6 +163,64 @@ _EVENT_COUNTS = (
     update(t.lifecycle_events)
     .where(t.lifecycle_events.c.id == bindparam("b_id"))
     .values(committed=bindparam("b_committed"), rejected=bindparam("b_rejected"))
+)
+
+
+def _insert(table: Any, columns: Sequence[str], returning: Any = None) -> Prepared:
+    statement = insert(table).values({name: bindparam(name) for name in columns})
+    return Prepared(statement.returning(returning) if returning is not None else statement)
+
+
+# The statements a turn runs for each update, compiled once per dialect (db.Prepared).
+_P_HEAD = Prepared(_HEAD)
+_P_IDEMPOTENT = Prepared(_IDEMPOTENT)
+_P_WRITERS = Prepared(_WRITERS)
+_P_RESOLVE = Prepared(_RESOLVE)
+_P_APPLIED = Prepared(_APPLIED)
+_P_PAGE_UPDATE = Prepared(_PAGE_UPDATE)
+_P_EVENT_COUNTS = Prepared(_EVENT_COUNTS)
+_P_STAGE = _insert(
+    t.journal,
+    (
+        "session_id",
+        "project",
+        "principal",
+        "key",
+        "op",
+        "page_type",
+        "scope",
+        "payload",
+        "checksum",
+        "state",
+        "idempotency_key",
+        "staged_at",
+    ),
+    t.journal.c.lsn,
+)
+_P_PAGE_INSERT = _insert(
+    t.pages,
+    (
+        "project",
+        "session_id",
+        "key",
+        "type",
+        "scope",
+        "pin",
+        "priority",
+        "version",
+        "provenance",
+        "deleted",
+        "created_at",
+        "updated_at",
+    ),
+    t.pages.c.id,
+)
+_P_VERSION_INSERT = _insert(t.page_versions, [c.name for c in t.page_versions.columns])
+_P_REP_INSERT = _insert(t.representations, [c.name for c in t.representations.columns])
+_P_EVENT_INSERT = _insert(
+    t.lifecycle_events,
+    ("session_id", "project", "boundary", "turn", "detail", "at"),
+    t.lifecycle_events.c.id,
 )
 
 
@@ -233,6 +328,43 @@ def entry_checksum(
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload an applied entry keeps: its content replaced by the content's SHA-256.
+
+    Deterministic, so a retried stage with the same idempotency key still recognizes itself
+    (:meth:`JournalEngine.stage`), and the crash kit can check an acknowledged stage's content.
+    """
+    content = payload.get("content")
+    if not isinstance(content, str):
+        return dict(payload)
+    return {**payload, "content": None, "content_sha256": text_sha256(content)}
+
+
+def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int, at: str) -> None:
+    """Set ``entry`` applied as ``version``, keeping its content only as a hash (it is applied)."""
+    payload_json = canonical_json(compact_payload(entry.payload))
+    checksum = entry_checksum(
+        project=entry.project,
+        session_id=entry.session_id,
+        key=entry.key,
+        op=entry.op.value,
+        page_type=entry.page_type.value if entry.page_type else None,
+        scope=entry.scope.value,
+        payload_json=payload_json,
+    )
+    _P_APPLIED.execute(
+        conn,
+        {
+            "b_lsn": entry.lsn,
+            "b_event": event_id,
+            "b_version": version,
+            "b_at": at,
+            "b_payload": payload_json,
+            "b_checksum": checksum,
+        },
+    )
+
+
 def row_to_entry(row: Any) -> Entry:
     """Decode a journal row; raises ``ValueError`` when its payload is not valid JSON."""
     return Entry(
@@ -335,6 +467,8 @@ class Head:
     fields: dict[str, Any] | None
     fold: str | None = None  # the fold JSON of a chained head version
     lsn: int | None = None
+    # Per chainable level: the version an append to this head chains from.
+    chain_starts: Mapping[Fidelity, int] = field(default_factory=dict)
     # In memory only (a session's read-your-writes overlay): what an append builds on, and the
     # whole full text when known.
     basis: AppendBasis | None = None
@@ -388,9 +522,7 @@ class JournalEngine:
         # (page id, version, lsn) -> the basis an append to that version builds on, remembered
         # from apply so a running agent never reads its pages back. Keyed by the LSN too: a
         # rolled-back boundary re-applies the same entries as the same versions.
-        self._bases: OrderedDict[
-            tuple[int, int, int | None], tuple[AppendBasis, dict[Fidelity, int | None]]
-        ] = OrderedDict()
+        self._bases: OrderedDict[tuple[int, int, int | None], AppendBasis] = OrderedDict()
 
     # -- staging ---------------------------------------------------------------------------------
 
@@ -430,23 +562,34 @@ class JournalEngine:
             payload_json=payload_json,
         )
         if update.idempotency_key is not None:
-            existing = conn.execute(
-                _IDEMPOTENT,
+            existing = _P_IDEMPOTENT.first(
+                conn,
                 {
                     "b_project": project,
                     "b_session": session_id,
                     "b_idempotency": update.idempotency_key,
                 },
-            ).first()
+            )
             if existing is not None:
-                if existing.checksum != checksum:
+                if existing.checksum not in (
+                    checksum,
+                    entry_checksum(  # the original was applied, and keeps a content hash
+                        project=project,
+                        session_id=session_id,
+                        key=update.key,
+                        op=update.op.value,
+                        page_type=page_type,
+                        scope=update.scope.value,
+                        payload_json=canonical_json(compact_payload(payload)),
+                    ),
+                ):
                     raise InvalidInput(
                         f"idempotency key {update.idempotency_key!r} was already used for a "
                         f"different update (lsn {existing.lsn})"
                     )
                 return int(existing.lsn), True
-        result = conn.execute(
-            t.journal.insert(),
+        inserted = _P_STAGE.first(
+            conn,
             {
                 "session_id": session_id,
                 "project": project,
@@ -462,15 +605,13 @@ class JournalEngine:
                 "staged_at": self.clock(),
             },
         )
-        return inserted_id(result), False
+        return int(inserted.lsn), False
 
     # -- reading heads ---------------------------------------------------------------------------
 
     def head(self, conn: Connection, project: str, page_session: str, key: str) -> Head | None:
         """The committed head of one page (with its full content), or ``None``."""
-        page = conn.execute(
-            _HEAD, {"b_project": project, "b_session": page_session, "b_key": key}
-        ).first()
+        page = _P_HEAD.first(conn, {"b_project": project, "b_session": page_session, "b_key": key})
         if page is None:
             return None
         fields_json = page.fields
@@ -486,6 +627,14 @@ class JournalEngine:
             fields=json.loads(fields_json) if fields_json else None,
             fold=page.fold,
             lsn=page.head_lsn,
+            chain_starts={
+                fidelity: int(chain) if chain is not None else page.version
+                for fidelity, chain, present in (
+                    (Fidelity.FULL, page.full_chain, True),
+                    (Fidelity.COMPRESSED, page.compressed_chain, page.compressed_rung),
+                )
+                if present
+            },
         )
 
     # -- validation ------------------------------------------------------------------------------
@@ -553,7 +702,8 @@ class JournalEngine:
         if entry.scope is Scope.SESSION and not entry.session_id:
             return Verdict(ReasonCode.SCOPE_DENIED, "a session-scoped page needs a session")
         if entry.scope is Scope.PROJECT and entry.principal is not None:
-            writers = conn.execute(_WRITERS, {"b_project": entry.project}).scalar()
+            found = _P_WRITERS.first(conn, {"b_project": entry.project})
+            writers = found[0] if found is not None else None
             if writers is not None and entry.principal not in json.loads(writers):
                 return Verdict(
                     ReasonCode.SCOPE_DENIED,
@@ -714,26 +864,26 @@ class JournalEngine:
 
     def _basis(
         self, conn: Connection | None, live: Head
-    ) -> tuple[AppendBasis, dict[Fidelity, int | None]]:
-        """The basis of an append to ``live``: in memory, remembered from apply, or read."""
+    ) -> tuple[AppendBasis, Mapping[Fidelity, int | None]]:
+        """The basis of an append to ``live``: in memory, remembered from apply, or read.
+
+        Only what follows from the text is remembered (tokens, tails, fold); where each chain
+        starts comes with the head, read in this transaction.
+        """
         if live.basis is not None:
-            return live.basis, {}
+            return live.basis, live.chain_starts
         cache_key = (live.page_id, live.version, live.lsn)
         cached = self._bases.get(cache_key)
         if cached is not None:
             self._bases.move_to_end(cache_key)
-            return cached
+            return cached, live.chain_starts
         if conn is None:
             raise InvalidInput("an append needs the store to read the page it extends")
-        found = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
+        found, _ = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
         self._remember_basis(cache_key, found)
-        return found
+        return found, live.chain_starts
 
-    def _remember_basis(
-        self,
-        cache_key: tuple[int, int, int | None],
-        found: tuple[AppendBasis, dict[Fidelity, int | None]],
-    ) -> None:
+    def _remember_basis(self, cache_key: tuple[int, int, int | None], found: AppendBasis) -> None:
         self._bases[cache_key] = found
         while len(self._bases) > _BASIS_CACHE_ENTRIES:
             self._bases.popitem(last=False)
@@ -838,9 +988,9 @@ class JournalEngine:
         provenance_json = canonical_json(provenance) if provenance is not None else None
         deleted = entry.op is Op.DELETE
         if head is None:
-            page_id = inserted_id(
-                conn.execute(
-                    t.pages.insert(),
+            page_id = int(
+                _P_PAGE_INSERT.first(
+                    conn,
                     {
                         "project": entry.project,
                         "session_id": entry.page_session,
@@ -855,15 +1005,15 @@ class JournalEngine:
                         "created_at": now,
                         "updated_at": now,
                     },
-                )
+                ).id
             )
         else:
             page_id = head.page_id
             if head.version >= version:
                 # Applied before (heads only move forward): apply is idempotent by version.
                 return int(page_id)
-            conn.execute(
-                _PAGE_UPDATE,
+            _P_PAGE_UPDATE.execute(
+                conn,
                 {
                     "b_id": page_id,
                     "b_type": page_type.value,
@@ -903,14 +1053,14 @@ class JournalEngine:
             "fold": fold_json,
         }
         version_row["row_sha256"] = version_row_sha256(version_row)
-        conn.execute(t.page_versions.insert(), version_row)
+        _P_VERSION_INSERT.execute(conn, version_row)
         if reps is not None:
             levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
             if any(level.chained and level.fidelity not in reps.chain_starts for level in levels):
                 raise RuntimeError(f"a chained level of {entry.key!r} has no chain start")
             texts = {level.fidelity: level.text for level in levels if level.same_as is None}
-            conn.execute(
-                t.representations.insert(),
+            _P_REP_INSERT.executemany(
+                conn,
                 [
                     {
                         "page_id": page_id,
@@ -933,16 +1083,7 @@ class JournalEngine:
                     for level in levels
                 ],
             )
-            # The next append to this version extends each chained level's chain, or starts
-            # one here.
-            next_starts: dict[Fidelity, int | None] = {
-                level.fidelity: reps.chain_starts[level.fidelity] if level.chained else version
-                for level in reps.levels
-                if level.fidelity in (Fidelity.FULL, Fidelity.COMPRESSED)
-            }
-            self._remember_basis(
-                (int(page_id), version, entry.lsn), (basis_after(reps), next_starts)
-            )
+            self._remember_basis((int(page_id), version, entry.lsn), basis_after(reps))
         return int(page_id)
 
     # -- writeback -------------------------------------------------------------------------------
@@ -972,17 +1113,18 @@ class JournalEngine:
         the entries stay staged and nothing is half-applied.
         """
         now = self.clock()
-        event_id = inserted_id(
-            conn.execute(
-                insert(t.lifecycle_events).values(
-                    session_id=session_id,
-                    project=project,
-                    boundary=boundary.value,
-                    turn=turn,
-                    detail=canonical_json(dict(detail)) if detail else None,
-                    at=now,
-                )
-            )
+        event_id = int(
+            _P_EVENT_INSERT.first(
+                conn,
+                {
+                    "session_id": session_id,
+                    "project": project,
+                    "boundary": boundary.value,
+                    "turn": turn,
+                    "detail": canonical_json(dict(detail)) if detail else None,
+                    "at": now,
+                },
+            ).id
         )
         result = WritebackResult(boundary=boundary, event_id=event_id)
         for entry in sorted(entries, key=lambda e: e.lsn):
@@ -999,8 +1141,8 @@ class JournalEngine:
                     except SchemaInvalid as exc:
                         verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
             if verdict.reason is not None:
-                conn.execute(
-                    _RESOLVE,
+                _P_RESOLVE.execute(
+                    conn,
                     {
                         "b_lsn": entry.lsn,
                         "b_state": "rejected",
@@ -1018,22 +1160,11 @@ class JournalEngine:
             self.apply(conn, entry, head, version, reps)
             # Commit and apply share this transaction, so the entry goes straight to its final
             # state; "committed" rows exist only where apply was deferred (imports, old crashes).
-            conn.execute(
-                _RESOLVE,
-                {
-                    "b_lsn": entry.lsn,
-                    "b_state": "applied",
-                    "b_reason": None,
-                    "b_detail": None,
-                    "b_event": event_id,
-                    "b_version": version,
-                    "b_at": now,
-                },
-            )
+            mark_applied(conn, entry, event_id=event_id, version=version, at=now)
             result.committed.append(entry.lsn)
             result.versions[entry.lsn] = version
-        conn.execute(
-            _EVENT_COUNTS,
+        _P_EVENT_COUNTS.execute(
+            conn,
             {
                 "b_id": event_id,
                 "b_committed": len(result.committed),

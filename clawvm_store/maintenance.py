@@ -13,7 +13,8 @@ its ``page_versions`` row and all its ``representations``):
 3. a **tool call** names it as its result: ``tool_calls (result_key, result_version)``, resolved
    in the call's project among the call's session's pages and the project's pages;
 4. a **journal entry** refers to it: a payload whose ``provenance`` is ``{"page": "key@N"}``, a
-   pointer handle ``[ptr key@N ...]`` in any string of a payload, or (for an entry still
+   pointer handle ``[ptr key@N ...]`` in any string of a payload (an applied entry keeps its
+   content only as a hash: the text is its version's, rule 5), or (for an entry still
    ``staged`` or ``committed``) the entry's ``expected_version`` or ``version`` on its own key.
    Entries in every state count, quarantined and rejected ones included;
 5. a **pointer** names it: a handle ``[ptr key@N ...]`` anywhere in the text of a kept version's
@@ -56,8 +57,9 @@ from sqlalchemy import Connection, delete, func, inspect, or_, select, update
 from . import schema as t
 from .errors import InvalidInput, SchemaInvalid
 from .journal import text_sha256, version_row_sha256
-from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope
+from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope, check_retention
 from .representations import build_content_representations, canonical_json, with_pointer
+from .segments import detach
 
 if TYPE_CHECKING:
     from .store import CheckReport, Finding, RecoveryReport, Store
@@ -110,9 +112,11 @@ class GcReport:
         "kept text, or a kept version's provenance page@N refers to; remove the rest entirely"
     )
 
-    keep_versions: int
+    keep_versions: int | None
     dry_run: bool
     project: str | None = None
+    # Per page type, the versions kept instead of ``keep_versions`` (the retention policy).
+    retention: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     versions: int = 0
     removed: list[VersionRef] = field(default_factory=list)
@@ -137,6 +141,7 @@ class _PageInfo:
     session_id: str
     key: str
     head: int
+    type: str = ""
     versions: list[int] = field(default_factory=list)
 
     def ref(self, version: int) -> VersionRef:
@@ -258,7 +263,9 @@ def _as_int(value: object) -> int | None:
 
 def _load_pages(conn: Connection) -> dict[int, _PageInfo]:
     pages = {
-        row.id: _PageInfo(row.id, row.project, row.session_id, row.key, int(row.version))
+        row.id: _PageInfo(
+            row.id, row.project, row.session_id, row.key, int(row.version), str(row.type)
+        )
         for row in conn.execute(
             select(
                 t.pages.c.id,
@@ -266,6 +273,7 @@ def _load_pages(conn: Connection) -> dict[int, _PageInfo]:
                 t.pages.c.session_id,
                 t.pages.c.key,
                 t.pages.c.version,
+                t.pages.c.type,
             )
         )
     }
@@ -424,27 +432,41 @@ def _refs_from_texts(conn: Connection, refs: _References) -> None:
 def gc(
     store: Store,
     *,
-    keep_versions: int,
+    keep_versions: int | None = None,
+    retention: Mapping[PageType | str, int] | None = None,
     dry_run: bool = True,
     project: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> GcReport:
     """Remove page versions beyond each page's ``keep_versions`` newest that nothing refers to.
 
-    The rule is in the module docstring (and :attr:`GcReport.RULE`). ``dry_run=True`` (the
-    default) changes nothing and reports what would go; otherwise planning and removal run in
-    one write transaction. ``project`` limits the pages collected (references are looked for
-    everywhere). ``progress(done, total)`` is called per page. Raises :class:`InvalidInput` for
-    ``keep_versions`` below 1.
+    The rule is in the module docstring (and :attr:`GcReport.RULE`). ``retention`` (page type →
+    versions to keep; by default the store's own, from ``Store.open(retention=...)``) overrides
+    ``keep_versions`` for the types it names; pages of other types keep ``keep_versions``, or
+    everything when that is ``None``. ``dry_run=True`` (the default) changes nothing and reports
+    what would go; otherwise planning and removal run in one write transaction. ``project``
+    limits the pages collected (references are looked for everywhere). ``progress(done, total)``
+    is called per page. Raises :class:`InvalidInput` for a count below 1, or when neither a
+    count nor a retention policy is given.
     """
-    if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1:
+    if keep_versions is not None and (
+        isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 1
+    ):
         raise InvalidInput(
             f"keep_versions must be an integer of at least 1 (the head is always kept), "
             f"not {keep_versions!r}"
         )
+    policy = check_retention(retention) if retention is not None else dict(store.retention)
+    if keep_versions is None and not policy:
+        raise InvalidInput("give keep_versions or a retention policy (page type: versions)")
     if project is not None and (not isinstance(project, str) or not project.strip()):
         raise InvalidInput("project must be a non-empty string")
-    report = GcReport(keep_versions=keep_versions, dry_run=dry_run, project=project)
+    report = GcReport(
+        keep_versions=keep_versions,
+        dry_run=dry_run,
+        project=project,
+        retention={page_type.value: keep for page_type, keep in policy.items()},
+    )
     with store.db.transaction(write=not dry_run) as conn:
         pages = _load_pages(conn)
         scope = sorted(
@@ -454,9 +476,12 @@ def gc(
         candidates: set[_Version] = set()
         for info in scope:
             report.versions += len(info.versions)
+            keep = report.retention.get(info.type, keep_versions)
+            if keep is None:
+                continue  # a type the policy leaves alone
             newest = sorted(info.versions, reverse=True)
-            protected = set(newest[:keep_versions]) | {info.head}
-            candidates.update((info.id, v) for v in newest[keep_versions:] if v not in protected)
+            protected = set(newest[:keep]) | {info.head}
+            candidates.update((info.id, v) for v in newest[keep:] if v not in protected)
         report.pages = len(scope)
         kept: dict[_Version, list[str]] = {}
         if candidates:
@@ -476,6 +501,8 @@ def gc(
                 )
             report.removed.extend(info.ref(v) for v in doomed)
             if doomed and not dry_run:
+                # A staying appended version must not need a removed one's segment.
+                detach(conn, info.id, doomed)
                 result = conn.execute(
                     delete(t.representations).where(
                         t.representations.c.page_id == info.id,

@@ -329,10 +329,13 @@ class ToolMediator:
                 name=name,
                 signature=signature,
                 effect=effect,
+                idempotency_key=idempotency_key,
             )
         try:
             output = run(**args)
         except Exception as exc:
+            if _crashpoints.ACTIVE:  # the tool returned (by raising): its effect is done
+                _crashpoints.ack("tool_ran", session=session.id, call=row_id)
             self._finish(
                 row_id,
                 call_id,
@@ -344,6 +347,10 @@ class ToolMediator:
                 error=str(exc),
             )
             raise
+        if _crashpoints.ACTIVE:
+            # The tool returned: whatever it does to the world is done. A kill between the
+            # tool_exec line and this one landed inside the tool (its effect is unknown).
+            _crashpoints.ack("tool_ran", session=session.id, call=row_id)
         content = render_output(output)
         version = self._finish(row_id, call_id, key, content, "finished", effect, touched)
         return ToolResult(key, content, "executed", call_id, version)

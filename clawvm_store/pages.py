@@ -7,11 +7,14 @@ literals of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import InvalidInput
 
 
 class PageType(StrEnum):
@@ -307,3 +310,27 @@ class PageVersion:
     pin: Pin
     priority: float
     tokens: dict[Fidelity, int]
+
+
+def check_retention(retention: object) -> dict[PageType, int]:
+    """Validate a retention policy: page type → versions to keep (at least 1)."""
+    if retention is None:
+        return {}
+    if not isinstance(retention, Mapping):
+        raise InvalidInput("retention must map page types to a number of versions to keep")
+    policy: dict[PageType, int] = {}
+    for name, keep in retention.items():
+        try:
+            page_type = PageType(name)
+        except ValueError:
+            known = ", ".join(t.value for t in PageType)
+            raise InvalidInput(
+                f"unknown page type {name!r} in retention (known: {known})"
+            ) from None
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InvalidInput(
+                f"retention for {page_type.value} must be an integer of at least 1 (the head is "
+                f"always kept), not {keep!r}"
+            )
+        policy[page_type] = keep
+    return policy

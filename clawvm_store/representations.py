@@ -243,8 +243,16 @@ def derive_fields(
 # and words never straddle a seam.
 
 FOLD_LINES = 12  # rule lines and plain lines kept (the fields keep at most this many rules)
-FOLD_WORDS = 31  # leading words kept (a summary uses at most 30, plus one to know if there is more)
-FOLD_TITLE_WORDS = 21  # words of the first line kept (a title uses at most 20, plus one)
+# Per type: the words of the first line kept (a title uses at most 6, a plan's fallback goal 20)
+# and the leading words kept (a summary uses 8, 20 or 30), each plus one to know if there is more.
+_FOLD_WORDS: dict[PageType, tuple[int, int]] = {
+    PageType.BOOTSTRAP: (7, 0),
+    PageType.CONSTRAINT: (7, 0),
+    PageType.PLAN: (21, 0),
+    PageType.PREFERENCE: (7, 31),
+    PageType.EVIDENCE: (7, 21),
+    PageType.CONVERSATION: (7, 9),
+}
 _BULLET = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
 _OPEN_STEP = re.compile(r"^(?:[-*•]|\d+[.)])\s+\[ \]")
 _CURRENT = re.compile(r"^(current|next|now)( step)?:", re.IGNORECASE)
@@ -283,8 +291,9 @@ def fold_extend(page_type: PageType, fold: Mapping[str, Any], segment: str) -> d
     state = {
         name: (list(value) if isinstance(value, list) else value) for name, value in fold.items()
     }
-    if "words" in state and len(state["words"]) < FOLD_WORDS:
-        state["words"].extend(segment.split()[: FOLD_WORDS - len(state["words"])])
+    title_words, lead_words = _FOLD_WORDS[page_type]
+    if "words" in state and len(state["words"]) < lead_words:
+        state["words"].extend(segment.split()[: lead_words - len(state["words"])])
     if "roles" in state:
         roles = set(state["roles"])
         roles.update(match.group(1).lower() for match in _ROLE.finditer(segment))
@@ -304,7 +313,7 @@ def fold_extend(page_type: PageType, fold: Mapping[str, Any], segment: str) -> d
         if state.get("title") is None:
             heading = line.lstrip("#").strip()
             if heading:
-                state["title"] = heading.split()[:FOLD_TITLE_WORDS]
+                state["title"] = heading.split()[:title_words]
         if "lines" in state:
             if len(state["lines"]) < FOLD_LINES:
                 state["lines"].append(line)
@@ -579,11 +588,13 @@ def safe_tail_start(text: str) -> int:
     """The start of the last line of ``text`` where the tokenizer is bound to begin a new piece.
 
     tiktoken first splits text with a regular expression and encodes each piece on its own. A
-    position right after a newline, at a letter or digit, always starts a piece whatever follows
-    it later (a run of newlines ends there, and no pattern takes a newline before a letter or a
-    digit), and deciding that looks at nothing past it. So for such a position ``s``,
-    ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an append only re-tokenizes from ``s``.
-    ``0`` when the text has no such line (the whole text is then the tail).
+    position right after a newline, at a character that is neither whitespace nor ``/``, always
+    starts a piece whatever follows it later: the piece before it ends with the run of newlines
+    (no pattern continues a newline run with such a character; o200k's punctuation pattern may
+    take a ``/`` after newlines, hence the exception), and deciding that looks at nothing past
+    it. So for such a position ``s``, ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an
+    append only re-tokenizes from ``s``. ``0`` when the text has no such line (the whole text is
+    then the tail). A property test checks it against tiktoken on the whole text.
     """
     end = len(text)
     while True:
@@ -591,7 +602,7 @@ def safe_tail_start(text: str) -> int:
         if newline < 0:
             return 0
         after = newline + 1
-        if after < len(text) and text[after].isalnum():
+        if after < len(text) and not text[after].isspace() and text[after] != "/":
             return after
         end = newline
 

@@ -269,3 +269,82 @@ def whole_texts(
             except CorruptDatabase:
                 continue  # left out: the caller sees the text as missing
     return texts
+
+
+def detach(conn: Connection, page_id: int, doomed: Iterable[int]) -> int:
+    """Prepare to delete versions ``doomed`` of a page: no version that stays may need them.
+
+    A staying version whose chain runs through a doomed one is re-chained onto the staying
+    version before it when that one stays too, and otherwise written whole (its text read before
+    anything changes). A piece shared with the full level becomes a piece of its own when the
+    full level is written whole. Returns the number of rows rewritten. Runs in the caller's
+    write transaction, before the caller deletes.
+    """
+    gone = set(doomed)
+    if not gone:
+        return 0
+    from .journal import text_sha256  # the one hash helper; journal imports this module
+
+    rows = conn.execute(
+        select(_R.c.version, _R.c.fidelity, _R.c.content, _R.c.chain_start, _R.c.same_as).where(
+            _R.c.page_id == page_id
+        )
+    ).all()
+    by_key = {(int(row.version), str(row.fidelity)): row for row in rows}
+    staying = sorted({int(row.version) for row in rows} - gone)
+    plan: dict[tuple[int, str], dict[str, Any]] = {}
+    effective_start: dict[tuple[int, str], int | None] = {}
+    for version in staying:
+        for (row_version, name), row in sorted(by_key.items()):
+            if row_version != version:
+                continue
+            if row.chain_start is None:
+                effective_start[(version, name)] = None
+                continue
+            start = int(row.chain_start)
+            if not gone.intersection(range(start, version)):
+                effective_start[(version, name)] = start
+                continue
+            before = (version - 1, name)
+            if version - 1 not in gone and before in by_key:
+                # Still chained, onto what the previous version's chain now starts at.
+                previous_start = effective_start.get(before)
+                new_start = version - 1 if previous_start is None else previous_start
+                plan[(version, name)] = {"chain_start": new_start}
+                effective_start[(version, name)] = new_start
+            else:
+                text = read_text(conn, page_id, version, name)
+                assert text is not None
+                plan[(version, name)] = {
+                    "content": text,
+                    "sha256": text_sha256(text),
+                    "chain_start": None,
+                    "same_as": None,
+                }
+                effective_start[(version, name)] = None
+                if name == Fidelity.FULL.value:
+                    # Pieces that shared the full piece need a copy of their own now.
+                    for (other_version, other), other_row in by_key.items():
+                        if (
+                            other_version == version
+                            and other_row.chain_start is not None
+                            and other_row.same_as == Fidelity.FULL.value
+                            and plan.get((version, other), {}).get("chain_start", 0) is not None
+                        ):
+                            piece = str(row.content)
+                            plan.setdefault((version, other), {}).update(
+                                {"content": piece, "sha256": text_sha256(piece), "same_as": None}
+                            )
+    # A row sharing another's text carries that row's hash: follow a rewritten owner.
+    for (version, name), row in by_key.items():
+        owner_plan = plan.get((version, row.same_as)) if row.same_as else None
+        own = plan.get((version, name), {})
+        if owner_plan and "sha256" in owner_plan and own.get("same_as", row.same_as) is not None:
+            plan.setdefault((version, name), {})["sha256"] = owner_plan["sha256"]
+    for (version, name), values in plan.items():
+        conn.execute(
+            _R.update()
+            .where(_R.c.page_id == page_id, _R.c.version == version, _R.c.fidelity == name)
+            .values(**values)
+        )
+    return len(plan)

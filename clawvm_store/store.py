@@ -48,6 +48,7 @@ from .journal import (
     WritebackResult,
     check_key,
     inserted_id,
+    mark_applied,
     row_to_entry,
     text_sha256,
     verify_row,
@@ -66,6 +67,7 @@ from .pages import (
     Pin,
     ReasonCode,
     Scope,
+    check_retention,
 )
 from .recall import FtsRecall, RecallBackend
 from .representations import (
@@ -252,6 +254,8 @@ class Store:
         self._prepared: OrderedDict[int, ContentRepresentations] = OrderedDict()
         self._discarded_now: list[int] = []
         self.recall_backend: RecallBackend = recall or FtsRecall()
+        # Page type -> versions gc keeps of that type by default (Store.open(retention=...)).
+        self.retention: dict[PageType, int] = {}
         self._token = secrets.token_hex(8)
         self.owner = owner_tag(self._token)
         register_store(self._token, self)
@@ -271,6 +275,7 @@ class Store:
         create: bool = True,
         recover: bool = True,
         recall: RecallBackend | None = None,
+        retention: Mapping[PageType | str, int] | None = None,
     ) -> Store:
         """Open (creating and migrating as needed) the store at a path or SQLAlchemy URL.
 
@@ -280,7 +285,11 @@ class Store:
         is an error instead of a new database. With ``recover=True`` (the default) the journal is
         recovered on open: pending entries are verified, committed ones re-applied, and staged
         updates of sessions whose process died are validated at a ``recovery`` boundary.
+        ``retention`` (page type → versions to keep, e.g. ``{"conversation": 50, "evidence":
+        10}``) is what :func:`clawvm_store.maintenance.gc` keeps of those types by default,
+        beyond the versions something still refers to.
         """
+        policy = check_retention(retention)
         db = Database(target, durability=durability, create=create)
         try:
             db.migrate()
@@ -299,6 +308,7 @@ class Store:
                 max_content_bytes=max_content_bytes,
                 recall=recall,
             )
+            store.retention = policy
             if recorded is None:
                 with db.transaction() as conn:
                     # Read again under the write lock: another process opening the same new
@@ -916,14 +926,10 @@ class Store:
                 report.quarantined.append((row.lsn, "version gap"))
                 continue
             if row.version == current + 1:
-                reps = self.journal.prepare(entry, head)
+                reps = self.journal.prepare(entry, head, conn)
                 self.journal.apply(conn, entry, head, row.version, reps)
                 report.reapplied.append(row.lsn)
-            conn.execute(
-                update(t.journal)
-                .where(t.journal.c.lsn == row.lsn)
-                .values(state="applied", event_id=event_id)
-            )
+            mark_applied(conn, entry, event_id=event_id, version=row.version, at=self.clock())
 
     def _dead_sessions(
         self,
@@ -1245,14 +1251,22 @@ class Store:
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         limit: int | None = None,
+        timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Run a read-only SQL statement and return its rows as dicts (column name → value).
 
         Any statement that would change anything (INSERT, UPDATE, DELETE, DDL, ATTACH, a
         state-changing PRAGMA, VACUUM) raises :class:`ReadOnlyViolation` and the database is
         left byte for byte as it was. Bind values with ``params`` (``?`` or ``:name``).
+        Read-only introspection works: ``pragma_table_info('pages')``, ``pragma_index_list``,
+        ``pragma_foreign_key_list`` and ``sqlite_schema`` on SQLite, ``information_schema`` on
+        PostgreSQL.
+
+        ``timeout`` is a time limit in seconds (``None``: none): a statement still running
+        then stops with :class:`QueryTimeout` and its read snapshot is released. A Ctrl-C stops
+        a running statement too (``KeyboardInterrupt``).
         """
-        columns, rows = self.db.query(sql, params, limit=limit)
+        columns, rows = self.db.query(sql, params, limit=limit, timeout=timeout)
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def backup(self, destination: str | os.PathLike[str]) -> str:

@@ -47,7 +47,19 @@ COUNTER = TokenCounter()
 # Text that stresses the tokenizer at seams: newlines and CRs, spaces before newlines,
 # punctuation, digits, contractions, non-Latin letters, combining marks, emoji.
 ALPHABET = st.sampled_from(
-    [*"ab zZ09.,'-:#*\n\n\r\t ", "'s", "'ll", "é", "ß", "中", "\u0301", "😀", "  ", "\n\n", ".\n"]
+    [
+        *"ab zZ09.,'-:#*/[]()\n\n\r\t\x0b\x0c ",
+        "'s",
+        "'ll",
+        "é",
+        "ß",
+        "中",
+        "\u0301",
+        "😀",
+        "  ",
+        "\n\n",
+        ".\n",
+    ]
 )
 TEXTS = st.lists(ALPHABET, min_size=1, max_size=40).map("".join)
 WORDS = st.sampled_from(
@@ -81,7 +93,7 @@ CONTENTS = st.lists(LINES, min_size=1, max_size=8).map("\n".join).filter(lambda 
 # -- tokens: an append re-tokenizes only from the last safe boundary -----------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(TEXTS, min_size=1, max_size=8))
 def test_extended_counts_equal_whole_counts_cl100k(pieces: list[str]) -> None:
     text = pieces[0]
@@ -119,7 +131,8 @@ def test_safe_tail_start_examples() -> None:
     assert safe_tail_start("one line") == 0
     assert safe_tail_start("first\nsecond") == 6
     # A line that starts with a space, a newline or punctuation is no boundary: look further up.
-    assert safe_tail_start("first\nsecond\n third\n.fourth") == 6
+    assert safe_tail_start("first\nsecond\n third\n\n/fourth") == 6
+    assert safe_tail_start("first\n- [x] step") == 6
     assert safe_tail_start("a\n\n") == 0
 
 
@@ -462,10 +475,7 @@ def test_every_version_reads_back_as_the_oracle_builds_it(
         for key, number, fidelity in wanted:
             expected_text, expected_tokens = oracle.versions[key][number - 1][fidelity]  # type: ignore[index]
             page = store.page(key, fidelity=fidelity, version=number)
-            if (
-                fidelity is Fidelity.STRUCTURED
-                and oracle.meta[key]["type"] is PageType.CONVERSATION
-            ):
+            if oracle.meta[key]["type"] is PageType.CONVERSATION:
                 # The span runs from the first write of its text to the last: the clock ticks
                 # several times per write, so compare the bounds' order and the rest exactly.
                 bounds = re.findall(r"(?:start|end): (\S+)", page.content)
@@ -500,23 +510,25 @@ def _stored_bytes(path: Path) -> int:
 def test_appends_store_segments_not_copies(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     segment = "user: please look at module {n}\nassistant: module {n} reads the config file first"
+    stored_at: dict[int, int] = {}
     with cvm.Store.open(path) as store:
         sess = store.session("s-1")
-        written = 0
         for n in range(300):
-            text = segment.format(n=n)
-            written += len(text.encode())
-            sess.stage("conversation/main", type="conversation", op="append", content=text)
+            sess.stage(
+                "conversation/main", type="conversation", op="append", content=segment.format(n=n)
+            )
             assert sess.end_turn().rejected == []
+            if n + 1 in (150, 300):
+                stored_at[n + 1] = _stored_bytes(path)
         page = store.page("conversation/main", session="s-1")
         assert page.version == 300
         assert page.content == "\n".join(segment.format(n=n) for n in range(300))
         assert page.tokens == COUNTER.count(page.content)
         assert store.check().ok
-    # Full pieces plus compressed pieces (shared with full: these segments are short), plus
-    # the small structured and pointer texts of each version: nowhere near 300 copies.
-    stored = _stored_bytes(path)
-    assert stored < 2 * written, (stored, written)
+    # Each version stores its segment once (the compressed piece is the same short segment,
+    # shared with full) plus its small structured and pointer texts: the bytes grow with the
+    # versions, where 300 whole copies would have grown with their square.
+    assert stored_at[300] <= 2.05 * stored_at[150], stored_at
     with sqlite3.connect(path) as raw:
         shared = raw.execute(
             "SELECT COUNT(*) FROM representations WHERE fidelity = 'compressed' AND same_as = 'full'"
@@ -524,7 +536,11 @@ def test_appends_store_segments_not_copies(tmp_path: Path) -> None:
         chained = raw.execute(
             "SELECT COUNT(*) FROM representations WHERE fidelity = 'full' AND chain_start = 1"
         ).fetchone()[0]
+        longest = raw.execute(
+            "SELECT MAX(LENGTH(content)) FROM representations WHERE fidelity = 'full'"
+        ).fetchone()[0]
     assert (shared, chained) == (299, 299)
+    assert longest == max(len(segment.format(n=n)) for n in range(300))
 
 
 def test_long_segments_compress_piece_by_piece(tmp_path: Path) -> None:
@@ -582,3 +598,210 @@ def test_check_finds_a_broken_chain(tmp_path: Path) -> None:
         assert {f.code for f in findings} >= {"fidelity_missing", "layout"}
         with pytest.raises(cvm.ClawVMError, match="gap"):
             store.page("conversation/c", session="s")
+
+
+@pytest.mark.parametrize("keep", [1, 3, 7])
+def test_gc_keeps_every_staying_version_readable(tmp_path: Path, keep: int) -> None:
+    from clawvm_store.maintenance import gc
+
+    long_line = " ".join(f"word{i} means module {i} loads config" for i in range(14))
+    with cvm.Store.open(tmp_path / "store.db") as store:
+        texts: list[str] = []
+        for n in range(12):
+            segment = f"user: turn {n}\n{long_line}" if n % 3 == 0 else f"assistant: reply {n}"
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=segment,
+                op="append" if n else "set",
+                session="s",
+            )
+            texts.append(f"{texts[-1]}\n{segment}" if texts else segment)
+        before = {
+            (v, f): store.page("conversation/c", session="s", version=v, fidelity=f).content
+            for v in range(1, 13)
+            for f in Fidelity
+        }
+        report = gc(store, keep_versions=keep, dry_run=False)
+        assert len(report.removed) == 12 - keep
+        assert store.check().ok, store.check().findings
+        for version in range(13 - keep, 13):
+            page = store.page("conversation/c", session="s", version=version)
+            assert page.content == texts[version - 1]
+            for fidelity in Fidelity:
+                got = store.page("conversation/c", session="s", version=version, fidelity=fidelity)
+                assert got.content == before[(version, fidelity)]
+        # And the chain goes on from what stayed.
+        store.put(
+            "conversation/c",
+            type="conversation",
+            content="user: after gc",
+            op="append",
+            session="s",
+        )
+        assert store.page("conversation/c", session="s").content == f"{texts[-1]}\nuser: after gc"
+        assert store.check().ok
+
+
+# -- revision 0006 converts a store written in the 0005 layout -------------------------------------
+
+
+def _alembic(path: Path, action: str, revision: str) -> None:
+    from alembic import command
+
+    from clawvm_store.db import Database
+
+    db = Database(path)
+    try:
+        config = db._alembic_config()
+        with db.engine.connect() as conn:
+            # As Database.migrate does: batch mode rebuilds tables that others refer to.
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            driver.execute("PRAGMA foreign_keys = OFF")
+            driver.execute("PRAGMA legacy_alter_table = ON")
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    finally:
+        db.dispose()
+
+
+def test_revision_0006_converts_full_copies_to_segments(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    texts = ["user: hello", "assistant: hi there", "user: read a.py", "assistant: done"]
+    with cvm.Store.open(path) as store:
+        for n, text in enumerate(texts):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=text,
+                op="append" if n else "set",
+                session="s",
+            )
+        store.put("plan/p", type="plan", content="Goal: ship\n- [ ] one", session="s")
+        store.put(
+            "plan/p", type="plan", content="- [ ] two", op="merge", structured={}, session="s"
+        )
+        before = {
+            (key, v, f): store.page(key, session="s", version=v, fidelity=f)
+            for key, versions in (("conversation/c", 4), ("plan/p", 2))
+            for v in range(1, versions + 1)
+            for f in POLICIES[PageType(key.split("/")[0])].ladder
+        }
+    # Back to the 0005 layout: every appended version holds a whole copy of its text again.
+    _alembic(path, "downgrade", "0005")
+    with sqlite3.connect(path) as raw:
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(representations)")}
+        assert "chain_start" not in columns
+        copies = raw.execute(
+            "SELECT r.version, r.content FROM representations r JOIN pages p ON p.id = r.page_id"
+            " WHERE p.key = 'conversation/c' AND r.fidelity = 'full' ORDER BY r.version"
+        ).fetchall()
+    assert copies == [(n + 1, "\n".join(texts[: n + 1])) for n in range(4)]
+    # Opening migrates to the head, converting in one transaction; nothing reads differently.
+    with cvm.Store.open(path) as store:
+        assert store.check().ok, store.check().findings
+        for (key, version, fidelity), page in before.items():
+            again = store.page(key, session="s", version=version, fidelity=fidelity)
+            assert (again.content, again.tokens) == (page.content, page.tokens)
+        store.put(
+            "conversation/c", type="conversation", content="user: thanks", op="append", session="s"
+        )
+        assert store.page("conversation/c", session="s").content == "\n".join(
+            [*texts, "user: thanks"]
+        )
+        assert store.check().ok
+    with sqlite3.connect(path) as raw:
+        pieces = raw.execute(
+            "SELECT r.version, r.content, r.chain_start FROM representations r"
+            " JOIN pages p ON p.id = r.page_id WHERE p.key = 'conversation/c'"
+            " AND r.fidelity = 'full' ORDER BY r.version"
+        ).fetchall()
+    assert pieces == [
+        (1, texts[0], None),
+        (2, texts[1], 1),
+        (3, texts[2], 1),
+        (4, texts[3], 1),
+        (5, "user: thanks", 1),
+    ]
+
+
+def test_retention_keeps_per_type_versions(tmp_path: Path) -> None:
+    from clawvm_store.maintenance import gc
+
+    path = tmp_path / "store.db"
+    with cvm.Store.open(path, retention={"conversation": 3, "evidence": 1}) as store:
+        for n in range(6):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=f"user: turn {n}",
+                op="append" if n else "set",
+                session="s",
+            )
+            store.put(
+                "evidence/e",
+                type="evidence",
+                content=f"output {n}",
+                provenance=PROVENANCE,
+                expected_version=n or None,
+                session="s",
+            )
+            store.put(
+                "plan/p",
+                type="plan",
+                content=f"Goal: g\n- [ ] step {n}",
+                expected_version=n or None,
+                session="s",
+            )
+        report = gc(store, dry_run=False)  # the store's own policy
+        assert report.retention == {"conversation": 3, "evidence": 1}
+        assert sorted((ref.key, ref.version) for ref in report.removed) == [
+            ("conversation/c", 1),
+            ("conversation/c", 2),
+            ("conversation/c", 3),
+            ("evidence/e", 1),
+            ("evidence/e", 2),
+            ("evidence/e", 3),
+            ("evidence/e", 4),
+            ("evidence/e", 5),
+        ]
+        assert [v.version for v in store.history("plan/p", session="s")] == [1, 2, 3, 4, 5, 6]
+        assert store.page("conversation/c", session="s", version=4).content == "\n".join(
+            f"user: turn {n}" for n in range(4)
+        )
+        assert store.check().ok
+    with pytest.raises(cvm.InvalidInput, match="unknown page type"):
+        cvm.Store.open(path, retention={"chat": 3})
+    with pytest.raises(cvm.InvalidInput, match="at least 1"):
+        cvm.Store.open(path, retention={"evidence": 0})
+
+
+def test_cli_gc_keep_by_type(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clawvm_store.cli import app
+
+    path = tmp_path / "store.db"
+    with cvm.Store.open(path) as store:
+        for n in range(4):
+            store.put(
+                "conversation/c",
+                type="conversation",
+                content=f"user: turn {n}",
+                op="append" if n else "set",
+                session="s",
+            )
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", str(path), "gc", "--keep", "conversation=2", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("removed 2 versions") for line in result.output.splitlines())
+    result = runner.invoke(app, ["--db", str(path), "gc", "--keep", "conversation"])
+    assert result.exit_code == 2 and "expected TYPE=N" in result.output
+    result = runner.invoke(app, ["--db", str(path), "gc"])
+    assert result.exit_code == 2 and "give --keep-versions N or --keep TYPE=N" in result.output
+    with cvm.Store.open(path) as store:
+        assert [v.version for v in store.history("conversation/c", session="s")] == [3, 4]
+        assert store.page("conversation/c", session="s").content == "\n".join(
+            f"user: turn {n}" for n in range(4)
+        )

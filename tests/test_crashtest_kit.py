@@ -7,12 +7,13 @@ exactly from its kill point, and report in the shapes the README shows.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from click.testing import CliRunner
@@ -22,13 +23,22 @@ from clawvm_store import _crashpoints
 from clawvm_store.cli import app
 from clawvm_store.testing import (
     INVARIANTS,
+    CrashFailure,
     CrashHarness,
     CrashInvariantError,
     CrashTestSetupError,
+    examples,
     replay,
     run_crashtest,
 )
-from clawvm_store.testing.examples import correct_agent, memory_agent, replaying_agent
+from clawvm_store.testing.examples import (
+    correct_agent,
+    direct_effect_agent,
+    early_turn_agent,
+    memory_agent,
+    observe_world,
+    replaying_agent,
+)
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kit forks")
@@ -43,6 +53,21 @@ POST_CRASH = (
     "recovery_idempotent",
     "tool_calls_paired",
 )
+COMPARED = (
+    "write_effects_exactly_once",
+    "final_state_matches_uncrashed",
+    "evidence_matches_uncrashed",
+    "world_matches_uncrashed",
+)
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example model answers at once: crash-point campaigns need no thinking time.
+
+    The kit forks its runs from this process, so they all see the patched module.
+    """
+    monkeypatch.setattr(examples, "THINKING_ROUNDS", 0)
 
 
 # --- harnesses defined here: the kit forks, so any callable works ---------------------------
@@ -108,8 +133,8 @@ def make_drifting_agent(counter: Path) -> Any:
 # --- the correct harness passes -----------------------------------------------------------------
 
 
-def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
-    report = run_crashtest(correct_agent, kills=25, seed=3, workdir=tmp_path)
+def test_the_correct_harness_survives_every_kill(tmp_path: Path, quick: None) -> None:
+    report = run_crashtest(correct_agent, kills=25, seed=3, mode="points", workdir=tmp_path)
     assert report.ok, report.render()
     assert report.failures == []
     assert report.kills == 25
@@ -120,14 +145,10 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     # About half the cases also kill the restarted run; where that kill lands, the recovered
     # state is checked once more. The floor is checked when a restarted run assembles a prompt:
     # not when the kill came after the last turn's assembly, leaving nothing to redo.
-    assert sum(point is not None for point in report.then_kill_points) == 12
-    assert 1 <= report.restart_kills <= 12
+    assert sum(point is not None for point in report.then_kill_points) == 11
+    assert 1 <= report.restart_kills <= 11
     expected = {name: 1 + 2 * 25 + report.restart_kills for name in POST_CRASH}
-    expected.update(
-        harness_completes=1 + 25,
-        write_tools_not_rerun=25,
-        final_state_matches_uncrashed=25,
-    )
+    expected.update(harness_completes=1 + 25, **dict.fromkeys(COMPARED, 25))
     floors = report.checked.pop("floor_after_restart")
     assert dict(report.checked) == expected
     assert 15 <= floors <= 25 + report.restart_kills
@@ -136,15 +157,15 @@ def test_the_correct_harness_survives_every_kill(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == []  # passing cases leave nothing behind
 
 
-def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
-    first = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "a")
-    second = run_crashtest(correct_agent, kills=4, seed=11, workdir=tmp_path / "b")
-    other = run_crashtest(correct_agent, kills=4, seed=12, workdir=tmp_path / "c")
+def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path, quick: None) -> None:
+    first = run_crashtest(correct_agent, kills=4, seed=11, mode="points", workdir=tmp_path / "a")
+    second = run_crashtest(correct_agent, kills=4, seed=11, mode="points", workdir=tmp_path / "b")
+    other = run_crashtest(correct_agent, kills=4, seed=12, mode="points", workdir=tmp_path / "c")
     assert first.kill_points == second.kill_points
     assert first.then_kill_points == second.then_kill_points
     assert first.kill_points != other.kill_points
     alone = run_crashtest(
-        correct_agent, kills=4, seed=11, restart_kills=False, workdir=tmp_path / "d"
+        correct_agent, kills=4, seed=11, mode="points", restart_kills=False, workdir=tmp_path / "d"
     )
     assert alone.kill_points == first.kill_points
     assert (alone.then_kill_points, alone.restart_kills) == ([None] * 4, 0)
@@ -154,15 +175,19 @@ def test_the_same_seed_draws_the_same_kill_points(tmp_path: Path) -> None:
 # --- broken harnesses are caught, with the exact invariant --------------------------------------
 
 
-def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> None:
-    report = run_crashtest(memory_agent, kills=12, seed=0, workdir=tmp_path)
+def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path, quick: None) -> None:
+    report = run_crashtest(memory_agent, kills=12, seed=0, mode="points", workdir=tmp_path)
     assert not report.ok
     caught = {failure.invariant for failure in report.failures}
     # Restarting from scratch runs its write tool again; or, when the crash interrupted a
     # write, the library refuses to re-run it blindly and the restart fails.
-    assert "write_tools_not_rerun" in caught
-    assert caught <= {"write_tools_not_rerun", "harness_completes", "final_state_matches_uncrashed"}
-    rerun = next(f for f in report.failures if f.invariant == "write_tools_not_rerun")
+    assert "write_effects_exactly_once" in caught
+    assert caught <= {
+        "write_effects_exactly_once",
+        "harness_completes",
+        "final_state_matches_uncrashed",
+    }
+    rerun = next(f for f in report.failures if f.invariant == "write_effects_exactly_once")
     assert rerun.detail.startswith(
         "write tool 'write_note' (session agent-1) ran 2 times with the same"
     )
@@ -183,8 +208,10 @@ def test_a_harness_that_keeps_its_state_in_memory_is_caught(tmp_path: Path) -> N
     assert (kept / "agent.db").exists() and (kept / "after-crash" / "agent.db").exists()
 
 
-def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(tmp_path: Path) -> None:
-    report = run_crashtest(replaying_agent, kills=12, seed=0, workdir=tmp_path)
+def test_a_harness_that_redoes_a_turn_without_idempotency_keys_is_caught(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(replaying_agent, kills=12, seed=0, mode="points", workdir=tmp_path)
     assert not report.ok
     assert {failure.invariant for failure in report.failures} == {"final_state_matches_uncrashed"}
     assert all(
@@ -213,7 +240,7 @@ def test_a_harness_that_discards_staged_updates_is_caught_without_a_crash(tmp_pa
 def test_a_harness_whose_first_prompt_after_a_restart_lacks_its_bootstrap_is_caught(
     tmp_path: Path,
 ) -> None:
-    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, workdir=tmp_path)
+    report = run_crashtest(handmade_prompt_agent, kills=6, seed=0, mode="points", workdir=tmp_path)
     assert {failure.invariant for failure in report.failures} == {"floor_after_restart"}
     assert report.failures[0].detail == (
         "bootstrap page 'policy/agents' is absent in the first assembly of s after the "
@@ -232,7 +259,7 @@ def test_a_harness_that_fails_on_its_own_is_reported_as_such(tmp_path: Path) -> 
 
 def test_a_harness_that_is_not_deterministic_is_reported(tmp_path: Path) -> None:
     harness = make_drifting_agent(tmp_path / "runs.txt")
-    report = run_crashtest(harness, kills=100, workdir=tmp_path / "work")
+    report = run_crashtest(harness, kills=100, mode="points", workdir=tmp_path / "work")
     caught = {failure.invariant for failure in report.failures}
     assert "deterministic_harness" in caught
     drift = next(f for f in report.failures if f.invariant == "deterministic_harness")
@@ -242,8 +269,12 @@ def test_a_harness_that_is_not_deterministic_is_reported(tmp_path: Path) -> None
 # --- replay -----------------------------------------------------------------------------------------
 
 
-def test_a_failure_replays_exactly_from_its_seed_and_kill_point(tmp_path: Path) -> None:
-    report = run_crashtest(memory_agent, kills=12, seed=5, workdir=tmp_path / "campaign")
+def test_a_failure_replays_exactly_from_its_seed_and_kill_point(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(
+        memory_agent, kills=12, seed=5, mode="points", workdir=tmp_path / "campaign"
+    )
     failure = report.failures[0]
     assert failure.kill_at is not None
     again = replay(
@@ -279,11 +310,11 @@ def test_replay_refuses_a_kill_point_beyond_the_run(tmp_path: Path) -> None:
         replay(correct_agent, kill_at=100000, workdir=tmp_path)
 
 
-def test_the_fixture_raises_a_readable_assertion(tmp_path: Path) -> None:
+def test_the_fixture_raises_a_readable_assertion(tmp_path: Path, quick: None) -> None:
     harness = CrashHarness(tmp_path)
     assert harness.run(correct_agent, kills=2).ok
     with pytest.raises(CrashInvariantError) as caught:
-        harness.run(replaying_agent, kills=12)
+        harness.run(replaying_agent, kills=12, mode="points")
     assert isinstance(caught.value, AssertionError)
     text = str(caught.value)
     assert text.startswith(f"crash test of {EXAMPLES}:replaying_agent: 12 kills (seed 0; ")
@@ -362,7 +393,7 @@ def invoke(*args: str) -> Any:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
+def test_cli_passes_the_correct_harness(tmp_path: Path, quick: None) -> None:
     result = invoke(
         "crashtest",
         f"{EXAMPLES}:correct_agent",
@@ -370,28 +401,35 @@ def test_cli_passes_the_correct_harness(tmp_path: Path) -> None:
         "3",
         "--seed",
         "1",
+        "--mode",
+        "points",
         "--no-restart-kills",
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert (
-        lines[0] == "kills\trestarts killed\toperations per run\tacknowledged writes\t"
-        "invariants checked\tfailures"
+        lines[0] == "kills\trestarts killed\ttime kills landed\tin harness code\t"
+        "operations per run\tacknowledged writes\tinvariants checked\tfailures"
     )
-    kills, restarts, ops, acked, checked, failures = lines[1].split("\t")
-    assert (kills, restarts, failures, checked) == ("3", "0", "0", str(8 + 18 * 3))
+    kills, restarts, timed, in_harness, ops, acked, checked, failures = lines[1].split("\t")
+    # The uncrashed run: 7 post-crash checks and harness_completes. Each kill: the 7 twice,
+    # harness_completes, the floor and the 4 comparisons with the uncrashed run.
+    assert (kills, restarts, timed, in_harness, failures) == ("3", "0", "0", "0", "0")
+    assert checked == str(8 + 20 * 3)
     assert int(ops) > 50 and int(acked) > 30
     assert lines[2] == "invariant\tchecked\tfailed"
     assert [line.split("\t")[0] for line in lines[3:]] == list(INVARIANTS)
 
 
-def test_cli_json_shape(tmp_path: Path) -> None:
+def test_cli_json_shape(tmp_path: Path, quick: None) -> None:
     result = invoke("crashtest", f"{EXAMPLES}:correct_agent", "--kills", "2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == {
         "harness",
         "seed",
+        "mode",
+        "backend",
         "ok",
         "kills",
         "total_ops",
@@ -400,7 +438,13 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "checked",
         "kill_points",
         "then_kill_points",
+        "kill_times",
+        "then_kill_times",
         "restart_kills",
+        "time_kills",
+        "time_kills_in_harness",
+        "time_kills_missed",
+        "cases",
         "failures",
         "elapsed_s",
     }
@@ -414,9 +458,16 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     assert data["invariants_checked"] == sum(data["checked"].values())
 
 
-def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -> None:
+def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path, quick: None) -> None:
     result = invoke(
-        "crashtest", f"{EXAMPLES}:replaying_agent", "--kills", "6", "--workdir", str(tmp_path)
+        "crashtest",
+        f"{EXAMPLES}:replaying_agent",
+        "--kills",
+        "6",
+        "--mode",
+        "points",
+        "--workdir",
+        str(tmp_path),
     )
     assert result.exit_code == 1
     assert "crash test failed: invariant final_state_matches_uncrashed" in result.output
@@ -431,6 +482,8 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
             f"{EXAMPLES}:replaying_agent",
             "--kills",
             "6",
+            "--mode",
+            "points",
             "--workdir",
             str(tmp_path / "json"),
         ).stdout
@@ -442,11 +495,15 @@ def test_cli_reports_a_failure_with_its_replay_line_and_exit_1(tmp_path: Path) -
         "detail",
         "harness",
         "seed",
+        "mode",
         "kill_number",
         "kill_at",
+        "kill_after",
+        "where",
         "total_ops",
         "label",
         "then_kill_at",
+        "then_kill_after",
         "then_label",
         "kill_point",
         "replay",
@@ -506,7 +563,7 @@ def test_the_pytest_plugin_fixture(pytester: pytest.Pytester) -> None:
             assert report.ok
 
         def test_replaying_is_caught(crash_harness):
-            crash_harness.run(replaying_agent, kills=8)
+            crash_harness.run(replaying_agent, kills=8, mode="points")
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
@@ -538,3 +595,346 @@ def test_the_readme_harness_survives(tmp_path: Path) -> None:
     report = run_crashtest(readme_harness(), kills=12, seed=0, workdir=tmp_path)
     assert report.ok, report.render()
     assert report.harness == "readme_example:main"
+
+
+# --- lost and doubled effects, the declared world, kills anywhere ------------------------------
+
+
+@pytest.fixture
+def two_turns(monkeypatch: pytest.MonkeyPatch, quick: None) -> None:
+    """The examples run two turns: every crash point of a run stays affordable to try."""
+    monkeypatch.setattr(examples, "TURNS", 2)
+
+
+def every_point(harness: Any, tmp_path: Path, **options: Any) -> Any:
+    """Kill at every crash point of a run, once each, never killing the restart."""
+    report = run_crashtest(
+        harness, kills=10_000, mode="points", restart_kills=False, workdir=tmp_path, **options
+    )
+    assert report.kills == report.total_ops == len(report.cases)
+    return report
+
+
+def test_an_effect_lost_by_ending_the_turn_first_is_caught_exactly_where_it_is_lost(
+    tmp_path: Path, two_turns: None
+) -> None:
+    report = every_point(early_turn_agent, tmp_path)
+    labels = {case.kill_at: case.label for case in report.cases}
+    # Lost: killed once the turn counter advanced (end_turn committed) and before the write
+    # tool's ledger entry let it run (its transaction's three points): the restart skips it.
+    exposed = set()
+    for point, label in labels.items():
+        if label == "Session.end_turn/committed":
+            exposed |= {point, point + 1, point + 2, point + 3}
+            assert [labels[point + n] for n in (1, 2, 3)] == [
+                "Session.tool_call/begin",
+                "Session.tool_call/commit",
+                "Session.tool_call/committed",
+            ]
+    assert len(exposed) == 4 * 2
+    failed = {case.kill_at: set(case.failed) for case in report.cases if case.failed}
+    assert set(failed) == exposed
+    assert all(
+        names
+        == {"write_effects_exactly_once", "evidence_matches_uncrashed", "world_matches_uncrashed"}
+        for names in failed.values()
+    )
+    lost = next(f for f in report.failures if f.invariant == "write_effects_exactly_once")
+    assert lost.detail in {
+        f"write tool 'write_note' (session agent-1, idempotency key 'note-{turn}') ran 0 times "
+        "across the crash and the restart; an uncrashed run runs it 1 time: its effect is lost"
+        for turn in (0, 1)
+    }
+    world = next(f for f in report.failures if f.invariant == "world_matches_uncrashed")
+    assert world.detail.startswith(
+        "the world differs from the uncrashed run's at ['notes.md']: 1 lines against 2, "
+    )
+    evidence = next(f for f in report.failures if f.invariant == "evidence_matches_uncrashed")
+    assert evidence.detail.startswith(
+        "read tool 'read_file' (session agent-1): its last result differs from the uncrashed "
+        "run's: 1 lines against 2, "
+    )
+    # Nothing else broke anywhere: the library kept every acknowledged write.
+    assert {f.invariant for f in report.failures} == set(next(iter(failed.values())))
+    # The lost effect alone, without the world or the evidence to look at.
+    point = min(exposed)
+    alone = replay(
+        early_turn_agent,
+        kill_at=point,
+        observe=None,
+        compare_evidence=False,
+        workdir=tmp_path / "alone",
+    )
+    assert {f.invariant for f in alone.failures} >= {"write_effects_exactly_once"}
+
+
+def test_a_doubled_direct_effect_is_caught_through_the_world_and_the_final_read(
+    tmp_path: Path, two_turns: None
+) -> None:
+    report = every_point(direct_effect_agent, tmp_path)
+    labels = {case.kill_at: case.label for case in report.cases}
+    # Doubled: the note is written directly, then the turn ends; killed before that end
+    # committed, the restart redoes the turn and writes the note again.
+    exposed = {
+        point
+        for point, label in labels.items()
+        if label in ("Session.end_turn/begin", "Session.end_turn/commit")
+    }
+    assert len(exposed) == 2 * 2
+    failed = {case.kill_at: set(case.failed) for case in report.cases if case.failed}
+    assert set(failed) == exposed
+    assert all(
+        names == {"evidence_matches_uncrashed", "world_matches_uncrashed"}
+        for names in failed.values()
+    )
+    world = next(f for f in report.failures if f.invariant == "world_matches_uncrashed")
+    assert world.detail.startswith(
+        "the world differs from the uncrashed run's at ['notes.md']: 3 lines against 2, "
+    )
+    # The library never saw that effect: without the world or the evidence, nothing is caught.
+    point = min(exposed)
+    blind = replay(
+        direct_effect_agent, kill_at=point, compare_evidence=False, workdir=tmp_path / "blind"
+    )
+    assert [f.invariant for f in blind.failures] == ["world_matches_uncrashed"]
+
+
+def test_write_effects_exactly_once_counts_a_run_cut_short_in_the_tool_as_perhaps_once() -> None:
+    from clawvm_store.testing.invariants import Findings, check_write_effects
+
+    def exec_(call: int) -> dict[str, Any]:
+        return {
+            "k": "tool_exec",
+            "session": "s",
+            "call": call,
+            "name": "w",
+            "signature": "sig",
+            "effect": "write",
+            "idempotency_key": "k1",
+        }
+
+    ran = {"k": "tool_ran", "session": "s", "call": 1}
+    baseline = {("s", "w", "key", "k1"): 1}
+    cases = {
+        "once": [exec_(1), ran],
+        "cut short, not re-run": [exec_(1)],
+        "cut short, re-run": [exec_(1), exec_(2), {**ran, "call": 2}],
+        "twice": [exec_(1), ran, exec_(2), {**ran, "call": 2}],
+        "never": [],
+    }
+    outcome = {}
+    for name, acks in cases.items():
+        findings = Findings()
+        check_write_effects(acks, baseline, findings)
+        outcome[name] = findings.broken.get("write_effects_exactly_once")
+    assert outcome == {
+        "once": None,
+        "cut short, not re-run": None,
+        "cut short, re-run": None,
+        "twice": "write tool 'w' (session s) ran 2 times with the same arguments across the "
+        "crash and the restart; an uncrashed run runs it 1 time",
+        "never": "write tool 'w' (session s, idempotency key 'k1') ran 0 times across the crash "
+        "and the restart; an uncrashed run runs it 1 time: its effect is lost",
+    }
+
+
+def test_wall_clock_kills_land_in_harness_code_too_and_the_correct_harness_survives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model that thinks about as long as the library works, as a real agent's does (longer).
+    monkeypatch.setattr(examples, "THINKING_ROUNDS", 120_000)
+    report = run_crashtest(correct_agent, kills=10, seed=1, mode="time", workdir=tmp_path)
+    assert report.ok, report.render()
+    assert (report.kills, report.kill_points, len(report.kill_times)) == (10, [], 10)
+    assert all(0 <= delay <= report.run_s for delay in report.kill_times)
+    landed = [case for case in report.cases if case.where is not None]
+    assert len(landed) == report.time_kills == 10 - report.time_kills_missed
+    assert report.time_kills >= 6
+    in_harness = [case for case in landed if case.where == "harness"]
+    assert len(in_harness) == report.time_kills_in_harness >= 2
+    assert any(case.label == f"{EXAMPLES}:fake_model" for case in in_harness)
+    assert any(case.where == "library" for case in landed)
+    # Exact counts: a missed instant is an uncrashed case (its checks once); a landed one is
+    # checked after the crash, after a second crash if the restart was killed, and at the end.
+    killed_twice = report.restart_kills
+    expected = {
+        name: 1 + 2 * report.time_kills + report.time_kills_missed + killed_twice
+        for name in POST_CRASH
+    }
+    expected.update(harness_completes=1 + 10, **dict.fromkeys(COMPARED, 10))
+    report.checked.pop("floor_after_restart", None)
+    assert dict(report.checked) == expected
+    # The same seed draws the same instants, as shares of the uncrashed run's duration (which
+    # varies from campaign to campaign: that is as far as timing allows).
+    again = run_crashtest(
+        correct_agent, kills=10, seed=1, mode="time", restart_kills=False, workdir=tmp_path / "b"
+    )
+    shares = [delay / report.run_s for delay in report.kill_times]
+    assert [delay / again.run_s for delay in again.kill_times] == pytest.approx(shares, abs=1e-3)
+    assert again.then_kill_times == [None] * 10
+
+
+def test_both_mode_splits_the_kills_and_a_time_case_replays_from_its_delay(
+    tmp_path: Path, quick: None
+) -> None:
+    report = run_crashtest(correct_agent, kills=5, seed=2, workdir=tmp_path / "a")
+    assert report.ok, report.render()
+    assert (report.mode, len(report.kill_points), len(report.kill_times)) == ("both", 3, 2)
+    assert [case.mode for case in report.cases] == ["points"] * 3 + ["time"] * 2
+    points = run_crashtest(correct_agent, kills=3, seed=2, mode="points", workdir=tmp_path / "b")
+    assert points.kill_points == report.kill_points  # a seed names the same points in any mode
+    delay = report.kill_times[0]
+    again = replay(correct_agent, kill_after=delay, workdir=tmp_path / "c")
+    assert (again.kill_times, again.kill_points, again.ok) == ([delay], [], True)
+    failure = CrashFailure(
+        invariant="x",
+        detail="y",
+        harness=f"{EXAMPLES}:correct_agent",
+        seed=2,
+        kill_number=1,
+        kills=1,
+        kill_at=12,
+        total_ops=40,
+        label="Session.stage",
+        kill_after=0.0123,
+        where="harness",
+    )
+    assert (
+        failure.kill_point == "0.0123 s into the run (op 12 of 40, in harness code: Session.stage)"
+    )
+    assert failure.replay_command == (
+        f"clawvm crashtest {EXAMPLES}:correct_agent --seed 2 --kill-after 0.0123"
+    )
+    assert failure.replay_call == "crash_harness.replay(correct_agent, seed=2, kill_after=0.0123)"
+
+
+def test_observe_must_be_callable_and_must_work_on_the_uncrashed_run(tmp_path: Path) -> None:
+    with pytest.raises(CrashTestSetupError, match="observe must be callable"):
+        run_crashtest(correct_agent, kills=1, observe=42, workdir=tmp_path / "a")  # type: ignore[arg-type]
+
+    def broken(db_path: str) -> object:
+        raise OSError("no such world")
+
+    with pytest.raises(
+        CrashTestSetupError, match="observe failed after the uncrashed run: OSError"
+    ):
+        run_crashtest(correct_agent, kills=1, observe=broken, workdir=tmp_path / "b")
+
+
+def test_cli_observe_and_mode_options(tmp_path: Path, two_turns: None) -> None:
+    base = ["crashtest", f"{EXAMPLES}:direct_effect_agent", "--mode", "points", "--no-evidence"]
+    point = first_turn_end(direct_effect_agent, tmp_path / "probe") - 1  # end_turn's commit
+    result = invoke(
+        *base,
+        "--kill-at",
+        str(point),
+        "--observe",
+        f"{EXAMPLES}:observe_world",
+        "--workdir",
+        str(tmp_path / "b"),
+    )
+    assert result.exit_code == 1
+    assert "crash test failed: invariant world_matches_uncrashed" in result.output
+    assert (
+        f"replay:     clawvm crashtest {EXAMPLES}:direct_effect_agent --seed 0 --kill-at {point}"
+        f" --observe {EXAMPLES}:observe_world --no-evidence\n" in result.output
+    )
+    bad = CliRunner().invoke(app, [*base, "--observe", "nope"])
+    assert (bad.exit_code, bad.output) == (2, "error: expected MODULE:FUNCTION, got 'nope'\n")
+    assert observe_world(str(tmp_path / "none" / "agent.db")) == {}
+
+
+# --- LangGraph checkpoints, PostgreSQL ---------------------------------------------------------
+
+
+class TrailState(TypedDict):
+    trail: Annotated[list[str], operator.add]
+
+
+def langgraph_agent(db_path: str) -> None:
+    """A three-node LangGraph chain on ClawVMSaver that resumes from its last checkpoint."""
+    from langgraph.graph import END, START, StateGraph
+
+    from clawvm_store.integrations.langgraph import ClawVMSaver
+
+    builder = StateGraph(TrailState)
+    for name in ("plan", "act", "report"):
+        builder.add_node(name, lambda state, name=name: {"trail": [name]})
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "act")
+    builder.add_edge("act", "report")
+    builder.add_edge("report", END)
+    config: Any = {"configurable": {"thread_id": "t-1"}}
+    with ClawVMSaver.from_path(db_path) as saver:
+        graph = builder.compile(checkpointer=saver)
+        started = saver.get_tuple(config) is not None
+        # Checkpoints written in step (durability="sync"): the same operations on every run.
+        graph.invoke(None if started else {"trail": []}, config, durability="sync")
+        assert graph.get_state(config).values["trail"] == ["plan", "act", "report"]
+
+
+def test_acknowledged_langgraph_checkpoints_are_checked_after_every_crash(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph")
+    report = run_crashtest(langgraph_agent, kills=6, seed=0, mode="points", workdir=tmp_path)
+    assert report.ok, report.render()
+    assert report.checked["acked_checkpoints_readable"] >= 1 + 6
+    assert report.acknowledged_writes >= 6
+
+
+def test_a_checkpoint_lost_after_its_acknowledgement_is_caught(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph")
+
+    def losing_agent(db_path: str) -> None:
+        langgraph_agent(db_path)
+        with cvm.Store.open(db_path) as store, store.db.transaction() as conn:
+            conn.exec_driver_sql("DELETE FROM lg_writes")  # behind the saver's back
+
+    report = run_crashtest(losing_agent, kills=0, workdir=tmp_path)
+    assert [f.invariant for f in report.failures] == ["acked_checkpoints_readable"]
+    assert "acknowledged pending write t-1/" in report.failures[0].detail
+    assert (
+        report.failures[0].detail.endswith("is missing")
+        or " is missing;" in report.failures[0].detail
+    )
+
+
+def first_turn_end(harness: Any, directory: Path) -> int:
+    """The crash point at which the first turn_end commits (its acknowledgement's count)."""
+    from clawvm_store.testing.kit import _run_child
+
+    directory.mkdir()
+    run = _run_child(harness, str(directory / "agent.db"), directory, "probe", 60.0)
+    return next(
+        int(ack["at"])
+        for ack in run.acks
+        if ack["k"] == "boundary" and ack["boundary"] == "turn_end"
+    )
+
+
+def test_the_kit_runs_against_postgresql(
+    tmp_path: Path, postgres_server: str, two_turns: None
+) -> None:
+    report = run_crashtest(
+        correct_agent, kills=4, seed=3, mode="points", postgres=postgres_server, workdir=tmp_path
+    )
+    assert report.ok, report.render()
+    assert report.backend == "postgresql"
+    expected = {name: 1 + 2 * 4 + report.restart_kills for name in POST_CRASH}
+    expected.update(harness_completes=1 + 4, **dict.fromkeys(COMPARED, 4))
+    report.checked.pop("floor_after_restart", None)
+    assert dict(report.checked) == expected
+    # A lost effect is caught there too, at a point that loses it.
+    lost = run_crashtest(
+        early_turn_agent, kills=0, postgres=postgres_server, workdir=tmp_path / "x"
+    )
+    assert lost.ok
+    point = first_turn_end(early_turn_agent, tmp_path / "probe")
+    caught = replay(
+        early_turn_agent, kill_at=point, postgres=postgres_server, workdir=tmp_path / "y"
+    )
+    assert {f.invariant for f in caught.failures} == {
+        "write_effects_exactly_once",
+        "evidence_matches_uncrashed",
+        "world_matches_uncrashed",
+    }
+    assert caught.failures[0].kill_at == point

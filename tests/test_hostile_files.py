@@ -317,10 +317,12 @@ def test_corrupt_applied_entry_is_quarantined_by_full_verification(crashed: Cras
     store.close()
     before = page_tables(fx.path)
     original = journal_row(fx.path, fx.put)["payload"]
+    # An applied entry keeps its content as a SHA-256 (its version holds the text): flip that.
+    assert '"content_sha256":"' in original and "dark" not in original
     sql(
         fx.path,
         "UPDATE journal SET payload = ? WHERE lsn = ?",
-        (original.replace("dark", "neon"), fx.put),
+        (original.replace('"content_sha256":"', '"content_sha256":"0'), fx.put),
     )
 
     store = Store.open(fx.path)  # open verifies pending entries only: this one is applied
@@ -470,6 +472,9 @@ def valid_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
                 content=f"note {i}: " + "the agent read the handler and its tests. " * 12,
                 project=PROJECT,
             )
+        # Applied entries give their content up to their versions, which leaves free pages in
+        # the file; without them every flipped byte lands in data someone vouches for.
+        store.vacuum()
     assert sidecars(path) == []
     data = path.read_bytes()
     assert data[:16] == b"SQLite format 3\x00"

@@ -278,7 +278,8 @@ def tamper_pointer(store: cvm.Store) -> int:
 def tamper_journal(store: cvm.Store) -> int:
     return raw_write(
         store,
-        "UPDATE journal SET payload = replace(payload, 'parser', 'PARSER') "
+        # An applied entry keeps its content as a hash: change a field that is still there.
+        'UPDATE journal SET payload = replace(payload, \'"pin":null\', \'"pin":"soft"\') '
         "WHERE lsn = (SELECT min(lsn) FROM journal)",
     )
 

@@ -59,6 +59,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import Connection, bindparam, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .. import _crashpoints
 from .. import schema as t
 from ..checkpoints import (
     checkpoint_checksum,
@@ -84,6 +85,16 @@ _CHECKPOINT_COLUMNS = (
     t.lg_checkpoints.c.metadata,
     t.lg_checkpoints.c.checksum,
 )
+
+
+def _forget(*, threads: Sequence[str] = (), runs: Sequence[str] = ()) -> None:
+    """Tell the crash-test kit, before a deletion starts, which acknowledged rows may go.
+
+    Written before the transaction, not after: a kill during the deletion leaves it in flight
+    (done or not), and the kit must not then demand the rows it may have removed.
+    """
+    if _crashpoints.ACTIVE:
+        _crashpoints.ack("lg_forget", threads=list(threads), runs=list(runs))
 
 
 def _configurable(config: RunnableConfig) -> dict[str, Any]:
@@ -395,6 +406,15 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         }
         with self._db.transaction(sync="full") as conn:
             self._put.execute(conn, [row])
+        if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
+            _crashpoints.ack(
+                "lg_checkpoint",
+                thread=thread_id,
+                ns=checkpoint_ns,
+                checkpoint=checkpoint_id,
+                run_id=row["run_id"],
+                checksum=row["checksum"],
+            )
         return _ref(thread_id, checkpoint_ns, checkpoint_id)
 
     def put_writes(
@@ -447,10 +467,21 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         special = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         with self._db.transaction(sync="normal") as conn:
             (self._write_replace if special else self._write_keep).execute(conn, rows)
+        if _crashpoints.ACTIVE:
+            _crashpoints.ack(
+                "lg_writes",
+                thread=thread_id,
+                ns=checkpoint_ns,
+                checkpoint=str(checkpoint_id),
+                task=task_id,
+                special=special,
+                writes=[[row["idx"], row["channel"], row["checksum"]] for row in rows],
+            )
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint and pending write of a thread (all namespaces)."""
         thread = str(thread_id)
+        _forget(threads=[thread])
         with self._db.transaction() as conn:
             conn.execute(delete(t.lg_writes).where(t.lg_writes.c.thread_id == thread))
             conn.execute(delete(t.lg_checkpoints).where(t.lg_checkpoints.c.thread_id == thread))
@@ -460,6 +491,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         wanted = sorted({str(run_id) for run_id in run_ids})
         if not wanted:
             return
+        _forget(runs=wanted)
         c = t.lg_checkpoints
         with self._db.transaction() as conn:
             doomed = conn.execute(
@@ -496,6 +528,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
             return
         c, w = t.lg_checkpoints, t.lg_writes
         now = utc_now()
+        _forget(threads=[target])  # the copy replaces rows of the target thread
         with self._db.transaction() as conn:
             checkpoints = conn.execute(select(c).where(c.c.thread_id == source)).all()
             writes = conn.execute(select(w).where(w.c.thread_id == source)).all()
@@ -535,6 +568,7 @@ class ClawVMSaver(BaseCheckpointSaver[str]):
         threads = sorted({str(thread_id) for thread_id in thread_ids})
         if not threads:
             return
+        _forget(threads=threads)
         c = t.lg_checkpoints
         with self._db.transaction() as conn:
             if strategy == "delete":
