@@ -17,7 +17,6 @@ import sqlite3
 import stat
 import threading
 import time
-from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -911,81 +910,58 @@ class Database:
 
 
 class Prepared:
-    """A Core statement compiled once per dialect and run as the driver's own SQL.
+    """A Core statement compiled once per dialect and run as driver SQL.
 
     Building and cache-keying a Core statement costs several times what SQLite takes to run a
     small one, and a turn runs a couple of dozen; the hot paths (stage, boundary, apply) run
-    these instead. Run them only on a connection inside :meth:`Database.transaction`: driver
-    errors then leave through it, translated. No expanding (IN-list) parameters.
+    these instead, through ``exec_driver_sql``, so the engine's events (and the fault-injection
+    tests that hook them) still see every statement. Run them only on a connection inside
+    :meth:`Database.transaction`: driver errors then leave through it, translated. No expanding
+    (IN-list) parameters.
     """
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, bool, tuple[str, ...], dict[str, Any], Any]] = {}
+        self._compiled: dict[str, tuple[str, bool, tuple[str, ...], dict[str, Any]]] = {}
 
-    def _for(self, conn: Connection) -> tuple[str, bool, tuple[str, ...], dict[str, Any], Any]:
+    def _for(self, conn: Connection) -> tuple[str, bool, tuple[str, ...], dict[str, Any]]:
         name = conn.dialect.name
         found = self._compiled.get(name)
         if found is None:
             compiled = self.statement.compile(dialect=conn.dialect)
-            selected = getattr(self.statement, "selected_columns", None)
-            if selected is None:
-                returning = getattr(self.statement, "_returning", ())
-                selected = list(returning) if returning else None
-            names = [column.name for column in selected] if selected else ["unused"]
             found = (
                 compiled.string,
                 bool(compiled.positional),
                 tuple(compiled.positiontup or ()),
                 # Values fixed in the statement itself (a LIMIT) travel as bound parameters too.
                 {k: v for k, v in compiled.params.items() if v is not None},
-                namedtuple("Row", names, rename=True),
             )
             self._compiled[name] = found
         return found
 
-    def _bind(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, Any, Any]:
-        sql, positional, order, fixed, row = self._for(conn)
+    def _bound(self, conn: Connection, params: Mapping[str, Any]) -> tuple[str, Any]:
+        sql, positional, order, fixed = self._for(conn)
         values = {**fixed, **params} if fixed else params
-        bound = tuple(values[name] for name in order) if positional else dict(values)
-        return sql, bound, row
+        return sql, (tuple(values[name] for name in order) if positional else dict(values))
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Every row, as named tuples."""
-        sql, bound, row = self._bind(conn, params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, bound)
-            return [row._make(found) for found in cursor.fetchall()]
-        finally:
-            cursor.close()
+        """Every row (attribute access by column name)."""
+        sql, bound = self._bound(conn, params)
+        return list(conn.exec_driver_sql(sql, bound).all())
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first row, or ``None``."""
-        found = self.rows(conn, params)
-        return found[0] if found else None
+        sql, bound = self._bound(conn, params)
+        return conn.exec_driver_sql(sql, bound).first()
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
         """Run a write once."""
-        sql, bound, _ = self._bind(conn, params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, bound)
-        finally:
-            cursor.close()
+        sql, bound = self._bound(conn, params)
+        conn.exec_driver_sql(sql, bound)
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run a write once per row of parameters."""
         if not rows:
             return
-        sql, positional, order, fixed, _ = self._for(conn)
-        bound: Any = (
-            [tuple({**fixed, **r}[name] for name in order) for r in rows]
-            if positional
-            else [{**fixed, **r} for r in rows]
-        )
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(sql, bound)
-        finally:
-            cursor.close()
+        sql = self._bound(conn, rows[0])[0]
+        conn.exec_driver_sql(sql, [self._bound(conn, row)[1] for row in rows])
