@@ -925,20 +925,19 @@ class JournalEngine:
                 structured or {},
                 may_overwrite=payload.get("expected_version") == live.version,
             )
+        build: dict[str, Any] = {
+            "key": entry.key,
+            "scope": scope,
+            "provenance": provenance,
+            "structured": structured,
+            "timestamp": self.clock(),
+            "counter": self.counter,
+            "compressor": self.compressor,
+        }
         if live is not None and entry.op in (Op.APPEND, Op.MERGE):
             if content:
                 basis, starts = self._basis(conn, live)
-                reps = build_appended_representations(
-                    basis,
-                    content,
-                    key=entry.key,
-                    scope=scope,
-                    provenance=provenance,
-                    structured=structured,
-                    timestamp=self.clock(),
-                    counter=self.counter,
-                    compressor=self.compressor,
-                )
+                reps = build_appended_representations(basis, content, **build)
                 chained: dict[Fidelity, int] = {}
                 for level in reps.levels:
                     start = starts.get(level.fidelity)
@@ -947,17 +946,7 @@ class JournalEngine:
                 return dataclasses.replace(reps, chain_starts=chained)
             # A merge of fields only: the text stays as it is, the version holds it whole.
             content = self._whole_text(conn, live)
-        return build_content_representations(
-            page_type,
-            content,
-            key=entry.key,
-            scope=scope,
-            provenance=provenance,
-            structured=structured,
-            timestamp=self.clock(),
-            counter=self.counter,
-            compressor=self.compressor,
-        )
+        return build_content_representations(page_type, content, **build)
 
     def apply(
         self,

@@ -93,18 +93,22 @@ CONTENTS = st.lists(LINES, min_size=1, max_size=8).map("\n".join).filter(lambda 
 # -- tokens: an append re-tokenizes only from the last safe boundary -----------------------------
 
 
+def _check_extended_counts(counter: TokenCounter, pieces: list[str]) -> None:
+    text = pieces[0]
+    tokens = counter.count(text)
+    tail = text[safe_tail_start(text) :]
+    for piece in pieces[1:]:
+        tokens, tail = extend_count(counter.count, tokens, tail, piece)
+        text = f"{text}\n{piece}"
+        assert tokens == counter.count(text)
+        assert text.endswith(tail)
+        assert tail == text[safe_tail_start(text) :]
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(TEXTS, min_size=1, max_size=8))
 def test_extended_counts_equal_whole_counts_cl100k(pieces: list[str]) -> None:
-    text = pieces[0]
-    tokens = COUNTER.count(text)
-    tail = text[safe_tail_start(text) :]
-    for piece in pieces[1:]:
-        tokens, tail = extend_count(COUNTER.count, tokens, tail, piece)
-        text = f"{text}\n{piece}"
-        assert tokens == COUNTER.count(text)
-        assert text.endswith(tail)
-        assert tail == text[safe_tail_start(text) :]
+    _check_extended_counts(COUNTER, pieces)
 
 
 def test_extended_counts_equal_whole_counts_o200k() -> None:
@@ -116,13 +120,7 @@ def test_extended_counts_equal_whole_counts_o200k() -> None:
     @settings(max_examples=300, deadline=None)
     @given(st.lists(TEXTS, min_size=1, max_size=8))
     def check(pieces: list[str]) -> None:
-        text = pieces[0]
-        tokens = counter.count(text)
-        tail = text[safe_tail_start(text) :]
-        for piece in pieces[1:]:
-            tokens, tail = extend_count(counter.count, tokens, tail, piece)
-            text = f"{text}\n{piece}"
-            assert tokens == counter.count(text)
+        _check_extended_counts(counter, pieces)
 
     check()
 
