@@ -740,9 +740,7 @@ def render_order(items: Iterable[RenderItem]) -> list[RenderItem]:
 
 def render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str, str]]]:
     """The prompt text and its chat-style messages for ``items`` (already in render order)."""
-    parts = [fixed] if fixed else []
-    parts.extend(item.header + item.text for item in items)
-    text = SEPARATOR.join(parts)
+    text = "".join(render_parts(fixed, items))
     messages: list[dict[str, str]] = []
     if fixed:
         messages.append({"role": "system", "content": fixed})
@@ -764,6 +762,18 @@ def render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str,
     if section:
         messages.append({"role": "system", "content": SEPARATOR.join(section)})
     return text, messages
+
+
+def render_parts(fixed: str, items: Sequence[RenderItem]) -> list[str]:
+    """The prompt text in the pieces it is made of: each block with the separator after it.
+
+    Every block starts with its ``###`` header right after a separator's newline, a place where
+    the tokenizer always starts afresh, so :meth:`TokenCounter.count_joined` counts the prompt
+    exactly from the blocks' own (cached) counts.
+    """
+    blocks = [fixed] if fixed else []
+    blocks.extend(item.header + item.text for item in items)
+    return [block + SEPARATOR for block in blocks[:-1]] + blocks[-1:]
 
 
 def _conversation_role(text: str) -> str:
@@ -1008,6 +1018,8 @@ class Assembler:
         self.hysteresis = hysteresis
         self.table = PageTable(project, session_id, store.counter, self.weights)
         self._previous: dict[int, Fidelity] | None = None
+        # (page id, version, fidelity) -> (text, true source) of the last prompt's pages.
+        self._text_cache: dict[tuple[int, int, Fidelity], tuple[str, Fidelity]] = {}
         self._previous_versions: dict[int, int] = {}
         # The last record as the database holds it (page id -> its row), the id of that
         # assembly, the snapshot its chain starts from and how many deltas follow that snapshot.
@@ -1155,27 +1167,28 @@ class Assembler:
         """
         wanted = {(page_id, fidelity) for page_id, fidelity in selection.chosen.items()}
         wanted.update((page_id, before) for page_id, before in selection.upgrades if before)
-        if not wanted:
-            return {}
-        ids = sorted({page_id for page_id, _ in wanted})
-        texts: dict[tuple[int, Fidelity], tuple[str, Fidelity]] = {}
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                _TEXTS,
-                {
-                    "b_ids": ids[start : start + 500],
-                    "b_fidelities": sorted({fidelity.value for _, fidelity in wanted}),
-                },
-            )
-            current = [
-                row
-                for row in rows
-                if (row.page_id, _FIDELITY[row.fidelity]) in wanted
-                and row.version == by_id[row.page_id].version
-            ]
-            for (page_id, _, fidelity_value), found in read_texts(conn, current).items():
-                texts[(page_id, _FIDELITY[fidelity_value])] = found
-        return texts
+        # A version's texts never change: last turn's are reused, only the rest are read.
+        cached = self._text_cache
+        kept: dict[tuple[int, int, Fidelity], tuple[str, Fidelity]] = {}
+        missing: dict[Fidelity, list[int]] = {}
+        for page_id, fidelity in wanted:
+            key = (page_id, by_id[page_id].version, fidelity)
+            found = cached.get(key)
+            if found is None:
+                missing.setdefault(fidelity, []).append(page_id)
+            else:
+                kept[key] = found
+        for fidelity, page_ids in sorted(missing.items()):
+            ids = sorted(page_ids)
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    _TEXTS, {"b_ids": ids[start : start + 500], "b_fidelities": [fidelity.value]}
+                )
+                current = [row for row in rows if row.version == by_id[row.page_id].version]
+                for (page_id, version, _), found in read_texts(conn, current).items():
+                    kept[(page_id, version, fidelity)] = found
+        self._text_cache = kept
+        return {(page_id, fidelity): found for (page_id, _, fidelity), found in kept.items()}
 
     def _fit(
         self,
@@ -1202,7 +1215,8 @@ class Assembler:
                 for page_id, fidelity in chosen.items()
             )
             text, messages = render(fixed, items)
-            tokens = counter.count(text)
+            # Exact: the text tokenized as one string, from the blocks' cached counts.
+            tokens = counter.count_joined(render_parts(fixed, items))
             if tokens <= budget or not undo:
                 return items, text, messages, tokens
             page_id, before = undo.pop()

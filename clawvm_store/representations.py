@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .errors import SchemaInvalid
 from .pages import POLICIES, Fidelity, PageType, Scope
-from .tokens import TokenCounter
+from .tokens import TokenCounter, safe_tail_start
 
 # Texts at or under this many tokens are already cheap; compressing them saves nothing worth
 # the loss of wording, so their compressed fidelity is the full text.
@@ -582,29 +582,6 @@ def build_content_representations(
 
 
 # -- appends: every fidelity from the previous version's plus the segment ----------------------------
-
-
-def safe_tail_start(text: str) -> int:
-    """The start of the last line of ``text`` where the tokenizer is bound to begin a new piece.
-
-    tiktoken first splits text with a regular expression and encodes each piece on its own. A
-    position right after a newline, at a character that is neither whitespace nor ``/``, always
-    starts a piece whatever follows it later: the piece before it ends with the run of newlines
-    (no pattern continues a newline run with such a character; o200k's punctuation pattern may
-    take a ``/`` after newlines, hence the exception), and deciding that looks at nothing past
-    it. So for such a position ``s``, ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an
-    append only re-tokenizes from ``s``. ``0`` when the text has no such line (the whole text is
-    then the tail). A property test checks it against tiktoken on the whole text.
-    """
-    end = len(text)
-    while True:
-        newline = text.rfind("\n", 0, end)
-        if newline < 0:
-            return 0
-        after = newline + 1
-        if after < len(text) and not text[after].isspace() and text[after] != "/":
-            return after
-        end = newline
 
 
 def tail_of(text: str) -> str:

@@ -14,7 +14,7 @@ no text of its own: its text (or its piece) is the one stored under that fidelit
 version, so identical texts are stored once.
 
 Token counts are always those of the whole text (exact: see
-:func:`clawvm_store.representations.safe_tail_start`); ``sha256`` covers what the row stores
+:func:`clawvm_store.tokens.safe_tail_start`); ``sha256`` covers what the row stores
 (its piece, for a chained row). Everything that reads representation text goes through
 :func:`read_text` or :func:`read_texts`.
 """
@@ -29,7 +29,8 @@ from sqlalchemy import Connection, bindparam, select
 from . import schema as t
 from .errors import CorruptDatabase
 from .pages import Fidelity, PageType
-from .representations import AppendBasis, LevelBasis, fold_of, safe_tail_start
+from .representations import AppendBasis, LevelBasis, fold_of
+from .tokens import safe_tail_start
 
 _FIDELITY = {fidelity.value: fidelity for fidelity in Fidelity}
 _R = t.representations

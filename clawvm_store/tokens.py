@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import tiktoken
@@ -59,6 +60,33 @@ def load_encoding(name: str) -> Any:
         return encoding
 
 
+def safe_tail_start(text: str) -> int:
+    """The start of the last line of ``text`` where the tokenizer is bound to begin a new piece.
+
+    tiktoken first splits text with a regular expression and encodes each piece on its own. A
+    position right after a newline, at a character that is neither whitespace nor ``/``, always
+    starts a piece whatever follows it later: the piece before it ends with the run of newlines
+    (no pattern continues a newline run with such a character; o200k's punctuation pattern may
+    take a ``/`` after newlines, hence the exception), and deciding that looks at nothing past
+    it. So for such a position ``s``, ``count(a + b) == count(a[:s]) + count(a[s:] + b)``: an
+    append only re-tokenizes from ``s``. ``0`` when the text has no such line (the whole text is
+    then the tail). A property test checks it against tiktoken on the whole text.
+    """
+    end = len(text)
+    while True:
+        newline = text.rfind("\n", 0, end)
+        if newline < 0:
+            return 0
+        after = newline + 1
+        if after < len(text) and _fresh(text[after]):
+            return after
+        end = newline
+
+
+def _fresh(char: str) -> bool:
+    return not char.isspace() and char != "/"
+
+
 class TokenCounter:
     """Counts tokens of text for one encoding, remembering counts by content.
 
@@ -106,6 +134,20 @@ class TokenCounter:
                     evicted, _ = cache.popitem(last=False)
                     self._chars -= len(evicted)
         return tokens
+
+    def count_joined(self, parts: Sequence[str]) -> int:
+        """Exact tokens of ``"".join(parts)``, counting each part on its own where it starts at
+        a safe tokenizer boundary (see :func:`safe_tail_start`), so parts seen before (a
+        prompt's unchanged pages) are cache hits and only what changed is tokenized."""
+        total = 0
+        current = ""
+        for part in parts:
+            if current and part and current.endswith("\n") and _fresh(part[0]):
+                total += self.count(current)
+                current = part
+            else:
+                current += part
+        return total + (self.count(current) if current else 0)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (ordinary, no special tokens); not cached."""

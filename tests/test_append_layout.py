@@ -36,11 +36,10 @@ from clawvm_store.representations import (
     fold_of,
     pointer_text,
     render_fields,
-    safe_tail_start,
     title_of,
     validate_fields,
 )
-from clawvm_store.tokens import TokenCounter
+from clawvm_store.tokens import TokenCounter, safe_tail_start
 
 COUNTER = TokenCounter()
 
@@ -123,6 +122,15 @@ def test_extended_counts_equal_whole_counts_o200k() -> None:
         _check_extended_counts(counter, pieces)
 
     check()
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(TEXTS, min_size=0, max_size=10))
+def test_joined_counts_equal_whole_counts(parts: list[str]) -> None:
+    assert COUNTER.count_joined(parts) == COUNTER.count("".join(parts))
+    # As a prompt is put together: blocks after separators.
+    blocks = [f"{part}\n\n" for part in parts[:-1]] + parts[-1:]
+    assert COUNTER.count_joined(blocks) == COUNTER.count("".join(blocks))
 
 
 def test_safe_tail_start_examples() -> None:
