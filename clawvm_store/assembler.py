@@ -1018,6 +1018,7 @@ class Assembler:
         self.hysteresis = hysteresis
         self.table = PageTable(project, session_id, store.counter, self.weights)
         self._previous: dict[int, Fidelity] | None = None
+        self._margin: float | None = None  # the learned safety margin, once read
         # (page id, version, fidelity) -> (text, true source) of the last prompt's pages.
         self._text_cache: dict[tuple[int, int, Fidelity], tuple[str, Fidelity]] = {}
         self._previous_versions: dict[int, int] = {}
@@ -1072,7 +1073,13 @@ class Assembler:
             self.table.refresh(conn)
             if self._previous is None:
                 self._load_previous(conn)
-            margin = learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
+            if self._margin is None:
+                # Read once, then kept: only observe_usage changes it. (Looking for the last
+                # observations scans every assembly of a session that never reported one.)
+                self._margin = learned_margin(
+                    conn.execute(_OBSERVED, {"b_session": self.session_id}).all()
+                )
+            margin = self._margin
             # Bounded by what can matter this turn, not by every page the session ever wrote.
             candidates = self.table.pool(
                 demand=wanted, previous=self._previous or (), changed=self.table.take_changed()
@@ -1385,4 +1392,7 @@ class Assembler:
                 .where(t.assemblies.c.id == last)
                 .values(observed_tokens=prompt_tokens)
             )
-            return learned_margin(conn.execute(_OBSERVED, {"b_session": self.session_id}).all())
+            self._margin = learned_margin(
+                conn.execute(_OBSERVED, {"b_session": self.session_id}).all()
+            )
+            return self._margin
