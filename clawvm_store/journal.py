@@ -51,6 +51,7 @@ from .representations import (
     build_appended_representations,
     build_content_representations,
     canonical_json,
+    text_sha256,
     validate_fields,
     with_pointer,
 )
@@ -879,7 +880,7 @@ class JournalEngine:
             return cached, live.chain_starts
         if conn is None:
             raise InvalidInput("an append needs the store to read the page it extends")
-        found, _ = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
+        found = append_basis(conn, live.page_id, live.version, live.type, live.fields, live.fold)
         self._remember_basis(cache_key, found)
         return found, live.chain_starts
 
@@ -1072,7 +1073,10 @@ class JournalEngine:
                     for level in levels
                 ],
             )
-            self._remember_basis((int(page_id), version, entry.lsn), basis_after(reps))
+            if reps.chained:
+                # The next append to a chain builds on it; a whole page's basis is read back
+                # (or worked out) only when an append first comes.
+                self._remember_basis((int(page_id), version, entry.lsn), basis_after(reps))
         return int(page_id)
 
     # -- writeback -------------------------------------------------------------------------------
@@ -1186,7 +1190,7 @@ def version_row_sha256(row: Mapping[Any, Any]) -> str:
     ``fold`` (revision 0006) is covered only when set, so rows sealed before it still verify.
     """
     values = [row[name] for name in VERSION_ROW_COLUMNS]
-    fold = row.get("fold") if hasattr(row, "get") else None
+    fold = row.get("fold")
     if fold is not None:
         values.append(fold)
     return text_sha256(canonical_json(values))
@@ -1222,11 +1226,6 @@ def applied_since(*columns: Any, fidelity: str | None = None) -> Any:
 
 LATEST_EVENT = select(t.lifecycle_events.c.id).order_by(t.lifecycle_events.c.id.desc()).limit(1)
 """The newest boundary event id: the watermark incremental readers catch up to."""
-
-
-def text_sha256(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes (lone surrogates kept, so damage never verifies)."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def inserted_id(result: Any) -> int:

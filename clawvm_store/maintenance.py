@@ -56,9 +56,14 @@ from sqlalchemy import Connection, delete, func, inspect, or_, select, update
 
 from . import schema as t
 from .errors import InvalidInput, SchemaInvalid
-from .journal import text_sha256, version_row_sha256
+from .journal import version_row_sha256
 from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope, check_retention
-from .representations import build_content_representations, canonical_json, with_pointer
+from .representations import (
+    build_content_representations,
+    canonical_json,
+    text_sha256,
+    with_pointer,
+)
 from .segments import detach
 
 if TYPE_CHECKING:

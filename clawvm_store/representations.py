@@ -10,6 +10,7 @@ which fidelity its text really came from (``source``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -198,6 +199,11 @@ class ExtractiveCompressor:
 def canonical_json(value: Any) -> str:
     """Compact, key-sorted JSON: the one serialization used for payloads, checksums and fields."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def text_sha256(text: str) -> str:
+    """Hex SHA-256 of a text's UTF-8 bytes (lone surrogates kept, so damage never verifies)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def title_of(content: str, *, max_words: int = 6, max_chars: int = 48) -> str:
@@ -576,8 +582,6 @@ def build_content_representations(
         fields,
         tuple(levels),
         title_of(content),
-        fold=fold_of(page_type, content, timestamp=timestamp),
-        tails={level.fidelity: tail_of(level.text) for level in levels},
     )
 
 
@@ -621,20 +625,31 @@ class AppendBasis:
 
 
 def basis_after(reps: ContentRepresentations) -> AppendBasis:
-    """The basis the next append builds on, from the representations of this version."""
-    assert reps.fold is not None
+    """The basis the next append builds on, from the representations of this version.
+
+    A whole build keeps no fold or tails (most whole pages are never appended to): they are
+    worked out here from its texts, which it holds.
+    """
     levels = {level.fidelity: level for level in reps.levels}
-    full = levels[Fidelity.FULL]
-    compressed = levels.get(Fidelity.COMPRESSED)
+    fold = reps.fold
+    if fold is None:
+        started = reps.fields.get("start", "") if reps.page_type is PageType.CONVERSATION else ""
+        fold = fold_of(reps.page_type, levels[Fidelity.FULL].text, timestamp=str(started))
+
+    def level_basis(fidelity: Fidelity) -> LevelBasis | None:
+        level = levels.get(fidelity)
+        if level is None:
+            return None
+        tail = reps.tails.get(fidelity)
+        return LevelBasis(level.tokens, tail_of(level.text) if tail is None else tail, level.source)
+
+    full = level_basis(Fidelity.FULL)
+    assert full is not None
     return AppendBasis(
         page_type=reps.page_type,
-        full=LevelBasis(full.tokens, reps.tails[Fidelity.FULL], Fidelity.FULL),
-        compressed=(
-            LevelBasis(compressed.tokens, reps.tails[Fidelity.COMPRESSED], compressed.source)
-            if compressed is not None
-            else None
-        ),
-        fold=reps.fold,
+        full=full,
+        compressed=level_basis(Fidelity.COMPRESSED),
+        fold=fold,
     )
 
 

@@ -21,6 +21,7 @@ Token counts are always those of the whole text (exact: see
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, bindparam, select
 from . import schema as t
 from .errors import CorruptDatabase
 from .pages import Fidelity, PageType
-from .representations import AppendBasis, LevelBasis, fold_of
+from .representations import AppendBasis, LevelBasis, fold_of, text_sha256
 from .tokens import safe_tail_start
 
 _FIDELITY = {fidelity.value: fidelity for fidelity in Fidelity}
@@ -83,11 +84,19 @@ def read_text(conn: Connection, page_id: int, version: int, fidelity: Fidelity |
 
     Raises :class:`CorruptDatabase` when a chain has a gap or a shared text is missing.
     """
+    level = read_level(conn, page_id, version, fidelity)
+    return None if level is None else level[0]
+
+
+def read_level(
+    conn: Connection, page_id: int, version: int, fidelity: Fidelity | str
+) -> tuple[str, int] | None:
+    """The whole text and token count of one representation (``None``: no such row)."""
     name = fidelity.value if isinstance(fidelity, Fidelity) else fidelity
     row = _row(conn, page_id, version, name)
     if row is None:
         return None
-    return _whole(conn, page_id, version, name, row, depth=0)
+    return _whole(conn, page_id, version, name, row, depth=0), int(row.tokens)
 
 
 def _whole(conn: Connection, page_id: int, version: int, name: str, row: Any, *, depth: int) -> str:
@@ -185,13 +194,10 @@ def append_basis(
     page_type: PageType,
     fields: Mapping[str, Any] | None,
     fold_json: str | None,
-) -> tuple[AppendBasis, dict[Fidelity, int | None]]:
-    """What an append to ``version`` builds on, read from the store (never the whole text, when
-    the version extends a chain), and each level's chain start for the rows the append writes."""
-    import json
-
+) -> AppendBasis:
+    """What an append to ``version`` builds on, read from the store: never the whole text when
+    the version extends a chain. (Where each chain starts comes with the page's head.)"""
     levels: dict[Fidelity, LevelBasis] = {}
-    starts: dict[Fidelity, int | None] = {}
     for fidelity in (Fidelity.FULL, Fidelity.COMPRESSED):
         row = _row(conn, page_id, version, fidelity.value)
         if row is None:
@@ -201,7 +207,6 @@ def append_basis(
             _tail(conn, page_id, version, fidelity.value, row),
             _FIDELITY[row.source],
         )
-        starts[fidelity] = int(row.chain_start) if row.chain_start is not None else version
     if Fidelity.FULL not in levels:
         raise CorruptDatabase(f"page {page_id} version {version} has no full text")
     if fold_json:
@@ -212,13 +217,12 @@ def append_basis(
         assert text is not None
         started = (fields or {}).get("start") if page_type is PageType.CONVERSATION else None
         fold = fold_of(page_type, text, timestamp=str(started or ""))
-    basis = AppendBasis(
+    return AppendBasis(
         page_type=page_type,
         full=levels[Fidelity.FULL],
         compressed=levels.get(Fidelity.COMPRESSED),
         fold=fold,
     )
-    return basis, starts
 
 
 def whole_texts(
@@ -284,8 +288,6 @@ def detach(conn: Connection, page_id: int, doomed: Iterable[int]) -> int:
     gone = set(doomed)
     if not gone:
         return 0
-    from .journal import text_sha256  # the one hash helper; journal imports this module
-
     rows = conn.execute(
         select(_R.c.version, _R.c.fidelity, _R.c.content, _R.c.chain_start, _R.c.same_as).where(
             _R.c.page_id == page_id

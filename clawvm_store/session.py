@@ -34,7 +34,7 @@ from .journal import Entry, WritebackResult, check_key, row_to_entry
 from .mediator import ToolCallRecord, ToolMediator, ToolResult
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
-from .representations import ContentRepresentations, basis_after
+from .representations import ContentRepresentations, Representation, basis_after
 from .segments import read_text
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class Session:
         # the content starts afresh after it.
         version = head.version if head else 0
         stored = head  # the committed head: the texts a chained overlay extends are its own
-        steps: list[tuple[Any, ...]] = []  # (levels by fidelity) of each overlaid version
+        steps: list[dict[Fidelity, Representation]] = []  # each overlaid version's levels
 
         def text_at(step: int, wanted: Fidelity) -> str:
             """The whole text of fidelity ``wanted`` after overlay step ``step`` (-1: stored)."""
@@ -300,10 +300,10 @@ class Session:
                 if found is None:
                     raise NotFound(f"page {key!r} has no {wanted.value} text to extend")
                 return found
-            level = steps[step][0][wanted]
+            level = steps[step][wanted]
             if not level.chained:
                 return text_at(step, level.same_as) if level.same_as else str(level.text)
-            piece = steps[step][0][level.same_as].text if level.same_as else level.text
+            piece = steps[step][level.same_as].text if level.same_as else level.text
             return f"{text_at(step - 1, wanted)}\n{piece}"
 
         for entry in pending:
@@ -324,16 +324,17 @@ class Session:
             if not reps.chained:
                 stored = None  # a whole text: nothing before it is needed any more
                 steps = []
-            levels_now = {
-                level.fidelity: level
-                for level in self.store.journal_levels(reps, key=key, version=version)
-            }
-            steps.append((levels_now,))
+            steps.append(
+                {
+                    level.fidelity: level
+                    for level in self.store.journal_levels(reps, key=key, version=version)
+                }
+            )
             head = _overlay_head(head, entry, reps, version)
             last_entry = entry
         if head is None:
             raise NotFound(f"page {key!r} is deleted by an update this session staged")
-        levels = steps[-1][0]
+        levels = steps[-1]
         if fidelity not in levels:
             ladder = ", ".join(f.value for f in POLICIES[head.type].ladder)
             raise InvalidInput(

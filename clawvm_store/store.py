@@ -50,7 +50,6 @@ from .journal import (
     inserted_id,
     mark_applied,
     row_to_entry,
-    text_sha256,
     verify_row,
     version_row_sha256,
 )
@@ -76,9 +75,10 @@ from .representations import (
     ExtractiveCompressor,
     Representation,
     parse_pointer,
+    text_sha256,
     with_pointer,
 )
-from .segments import read_text
+from .segments import read_level, read_text
 from .session import (
     Session,
     ensure_session,
@@ -1099,15 +1099,8 @@ class Store:
                 raise InvalidInput(
                     f"a {page_type.value} page has no {fidelity.value} fidelity (its ladder: {ladder})"
                 )
-            rep = conn.execute(
-                select(t.representations.c.tokens).where(
-                    t.representations.c.page_id == head.id,
-                    t.representations.c.version == wanted,
-                    t.representations.c.fidelity == fidelity.value,
-                )
-            ).first()
-            content = read_text(conn, head.id, wanted, fidelity) if rep is not None else None
-            if rep is None or content is None:
+            level = read_level(conn, head.id, wanted, fidelity)
+            if level is None:
                 raise CorruptDatabase(
                     f"page {key!r} version {wanted} has no {fidelity.value} representation; run check"
                 )
@@ -1116,8 +1109,8 @@ class Store:
                 type=page_type,
                 version=wanted,
                 fidelity=fidelity,
-                content=content,
-                tokens=int(rep.tokens),
+                content=level[0],
+                tokens=level[1],
                 pin=Pin(row.pin),
                 priority=float(row.priority),
                 scope=Scope(row.scope),
@@ -1469,15 +1462,17 @@ class Store:
                 start = rep.chain_start
                 previous = reps_by_version.get((page_id, version - 1), {}).get(fidelity)
                 base = reps_by_version.get((page_id, start), {}).get(fidelity)
-                if (
-                    not isinstance(start, int)
-                    or not 0 < start < version
-                    or base is None
-                    or base.chain_start is not None
-                    or previous is None
-                    or (previous.chain_start if version - 1 > start else None)
-                    != (start if version - 1 > start else None)
-                ):
+                # The base holds a whole text, and every version after it up to this one
+                # carries a piece of the same chain.
+                unbroken = (
+                    isinstance(start, int)
+                    and 0 < start < version
+                    and base is not None
+                    and base.chain_start is None
+                    and previous is not None
+                    and (version - 1 == start or previous.chain_start == start)
+                )
+                if not unbroken:
                     yield Finding(
                         "layout", f"{name} {fidelity.value} segment chain from {start} is broken"
                     )

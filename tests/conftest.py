@@ -101,3 +101,28 @@ def store(db_target: str) -> Iterator[cvm.Store]:
     """A store on this test's backend (a module may define its own ``store`` instead)."""
     with cvm.Store.open(db_target) as opened:
         yield opened
+
+
+def run_alembic(target: str | Path, action: str, revision: str) -> None:
+    """``alembic upgrade|downgrade <revision>`` through the library's own engine settings.
+
+    On SQLite, as ``Database.migrate`` does: foreign keys off and legacy ALTER semantics, so a
+    batch-mode rebuild can drop a table that others refer to.
+    """
+    from alembic import command
+
+    from clawvm_store.db import Database
+
+    db = Database(target)
+    try:
+        config = db._alembic_config()
+        with db.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                driver = conn.connection.dbapi_connection
+                assert driver is not None
+                driver.execute("PRAGMA foreign_keys = OFF")
+                driver.execute("PRAGMA legacy_alter_table = ON")
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    finally:
+        db.dispose()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_alembic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -652,26 +653,6 @@ def test_gc_keeps_every_staying_version_readable(tmp_path: Path, keep: int) -> N
 # -- revision 0006 converts a store written in the 0005 layout -------------------------------------
 
 
-def _alembic(path: Path, action: str, revision: str) -> None:
-    from alembic import command
-
-    from clawvm_store.db import Database
-
-    db = Database(path)
-    try:
-        config = db._alembic_config()
-        with db.engine.connect() as conn:
-            # As Database.migrate does: batch mode rebuilds tables that others refer to.
-            driver = conn.connection.dbapi_connection
-            assert driver is not None
-            driver.execute("PRAGMA foreign_keys = OFF")
-            driver.execute("PRAGMA legacy_alter_table = ON")
-            config.attributes["connection"] = conn
-            getattr(command, action)(config, revision)
-    finally:
-        db.dispose()
-
-
 def test_revision_0006_converts_full_copies_to_segments(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     texts = ["user: hello", "assistant: hi there", "user: read a.py", "assistant: done"]
@@ -695,7 +676,7 @@ def test_revision_0006_converts_full_copies_to_segments(tmp_path: Path) -> None:
             for f in POLICIES[PageType(key.split("/")[0])].ladder
         }
     # Back to the 0005 layout: every appended version holds a whole copy of its text again.
-    _alembic(path, "downgrade", "0005")
+    run_alembic(path, "downgrade", "0005")
     with sqlite3.connect(path) as raw:
         columns = {row[1] for row in raw.execute("PRAGMA table_info(representations)")}
         assert "chain_start" not in columns

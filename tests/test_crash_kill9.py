@@ -44,7 +44,7 @@ from conftest import admin_execute, drop_postgres_database, new_postgres_databas
 from sqlalchemy.engine import make_url
 
 import clawvm_store as cvm
-from clawvm_store.journal import text_sha256
+from clawvm_store.representations import text_sha256
 from clawvm_store.segments import whole_texts
 
 pytestmark = pytest.mark.skipif(

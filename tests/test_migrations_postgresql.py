@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import run_alembic
 
 from clawvm_store import Store
 from clawvm_store.db import MIGRATIONS_DIR, Database
@@ -24,18 +24,6 @@ REVISIONS = [script.revision for script in ScriptDirectory(str(MIGRATIONS_DIR)).
 ]
 HEAD = REVISIONS[-1]
 VIEWS = {"page_history", "resident_by_turn", "journal_outcomes", "fault_counts"}
-
-
-def run_alembic(url: str, action: str, revision: str) -> None:
-    """``alembic upgrade|downgrade <revision>`` through the library's own engine settings."""
-    db = Database(url)
-    try:
-        config = db._alembic_config()
-        with db.engine.connect() as conn:
-            config.attributes["connection"] = conn
-            getattr(command, action)(config, revision)
-    finally:
-        db.dispose()
 
 
 def current(url: str) -> str | None:
