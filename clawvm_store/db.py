@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -922,6 +923,7 @@ class Prepared:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
+        self._row: Any = None
         self._compiled: dict[str, tuple[str, bool, tuple[str, ...], dict[str, Any]]] = {}
 
     def _for(self, conn: Connection) -> tuple[str, bool, tuple[str, ...], dict[str, Any]]:
@@ -944,24 +946,83 @@ class Prepared:
         values = {**fixed, **params} if fixed else params
         return sql, (tuple(values[name] for name in order) if positional else dict(values))
 
+    def _cursor(self, conn: Connection, sql: str, bound: Any, *, many: bool = False) -> Any:
+        """Run ``sql`` and return the cursor: on SQLite straight on the driver's cursor.
+
+        SQLAlchemy's per-statement machinery (execution context, result metadata) costs about
+        ten times what SQLite takes to run a small statement. On SQLite these statements go to
+        the transaction's own DBAPI connection, and the ``before_cursor_execute`` listeners of
+        the connection and engine run first, exactly as SQLAlchemy calls them, so anything that
+        watches statements (the fault-injection sweep) still sees every one. A driver error
+        leaves raw and is translated by :meth:`Database.transaction`.
+        """
+        if conn.dialect.name != "sqlite":
+            return None
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        if conn._has_events or conn.engine._has_events:
+            for listener in conn.dispatch.before_cursor_execute:
+                sql, bound = listener(conn, cursor, sql, bound, None, many)
+        if many:
+            cursor.executemany(sql, bound)
+        else:
+            cursor.execute(sql, bound)
+        return cursor
+
+    def _row_type(self, cursor: Any) -> Any:
+        if self._row is None:
+            names = [column[0] for column in cursor.description]
+            self._row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        return self._row
+
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Every row (attribute access by column name)."""
         sql, bound = self._bound(conn, params)
-        return list(conn.exec_driver_sql(sql, bound).all())
+        cursor = self._cursor(conn, sql, bound)
+        if cursor is None:
+            return list(conn.exec_driver_sql(sql, bound).all())
+        try:
+            found = cursor.fetchall()
+            row = self._row_type(cursor)
+            return [row._make(values) for values in found]
+        finally:
+            cursor.close()
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first row, or ``None``."""
         sql, bound = self._bound(conn, params)
-        return conn.exec_driver_sql(sql, bound).first()
+        cursor = self._cursor(conn, sql, bound)
+        if cursor is None:
+            return conn.exec_driver_sql(sql, bound).first()
+        try:
+            values = cursor.fetchone()
+            if values is None:
+                return None
+            # Read to the end, as SQLAlchemy's first() does: an INSERT ... RETURNING is only
+            # done once its statement has run to completion.
+            cursor.fetchall()
+            return self._row_type(cursor)._make(values)
+        finally:
+            cursor.close()
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
         """Run a write once."""
         sql, bound = self._bound(conn, params)
-        conn.exec_driver_sql(sql, bound)
+        cursor = self._cursor(conn, sql, bound)
+        if cursor is None:
+            conn.exec_driver_sql(sql, bound)
+        else:
+            cursor.close()
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run a write once per row of parameters."""
+        """Run a write once per row of parameters (one driver call)."""
         if not rows:
             return
         sql = self._bound(conn, rows[0])[0]
-        conn.exec_driver_sql(sql, [self._bound(conn, row)[1] for row in rows])
+        bound = [self._bound(conn, row)[1] for row in rows]
+        cursor = self._cursor(conn, sql, bound, many=True)
+        if cursor is None:
+            conn.exec_driver_sql(sql, bound)
+        else:
+            cursor.close()

@@ -343,27 +343,7 @@ def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int, at: str) -> None:
     """Set ``entry`` applied as ``version``, keeping its content only as a hash (it is applied)."""
-    payload_json = canonical_json(compact_payload(entry.payload))
-    checksum = entry_checksum(
-        project=entry.project,
-        session_id=entry.session_id,
-        key=entry.key,
-        op=entry.op.value,
-        page_type=entry.page_type.value if entry.page_type else None,
-        scope=entry.scope.value,
-        payload_json=payload_json,
-    )
-    _P_APPLIED.execute(
-        conn,
-        {
-            "b_lsn": entry.lsn,
-            "b_event": event_id,
-            "b_version": version,
-            "b_at": at,
-            "b_payload": payload_json,
-            "b_checksum": checksum,
-        },
-    )
+    _P_APPLIED.execute(conn, applied_params(entry, event_id=event_id, version=version, at=at))
 
 
 def row_to_entry(row: Any) -> Entry:
@@ -958,126 +938,13 @@ class JournalEngine:
         reps: ContentRepresentations | None,
     ) -> int:
         """Materialize ``entry`` as ``version`` of its page; idempotent by (page, version)."""
-        now = self.clock()
-        payload = entry.payload
-        live = head if head is not None and not head.deleted else None
-        page_type = entry.page_type or (head.type if head else None)
-        assert page_type is not None
-        policy = POLICIES[page_type]
-        pin = (
-            Pin(payload["pin"])
-            if payload.get("pin")
-            else (live.pin if live else policy.default_pin)
-        )
-        priority = payload.get("priority")
-        if priority is None:
-            priority = live.priority if live else 0.0
-        provenance = payload.get("provenance")
-        if provenance is None and live is not None:
-            provenance = live.provenance
-        provenance_json = canonical_json(provenance) if provenance is not None else None
-        deleted = entry.op is Op.DELETE
-        if head is None:
-            page_id = int(
-                _P_PAGE_INSERT.first(
-                    conn,
-                    {
-                        "project": entry.project,
-                        "session_id": entry.page_session,
-                        "key": entry.key,
-                        "type": page_type.value,
-                        "scope": entry.scope.value,
-                        "pin": pin.value,
-                        "priority": float(priority),
-                        "version": version,
-                        "provenance": provenance_json,
-                        "deleted": int(deleted),
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                ).id
-            )
-        else:
-            page_id = head.page_id
-            if head.version >= version:
-                # Applied before (heads only move forward): apply is idempotent by version.
-                return int(page_id)
-            _P_PAGE_UPDATE.execute(
-                conn,
-                {
-                    "b_id": page_id,
-                    "b_type": page_type.value,
-                    "b_pin": pin.value,
-                    "b_priority": float(priority),
-                    "b_version": version,
-                    "b_provenance": provenance_json,
-                    "b_deleted": int(deleted),
-                    "b_at": now,
-                },
-            )
-        content_hash = None
-        fields_json = None
-        fold_json = None
-        if reps is not None:
-            fields_json = canonical_json(reps.fields)
-            if reps.chained:
-                # The whole text is not at hand (and hashing it would cost the page's size):
-                # each piece carries its own SHA-256, and the fold seeds the next append.
-                fold_json = canonical_json(reps.fold)
-            else:
-                content_hash = text_sha256(reps.levels[0].text)
-        version_row = {
-            "page_id": page_id,
-            "version": version,
-            "type": page_type.value,
-            "op": entry.op.value,
-            "pin": pin.value,
-            "priority": float(priority),
-            "scope": entry.scope.value,
-            "provenance": provenance_json,
-            "fields": fields_json,
-            "content_hash": content_hash,
-            "deleted": int(deleted),
-            "lsn": entry.lsn,
-            "committed_at": now,
-            "fold": fold_json,
-        }
-        version_row["row_sha256"] = version_row_sha256(version_row)
-        _P_VERSION_INSERT.execute(conn, version_row)
-        if reps is not None:
-            levels = with_pointer(reps, key=entry.key, version=version, counter=self.counter)
-            if any(level.chained and level.fidelity not in reps.chain_starts for level in levels):
-                raise RuntimeError(f"a chained level of {entry.key!r} has no chain start")
-            texts = {level.fidelity: level.text for level in levels if level.same_as is None}
-            _P_REP_INSERT.executemany(
-                conn,
-                [
-                    {
-                        "page_id": page_id,
-                        "version": version,
-                        "fidelity": level.fidelity.value,
-                        "content": level.text,
-                        "tokens": level.tokens,
-                        "encoding": self.counter.encoding_name,
-                        "source": level.source.value,
-                        # What the row stores: its piece when chained, the shared text's hash
-                        # when the text lives in another row of this version.
-                        "sha256": text_sha256(
-                            texts.get(level.same_as, "") if level.same_as else level.text
-                        ),
-                        "chain_start": reps.chain_starts.get(level.fidelity)
-                        if level.chained
-                        else None,
-                        "same_as": level.same_as.value if level.same_as else None,
-                    }
-                    for level in levels
-                ],
-            )
-            if reps.chained:
-                # The next append to a chain builds on it; a whole page's basis is read back
-                # (or worked out) only when an append first comes.
-                self._remember_basis((int(page_id), version, entry.lsn), basis_after(reps))
-        return int(page_id)
+        if head is not None and head.version >= version:
+            # Applied before (heads only move forward): apply is idempotent by version.
+            return int(head.page_id)
+        batch = WriteBatch(self, conn)
+        batch.apply(entry, head, version, reps)
+        ids = batch.flush()
+        return ids[(entry.project, entry.page_session, entry.key)]
 
     # -- writeback -------------------------------------------------------------------------------
 
@@ -1097,13 +964,17 @@ class JournalEngine:
         boundary: Boundary,
         turn: int,
         entries: Sequence[Entry],
-        prepared: Mapping[int, ContentRepresentations | None] | None = None,
+        prepared: Mapping[int, PreparedUpdate] | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> WritebackResult:
         """Validate, commit or reject, and apply ``entries`` in LSN order, recording the boundary.
 
         Runs inside the caller's write transaction; a failure anywhere rolls all of it back, so
-        the entries stay staged and nothing is half-applied.
+        the entries stay staged and nothing is half-applied. Each entry validates against the
+        effect of the earlier ones (their heads are kept in memory), and the rows of every entry
+        are written together at the end (:class:`WriteBatch`): one statement per table, not
+        several per entry. ``prepared`` holds fidelities built at stage time (outside the write
+        lock), each used only if the head it was built on is the head the entry meets here.
         """
         now = self.clock()
         event_id = int(
@@ -1120,22 +991,28 @@ class JournalEngine:
             ).id
         )
         result = WritebackResult(boundary=boundary, event_id=event_id)
+        batch = WriteBatch(self, conn)
         for entry in sorted(entries, key=lambda e: e.lsn):
             if entry.state != "staged":
                 continue
-            head = self.head(conn, entry.project, entry.page_session, entry.key)
+            if batch.needs_store(entry):
+                batch.flush()  # what this entry reads must see the rows written before it
+            head = batch.head(entry)
             verdict = self.validate(conn, entry, head, boundary)
             reps: ContentRepresentations | None = None
             if verdict.reason is None and entry.op is not Op.DELETE:
-                reps = prepared.get(entry.lsn) if prepared and entry.op is Op.SET else None
+                ready = prepared.get(entry.lsn) if prepared else None
+                reps = ready.usable(head) if ready is not None else None
                 if reps is None:
+                    if batch.needs_text(entry, head):
+                        batch.flush()
+                        head = batch.head(entry)
                     try:
                         reps = self.prepare(entry, head, conn)
                     except SchemaInvalid as exc:
                         verdict = Verdict(ReasonCode.SCHEMA_INVALID, str(exc))
             if verdict.reason is not None:
-                _P_RESOLVE.execute(
-                    conn,
+                batch.rejected.append(
                     {
                         "b_lsn": entry.lsn,
                         "b_state": "rejected",
@@ -1144,18 +1021,19 @@ class JournalEngine:
                         "b_event": event_id,
                         "b_version": None,
                         "b_at": now,
-                    },
+                    }
                 )
                 result.rejected.append((entry.lsn, verdict.reason.value))
                 result.details[entry.lsn] = verdict.detail
                 continue
             version = (head.version if head else 0) + 1
-            self.apply(conn, entry, head, version, reps)
+            batch.apply(entry, head, version, reps)
             # Commit and apply share this transaction, so the entry goes straight to its final
             # state; "committed" rows exist only where apply was deferred (imports, old crashes).
-            mark_applied(conn, entry, event_id=event_id, version=version, at=now)
+            batch.applied.append(applied_params(entry, event_id=event_id, version=version, at=now))
             result.committed.append(entry.lsn)
             result.versions[entry.lsn] = version
+        batch.flush()
         _P_EVENT_COUNTS.execute(
             conn,
             {
@@ -1165,6 +1043,301 @@ class JournalEngine:
             },
         )
         return result
+
+
+PageKey = tuple[str, str, str]
+"""(project, page session, key): a page's identity before it has an id."""
+
+
+@dataclass(frozen=True)
+class PreparedUpdate:
+    """Fidelities of a staged entry built before the boundary, and the head they were built on.
+
+    ``basis`` is ``None`` for content that does not depend on the head (a ``set``); otherwise
+    the (version, head LSN) the append was built on: a rejected or re-ordered earlier entry of
+    the same page makes the head differ, and the boundary then builds the entry again.
+    """
+
+    reps: ContentRepresentations
+    basis: tuple[int, int | None] | None = None
+
+    def usable(self, head: Head | None) -> ContentRepresentations | None:
+        """The prepared fidelities if they still hold for ``head``, else ``None``."""
+        if self.basis is None:
+            return self.reps
+        live = head is not None and not head.deleted
+        if not live or head is None or (head.version, head.lsn) != self.basis:
+            return None
+        if not self.reps.chained:
+            return self.reps
+        # Where each chain starts is read fresh with the head (gc may re-chain it).
+        starts = {
+            level.fidelity: head.chain_starts[level.fidelity]
+            for level in self.reps.levels
+            if level.chained and level.fidelity in head.chain_starts
+        }
+        return dataclasses.replace(self.reps, chain_starts=starts)
+
+
+def applied_params(entry: Entry, *, event_id: int, version: int, at: str) -> dict[str, Any]:
+    """The parameters that set ``entry`` applied as ``version`` (its content kept as a hash)."""
+    payload_json = canonical_json(compact_payload(entry.payload))
+    checksum = entry_checksum(
+        project=entry.project,
+        session_id=entry.session_id,
+        key=entry.key,
+        op=entry.op.value,
+        page_type=entry.page_type.value if entry.page_type else None,
+        scope=entry.scope.value,
+        payload_json=payload_json,
+    )
+    return {
+        "b_lsn": entry.lsn,
+        "b_event": event_id,
+        "b_version": version,
+        "b_at": at,
+        "b_payload": payload_json,
+        "b_checksum": checksum,
+    }
+
+
+class WriteBatch:
+    """The rows of many applies, written together: one statement per table at :meth:`flush`.
+
+    Heads of pages written in the batch are kept in memory (with what an append to them builds
+    on), so later entries of the same page validate and build against them without reading
+    back rows that are not written yet. An entry whose validation or build would read the
+    store for this batch's pages (a page reference in its provenance, a fields-only merge onto
+    a chained head) flushes first. A new page is inserted once, in its final state.
+    """
+
+    def __init__(self, engine: JournalEngine, conn: Connection) -> None:
+        self.engine = engine
+        self.conn = conn
+        self._reset()
+
+    def _reset(self) -> None:
+        self.heads: dict[PageKey, Head] = {}
+        self.head_reps: dict[PageKey, ContentRepresentations] = {}
+        self.new_pages: dict[PageKey, dict[str, Any]] = {}
+        self.page_updates: dict[int, dict[str, Any]] = {}
+        self.versions: list[tuple[PageKey, dict[str, Any]]] = []
+        self.reps: list[tuple[PageKey, dict[str, Any]]] = []
+        self.bases: list[tuple[PageKey, int, int, AppendBasis]] = []
+        self.applied: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+
+    @staticmethod
+    def page_key(entry: Entry) -> PageKey:
+        """The identity of the page ``entry`` writes."""
+        return (entry.project, entry.page_session, entry.key)
+
+    def needs_store(self, entry: Entry) -> bool:
+        """Whether validating ``entry`` reads pages this batch may have written (unflushed)."""
+        provenance = entry.payload.get("provenance")
+        return bool(self.heads) and isinstance(provenance, dict) and "page" in provenance
+
+    def needs_text(self, entry: Entry, head: Head | None) -> bool:
+        """Whether building ``entry`` reads the whole text of an unflushed chained head."""
+        return (
+            head is not None
+            and self.page_key(entry) in self.heads
+            and entry.op is Op.MERGE
+            and not entry.payload.get("content")
+            and head.content is None
+            and not head.deleted
+        )
+
+    def head(self, entry: Entry) -> Head | None:
+        """The head ``entry`` meets: this batch's in memory, else the committed one."""
+        pkey = self.page_key(entry)
+        found = self.heads.get(pkey)
+        if found is None:
+            return self.engine.head(self.conn, *pkey)
+        if (
+            found.basis is None
+            and not found.deleted
+            and entry.op in (Op.APPEND, Op.MERGE)
+            and entry.payload.get("content")
+        ):
+            # Worked out only when an append comes, as apply does for a whole build.
+            found = dataclasses.replace(found, basis=basis_after(self.head_reps[pkey]))
+            self.heads[pkey] = found
+        return found
+
+    def apply(
+        self, entry: Entry, head: Head | None, version: int, reps: ContentRepresentations | None
+    ) -> None:
+        """Queue the rows that make ``entry`` ``version`` of its page; remember the new head."""
+        engine = self.engine
+        now = engine.clock()
+        pkey = self.page_key(entry)
+        payload = entry.payload
+        live = head if head is not None and not head.deleted else None
+        page_type = entry.page_type or (head.type if head else None)
+        assert page_type is not None
+        policy = POLICIES[page_type]
+        pin = (
+            Pin(payload["pin"])
+            if payload.get("pin")
+            else (live.pin if live else policy.default_pin)
+        )
+        priority = payload.get("priority")
+        if priority is None:
+            priority = live.priority if live else 0.0
+        provenance = payload.get("provenance")
+        if provenance is None and live is not None:
+            provenance = live.provenance
+        provenance_json = canonical_json(provenance) if provenance is not None else None
+        deleted = entry.op is Op.DELETE
+        values = {
+            "type": page_type.value,
+            "pin": pin.value,
+            "priority": float(priority),
+            "version": version,
+            "provenance": provenance_json,
+            "deleted": int(deleted),
+            "updated_at": now,
+        }
+        if pkey in self.new_pages:
+            self.new_pages[pkey].update(values)
+        elif head is None:
+            self.new_pages[pkey] = {
+                "project": entry.project,
+                "session_id": entry.page_session,
+                "key": entry.key,
+                "scope": entry.scope.value,
+                "created_at": now,
+                **values,
+            }
+        else:
+            self.page_updates[head.page_id] = values
+        content_hash = None
+        fields_json = None
+        fold_json = None
+        if reps is not None:
+            fields_json = canonical_json(reps.fields)
+            if reps.chained:
+                # The whole text is not at hand (and hashing it would cost the page's size):
+                # each piece carries its own SHA-256, and the fold seeds the next append.
+                fold_json = canonical_json(reps.fold)
+            else:
+                content_hash = text_sha256(reps.levels[0].text)
+        self.versions.append(
+            (
+                pkey,
+                {
+                    "page_id": None,
+                    "version": version,
+                    "type": page_type.value,
+                    "op": entry.op.value,
+                    "pin": pin.value,
+                    "priority": float(priority),
+                    "scope": entry.scope.value,
+                    "provenance": provenance_json,
+                    "fields": fields_json,
+                    "content_hash": content_hash,
+                    "deleted": int(deleted),
+                    "lsn": entry.lsn,
+                    "committed_at": now,
+                    "fold": fold_json,
+                },
+            )
+        )
+        chain_starts: dict[Fidelity, int] = {Fidelity.FULL: version}
+        basis: AppendBasis | None = None
+        if reps is not None:
+            levels = with_pointer(reps, key=entry.key, version=version, counter=engine.counter)
+            if any(level.chained and level.fidelity not in reps.chain_starts for level in levels):
+                raise RuntimeError(f"a chained level of {entry.key!r} has no chain start")
+            texts = {level.fidelity: level.text for level in levels if level.same_as is None}
+            for level in levels:
+                start = reps.chain_starts.get(level.fidelity) if level.chained else None
+                if level.fidelity in (Fidelity.FULL, Fidelity.COMPRESSED):
+                    chain_starts[level.fidelity] = start if start is not None else version
+                self.reps.append(
+                    (
+                        pkey,
+                        {
+                            "page_id": None,
+                            "version": version,
+                            "fidelity": level.fidelity.value,
+                            "content": level.text,
+                            "tokens": level.tokens,
+                            "encoding": engine.counter.encoding_name,
+                            "source": level.source.value,
+                            # What the row stores: its piece when chained, the shared text's
+                            # hash when the text lives in another row of this version.
+                            "sha256": text_sha256(
+                                texts.get(level.same_as, "") if level.same_as else level.text
+                            ),
+                            "chain_start": start,
+                            "same_as": level.same_as.value if level.same_as else None,
+                        },
+                    )
+                )
+            if reps.chained:
+                # The next append to a chain builds on it; a whole page's basis is worked out
+                # only when an append first comes.
+                basis = basis_after(reps)
+                self.bases.append((pkey, version, entry.lsn, basis))
+            self.head_reps[pkey] = reps
+        self.heads[pkey] = Head(
+            page_id=head.page_id if head is not None else 0,
+            type=page_type,
+            version=version,
+            pin=pin,
+            priority=float(priority),
+            scope=head.scope if head is not None else entry.scope,
+            provenance=json.loads(provenance_json) if provenance_json else None,
+            deleted=deleted,
+            fields=json.loads(fields_json) if fields_json else None,
+            fold=fold_json,
+            lsn=entry.lsn,
+            chain_starts=chain_starts,
+            basis=basis,
+            content=None if reps is None or reps.chained else reps.levels[0].text,
+        )
+
+    def flush(self) -> dict[PageKey, int]:
+        """Write every queued row; returns the id of each page written. The batch starts over."""
+        conn = self.conn
+        ids: dict[PageKey, int] = {pkey: head.page_id for pkey, head in self.heads.items()}
+        for pkey, row in self.new_pages.items():
+            ids[pkey] = int(_P_PAGE_INSERT.first(conn, row).id)
+        _P_PAGE_UPDATE.executemany(
+            conn,
+            [
+                {
+                    "b_id": page_id,
+                    "b_type": values["type"],
+                    "b_pin": values["pin"],
+                    "b_priority": values["priority"],
+                    "b_version": values["version"],
+                    "b_provenance": values["provenance"],
+                    "b_deleted": values["deleted"],
+                    "b_at": values["updated_at"],
+                }
+                for page_id, values in self.page_updates.items()
+            ],
+        )
+        version_rows = []
+        for pkey, row in self.versions:
+            row["page_id"] = ids[pkey]
+            row["row_sha256"] = version_row_sha256(row)
+            version_rows.append(row)
+        _P_VERSION_INSERT.executemany(conn, version_rows)
+        rep_rows = []
+        for pkey, row in self.reps:
+            row["page_id"] = ids[pkey]
+            rep_rows.append(row)
+        _P_REP_INSERT.executemany(conn, rep_rows)
+        for pkey, version, lsn, basis in self.bases:
+            self.engine._remember_basis((ids[pkey], version, lsn), basis)
+        _P_APPLIED.executemany(conn, self.applied)
+        _P_RESOLVE.executemany(conn, self.rejected)
+        self._reset()
+        return ids
 
 
 VERSION_ROW_COLUMNS = (

@@ -30,7 +30,7 @@ from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly, Weights
 from .errors import ClawVMError, InvalidInput, NotFound
-from .journal import Entry, WritebackResult, check_key, row_to_entry
+from .journal import Entry, PreparedUpdate, WritebackResult, check_key, row_to_entry
 from .mediator import ToolCallRecord, ToolMediator, ToolResult
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
@@ -208,7 +208,7 @@ class Session:
                 update=update_,
             )
         if prepared is not None and not duplicate:
-            self.store._remember_prepared(lsn, prepared)
+            self.store._remember_prepared(lsn, PreparedUpdate(prepared))
         if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
             _crashpoints.ack(
                 "stage",

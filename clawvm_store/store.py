@@ -24,7 +24,7 @@ from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly
 from .checkpoints import damaged_rows
-from .db import Database, Durability
+from .db import Database, Durability, Prepared
 from .errors import (
     ClawVMError,
     CorruptDatabase,
@@ -44,6 +44,7 @@ from .journal import (
     DEFAULT_MAX_CONTENT_BYTES,
     Entry,
     JournalEngine,
+    PreparedUpdate,
     Update,
     WritebackResult,
     check_key,
@@ -98,6 +99,22 @@ _STAGED_ROWS = (
     .order_by(t.journal.c.lsn)
 )
 _SESSION_TURN = select(t.sessions.c.turn).where(t.sessions.c.id == bindparam("b_session"))
+# A boundary's own statements, compiled once (db.Prepared), as the journal's are.
+_P_STAGED_ROWS = Prepared(_STAGED_ROWS)
+_P_SESSION_TURN = Prepared(_SESSION_TURN)
+_P_SESSION_AFTER = {
+    (advance, close): Prepared(
+        update(t.sessions)
+        .where(t.sessions.c.id == bindparam("b_session"))
+        .values(
+            updated_at=bindparam("b_at"),
+            **({"turn": t.sessions.c.turn + 1} if advance else {}),
+            **({"state": "closed", "owner": None} if close else {}),
+        )
+    )
+    for advance in (False, True)
+    for close in (False, True)
+}
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -251,7 +268,7 @@ class Store:
             max_content_bytes=max_content_bytes,
         )
         self._closed = False
-        self._prepared: OrderedDict[int, ContentRepresentations] = OrderedDict()
+        self._prepared: OrderedDict[int, PreparedUpdate] = OrderedDict()
         self._discarded_now: list[int] = []
         self.recall_backend: RecallBackend = recall or FtsRecall()
         # Page type -> versions gc keeps of that type by default (Store.open(retention=...)).
@@ -506,7 +523,7 @@ class Store:
             boundary=Boundary.EXPLICIT,
             turn=0,
             entries=self.journal.load_entries(conn, [lsn]),
-            prepared={lsn: prepared} if prepared is not None else None,
+            prepared={lsn: PreparedUpdate(prepared)} if prepared is not None else None,
         )
         outcome = conn.execute(
             select(
@@ -727,13 +744,13 @@ class Store:
         """Every fidelity of prepared content at ``version`` (the pointer names the version)."""
         return with_pointer(reps, key=key, version=version, counter=self.counter)
 
-    def _remember_prepared(self, lsn: int, reps: ContentRepresentations) -> None:
-        self._prepared[lsn] = reps
+    def _remember_prepared(self, lsn: int, ready: PreparedUpdate) -> None:
+        self._prepared[lsn] = ready
         while len(self._prepared) > _PREPARED_CACHE_ENTRIES:
             self._prepared.popitem(last=False)
 
     def _staged_rows(self, conn: Connection, session_id: str) -> list[Any]:
-        return list(conn.execute(_STAGED_ROWS, {"b_session": session_id}).all())
+        return _P_STAGED_ROWS.rows(conn, {"b_session": session_id})
 
     def _quarantine(
         self, conn: Connection, row: Any, problem: str, *, reason: str = "CORRUPT"
@@ -773,7 +790,8 @@ class Store:
                 for entry in entries
                 if entry.lsn in self._prepared
             }
-            turn = conn.execute(_SESSION_TURN, {"b_session": sess.id}).scalar()
+            found = _P_SESSION_TURN.first(conn, {"b_session": sess.id})
+            turn = found[0] if found is not None else 0
             result = self.journal.writeback(
                 conn,
                 project=sess.project,
@@ -783,13 +801,9 @@ class Store:
                 entries=entries,
                 prepared=prepared,
             )
-            values: dict[str, Any] = {"updated_at": self.clock()}
-            if boundary is Boundary.TURN_END:
-                values["turn"] = t.sessions.c.turn + 1
-            if close:
-                values["state"] = "closed"
-                values["owner"] = None
-            conn.execute(update(t.sessions).where(t.sessions.c.id == sess.id).values(**values))
+            _P_SESSION_AFTER[boundary is Boundary.TURN_END, close].execute(
+                conn, {"b_session": sess.id, "b_at": self.clock()}
+            )
             result.discarded = self._discarded_now
             self._discarded_now = []
         return result
