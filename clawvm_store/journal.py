@@ -1001,8 +1001,8 @@ class JournalEngine:
             verdict = self.validate(conn, entry, head, boundary)
             reps: ContentRepresentations | None = None
             if verdict.reason is None and entry.op is not Op.DELETE:
-                ready = prepared.get(entry.lsn) if prepared else None
-                reps = ready.usable(head) if ready is not None else None
+                ready = prepared.get(entry.lsn) if prepared and entry.op is Op.SET else None
+                reps = ready.reps if ready is not None else None
                 if reps is None:
                     if batch.needs_text(entry, head):
                         batch.flush()
@@ -1051,32 +1051,13 @@ PageKey = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class PreparedUpdate:
-    """Fidelities of a staged entry built before the boundary, and the head they were built on.
+    """Fidelities of a staged ``set`` built before the boundary, outside the write lock.
 
-    ``basis`` is ``None`` for content that does not depend on the head (a ``set``); otherwise
-    the (version, head LSN) the append was built on: a rejected or re-ordered earlier entry of
-    the same page makes the head differ, and the boundary then builds the entry again.
+    A ``set``'s fidelities do not depend on the page's head (only its type and content), so
+    they hold whatever the earlier entries of the boundary did; validation still decides.
     """
 
     reps: ContentRepresentations
-    basis: tuple[int, int | None] | None = None
-
-    def usable(self, head: Head | None) -> ContentRepresentations | None:
-        """The prepared fidelities if they still hold for ``head``, else ``None``."""
-        if self.basis is None:
-            return self.reps
-        live = head is not None and not head.deleted
-        if not live or head is None or (head.version, head.lsn) != self.basis:
-            return None
-        if not self.reps.chained:
-            return self.reps
-        # Where each chain starts is read fresh with the head (gc may re-chain it).
-        starts = {
-            level.fidelity: head.chain_starts[level.fidelity]
-            for level in self.reps.levels
-            if level.chained and level.fidelity in head.chain_starts
-        }
-        return dataclasses.replace(self.reps, chain_starts=starts)
 
 
 def applied_params(entry: Entry, *, event_id: int, version: int, at: str) -> dict[str, Any]:
@@ -1291,7 +1272,7 @@ class WriteBatch:
             scope=head.scope if head is not None else entry.scope,
             provenance=json.loads(provenance_json) if provenance_json else None,
             deleted=deleted,
-            fields=json.loads(fields_json) if fields_json else None,
+            fields=reps.fields if reps is not None else None,
             fold=fold_json,
             lsn=entry.lsn,
             chain_starts=chain_starts,

@@ -47,9 +47,10 @@ from .journal import (
     PreparedUpdate,
     Update,
     WritebackResult,
+    WriteBatch,
+    applied_params,
     check_key,
     inserted_id,
-    mark_applied,
     row_to_entry,
     verify_row,
     version_row_sha256,
@@ -930,20 +931,29 @@ class Store:
                     },
                 )
             )
+        # One batch for all of them: heads stay in memory from one entry to the next, and the
+        # rows go out with one statement per table (journal.WriteBatch).
+        batch = WriteBatch(self.journal, conn)
         for row in rows:
             event_id = events[row.project]
             entry = row_to_entry(row)
-            head = self.journal.head(conn, entry.project, entry.page_session, entry.key)
+            head = batch.head(entry)
             current = head.version if head else 0
             if row.version is None or row.version > current + 1:
                 self._quarantine(conn, row, f"cannot apply version {row.version} over {current}")
                 report.quarantined.append((row.lsn, "version gap"))
                 continue
             if row.version == current + 1:
+                if batch.needs_text(entry, head):
+                    batch.flush()
+                    head = batch.head(entry)
                 reps = self.journal.prepare(entry, head, conn)
-                self.journal.apply(conn, entry, head, row.version, reps)
+                batch.apply(entry, head, row.version, reps)
                 report.reapplied.append(row.lsn)
-            mark_applied(conn, entry, event_id=event_id, version=row.version, at=self.clock())
+            batch.applied.append(
+                applied_params(entry, event_id=event_id, version=row.version, at=self.clock())
+            )
+        batch.flush()
 
     def _dead_sessions(
         self,
