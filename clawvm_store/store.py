@@ -110,7 +110,8 @@ _P_SESSION_AFTER = {
         .values(
             updated_at=bindparam("b_at"),
             **({"turn": t.sessions.c.turn + 1} if advance else {}),
-            **({"state": "closed", "owner": None} if close else {}),
+            # A bound None (Prepared keeps only non-NULL values fixed in the statement).
+            **({"state": "closed", "owner": bindparam("b_owner")} if close else {}),
         )
     )
     for advance in (False, True)
@@ -803,7 +804,12 @@ class Store:
                 prepared=prepared,
             )
             _P_SESSION_AFTER[boundary is Boundary.TURN_END, close].execute(
-                conn, {"b_session": sess.id, "b_at": self.clock()}
+                conn,
+                {
+                    "b_session": sess.id,
+                    "b_at": self.clock(),
+                    **({"b_owner": None} if close else {}),
+                },
             )
             result.discarded = self._discarded_now
             self._discarded_now = []
