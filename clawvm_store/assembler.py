@@ -490,7 +490,7 @@ _TABLE_QUERY = {
 # time, changed since), a selection considers: the newest by LSN and the most favoured (soft pin
 # or positive priority). At the paper's scale (10 to 50 pages) the pool is every visible page, so
 # the decisions are exactly those of a selection over the whole table.
-RESERVE = 256
+RESERVE = 96
 
 
 class PageTable:
