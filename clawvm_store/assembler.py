@@ -135,6 +135,8 @@ class Candidate:
     # Caches, not part of the page: never compared or shown (a climb's steps point back at it).
     _static: tuple[Weights, float] | None = field(default=None, compare=False, repr=False)
     _climb: _Climb | None = field(default=None, compare=False, repr=False)
+    # Its rendered ``###`` header per true source: built once, not three times per turn.
+    _headers: dict[Fidelity, str] = field(default_factory=dict, compare=False, repr=False)
 
     def static_utility(self, weights: Weights) -> float:
         """The turn-independent part of the base utility, remembered per weights object."""
@@ -490,7 +492,7 @@ _TABLE_QUERY = {
 # time, changed since), a selection considers: the newest by LSN and the most favoured (soft pin
 # or positive priority). At the paper's scale (10 to 50 pages) the pool is every visible page, so
 # the decisions are exactly those of a selection over the whole table.
-RESERVE = 256
+RESERVE = 96
 
 
 class PageTable:
@@ -723,7 +725,11 @@ class RenderItem:
     @property
     def header(self) -> str:
         """``### key`` plus what the text really is when it is not the full content."""
-        return _header(self.candidate.key, self.source or self.fidelity)
+        candidate, fidelity = self.candidate, self.source or self.fidelity
+        header = candidate._headers.get(fidelity)
+        if header is None:
+            header = candidate._headers[fidelity] = _header(candidate.key, fidelity)
+        return header
 
 
 def render_order(items: Iterable[RenderItem]) -> list[RenderItem]:
@@ -740,14 +746,22 @@ def render_order(items: Iterable[RenderItem]) -> list[RenderItem]:
 
 def render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str, str]]]:
     """The prompt text and its chat-style messages for ``items`` (already in render order)."""
-    text = "".join(render_parts(fixed, items))
+    text, messages, _ = _render(fixed, items)
+    return text, messages
+
+
+def _render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str, str]], list[str]]:
+    """:func:`render` plus :func:`render_parts`, each block built once (the assembler needs all
+    three every turn, and building a block per use was a cost per resident page)."""
+    blocks = [item.header + item.text for item in items]
+    parts = _parts(fixed, blocks)
+    text = "".join(parts)
     messages: list[dict[str, str]] = []
     if fixed:
         messages.append({"role": "system", "content": fixed})
     section: list[str] = []
     section_type: PageType | None = None
-    for item in items:
-        rendered = item.header + item.text
+    for item, rendered in zip(items, blocks, strict=True):
         if item.candidate.type is PageType.CONVERSATION:
             if section:
                 messages.append({"role": "system", "content": SEPARATOR.join(section)})
@@ -761,7 +775,7 @@ def render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str,
         section_type = item.candidate.type
     if section:
         messages.append({"role": "system", "content": SEPARATOR.join(section)})
-    return text, messages
+    return text, messages, parts
 
 
 def render_parts(fixed: str, items: Sequence[RenderItem]) -> list[str]:
@@ -771,8 +785,13 @@ def render_parts(fixed: str, items: Sequence[RenderItem]) -> list[str]:
     the tokenizer always starts afresh, so :meth:`TokenCounter.count_joined` counts the prompt
     exactly from the blocks' own (cached) counts.
     """
-    blocks = [fixed] if fixed else []
-    blocks.extend(item.header + item.text for item in items)
+    return _parts(fixed, [item.header + item.text for item in items])
+
+
+def _parts(fixed: str, blocks: list[str]) -> list[str]:
+    """The fixed region and the rendered blocks, each but the last with the separator after it."""
+    if fixed:
+        blocks = [fixed, *blocks]
     return [block + SEPARATOR for block in blocks[:-1]] + blocks[-1:]
 
 
@@ -1221,9 +1240,9 @@ class Assembler:
                 )
                 for page_id, fidelity in chosen.items()
             )
-            text, messages = render(fixed, items)
+            text, messages, parts = _render(fixed, items)
             # Exact: the text tokenized as one string, from the blocks' cached counts.
-            tokens = counter.count_joined(render_parts(fixed, items))
+            tokens = counter.count_joined(parts)
             if tokens <= budget or not undo:
                 return items, text, messages, tokens
             page_id, before = undo.pop()

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import Connection, select, text
 
 from . import schema as t
-from .journal import LATEST_EVENT, applied_since
+from .journal import LATEST_EVENT
 from .pages import Page
 from .segments import read_text
 
@@ -60,19 +60,28 @@ class RecallBackend(Protocol):
         ...
 
 
-_CHANGED = applied_since(
-    t.pages.c.id,
-    t.pages.c.key,
-    t.pages.c.project,
-    t.pages.c.session_id,
-    t.pages.c.deleted,
-    t.pages.c.provenance,
-    t.pages.c.version,
-    t.representations.c.content,
-    t.representations.c.chain_start,
-    t.representations.c.same_as,
-    fidelity="full",
-)
+# The pages whose head version was applied since the watermark, with their full text's row: the
+# query of journal.applied_since with the join order fixed on SQLite, as the assembler's page
+# table does. Left to itself, SQLite's planner scans every page version ever written and probes
+# the journal for each (38 ms at 10,000 turns); CROSS JOIN makes it start from the journal
+# entries of the boundaries since the watermark (ix_journal_event_id): this turn's change, 0.2 ms.
+# PostgreSQL plans by statistics and has no CROSS JOIN ... ON, so it gets the plain join.
+_CHANGED_SQL = """
+SELECT pages.id, pages.key, pages.project, pages.session_id, pages.deleted, pages.provenance,
+       pages.version, representations.content, representations.chain_start,
+       representations.same_as
+FROM journal
+{join} page_versions ON page_versions.lsn = journal.lsn
+{join} pages ON pages.id = page_versions.page_id AND pages.version = page_versions.version
+LEFT OUTER JOIN representations
+     ON representations.page_id = pages.id AND representations.version = pages.version
+    AND representations.fidelity = 'full'
+WHERE journal.event_id > :b_since
+"""
+_CHANGED = {
+    dialect: text(_CHANGED_SQL.format(join=join))
+    for dialect, join in (("sqlite", "CROSS JOIN"), ("postgresql", "JOIN"))
+}
 
 
 def fts_query(query: str) -> str | None:
@@ -143,7 +152,9 @@ class FtsRecall:
         start = int(since or 0)
         if newest <= start:
             return
-        for row in conn.execute(_CHANGED, {"b_since": start}).all():
+        for row in conn.execute(
+            _CHANGED.get(conn.dialect.name, _CHANGED["postgresql"]), {"b_since": start}
+        ).all():
             if row.deleted:
                 index_page(conn, row.id, None)
             elif row.chain_start is None and row.same_as is None:

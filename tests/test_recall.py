@@ -561,3 +561,19 @@ def test_cli_faults_on_a_missing_database_is_one_error_line(tmp_path: Path) -> N
         assert lines[0].startswith("error:")
         assert "Traceback" not in result.output
     assert not missing.exists()
+
+
+def test_catching_up_starts_from_the_journal_entries_since_the_watermark(
+    store: cvm.Store, sess: cvm.Session
+) -> None:
+    """SQLite's plan reads this turn's entries first (ix_journal_event_id), never every version."""
+    from clawvm_store.recall import _CHANGED
+
+    for i in range(30):
+        put_project(store, f"ev/{i:02d}", f"note number {i} about parsers")
+    with store.db.transaction(write=False) as conn:
+        sql = str(_CHANGED["sqlite"])
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (0,)).all()]
+    assert plan[0] == "SEARCH journal USING COVERING INDEX ix_journal_event_id (event_id>?)"
+    assert not any(step.startswith("SCAN") for step in plan)
+    assert keys(sess.recall("parsers", limit=3)) == ["ev/00", "ev/01", "ev/02"]
