@@ -35,6 +35,7 @@ from .errors import (
 from .faults import FaultReport
 from .journal import WritebackResult
 from .mediator import ToolCallRecord, ToolResult
+from .messages import Message
 from .pages import (
     POLICIES,
     Boundary,
@@ -88,6 +89,7 @@ __all__ = [
     "InterruptedToolCall",
     "InvalidInput",
     "JournalRecord",
+    "Message",
     "MigrationError",
     "NotADatabase",
     "NotFound",

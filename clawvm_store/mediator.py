@@ -145,8 +145,15 @@ class ToolMediator:
         idempotency_key: str | None = None,
         fresh: bool = False,
         resources: Sequence[str] | None = None,
+        call_id: str | None = None,
     ) -> ToolResult:
-        """Mediate one call; see the module docstring for the rules."""
+        """Mediate one call; see the module docstring for the rules.
+
+        ``call_id`` is the provider's id of the call (issue 15): the result page records it in
+        its provenance (``call_ids``), so the renderers show the page as that call's result.
+        """
+        if call_id is not None and (not isinstance(call_id, str) or not call_id):
+            raise InvalidInput("a provider call_id must be a non-empty string")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput("a tool name must be a non-empty string")
         if not isinstance(args, Mapping):
@@ -202,7 +209,7 @@ class ToolMediator:
             and prior.invalidated_at is None
         )
         return self._execute(
-            name, arguments, run, effect, signature, touched, idempotency_key, duplicate
+            name, arguments, run, effect, signature, touched, idempotency_key, duplicate, call_id
         )
 
     def _prior(self, conn: Connection, signature: str, idempotency_key: str | None) -> Any:
@@ -261,6 +268,7 @@ class ToolMediator:
         touched: list[str],
         idempotency_key: str | None,
         duplicate: bool,
+        provider_id: str | None = None,
     ) -> ToolResult:
         session = self.session
         store = self.store
@@ -345,6 +353,7 @@ class ToolMediator:
                 effect,
                 touched,
                 error=str(exc),
+                provider_id=provider_id,
             )
             raise
         if _crashpoints.ACTIVE:
@@ -352,7 +361,9 @@ class ToolMediator:
             # tool_exec line and this one landed inside the tool (its effect is unknown).
             _crashpoints.ack("tool_ran", session=session.id, call=row_id)
         content = render_output(output)
-        version = self._finish(row_id, call_id, key, content, "finished", effect, touched)
+        version = self._finish(
+            row_id, call_id, key, content, "finished", effect, touched, provider_id=provider_id
+        )
         return ToolResult(key, content, "executed", call_id, version)
 
     def _finish(
@@ -366,12 +377,15 @@ class ToolMediator:
         touched: list[str],
         *,
         error: str | None = None,
+        provider_id: str | None = None,
     ) -> int:
         """Write the result page and close the call, in one transaction (a whole pair or none)."""
         session = self.session
         store = self.store
         with store.db.transaction() as conn:
-            version = write_result(store, conn, session.id, session.project, row_id, key, content)
+            version = write_result(
+                store, conn, session.id, session.project, row_id, key, content, provider_id
+            )
             conn.execute(
                 update(t.tool_calls)
                 .where(t.tool_calls.c.id == row_id)
@@ -427,21 +441,43 @@ class ToolMediator:
 
 
 def write_result(
-    store: Any, conn: Connection, session_id: str, project: str, row_id: int, key: str, content: str
+    store: Any,
+    conn: Connection,
+    session_id: str,
+    project: str,
+    row_id: int,
+    key: str,
+    content: str,
+    provider_id: str | None = None,
 ) -> int:
-    """Write a call's result as the next version of its evidence page; returns the version."""
+    """Write a call's result as the next version of its evidence page; returns the version.
+
+    ``provenance["call_ids"]`` accumulates the provider call ids this page answered (a repeat
+    with the same signature writes the same page), so every linked call keeps a result.
+    """
     head = conn.execute(
-        select(t.pages.c.version, t.pages.c.deleted).where(
+        select(t.pages.c.version, t.pages.c.deleted, t.pages.c.provenance).where(
             t.pages.c.project == project, t.pages.c.session_id == session_id, t.pages.c.key == key
         )
     ).first()
+    provenance: dict[str, Any] = {"tool_call": row_id}
+    linked: list[str] = []
+    if head is not None and not head.deleted and head.provenance:
+        try:
+            linked = [str(x) for x in json.loads(head.provenance).get("call_ids", [])]
+        except (ValueError, AttributeError):
+            linked = []
+    if provider_id is not None and provider_id not in linked:
+        linked.append(provider_id)
+    if linked:
+        provenance["call_ids"] = linked
     update_ = Update(
         key=key,
         op=Op.SET,
         page_type=PageType.EVIDENCE,
         content=content,
         scope=Scope.SESSION,
-        provenance={"tool_call": row_id},
+        provenance=provenance,
         expected_version=head.version if head is not None and not head.deleted else None,
     )
     page, rejected = store._write_direct(conn, update_, project, session_id, None)

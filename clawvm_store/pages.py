@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from .errors import InvalidInput
 
@@ -187,6 +194,16 @@ class ConversationFields(_Fields):
     end: str = Field(min_length=1)
     roles: list[str] = Field(default_factory=list)
     summary: str = ""
+    # A provider message (issue 15): role, tool calls, call id, name, metadata; None otherwise.
+    message: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_message(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An absent message stays absent, so pages written before issue 15 dump (and hash) the same.
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("message", 0) is None:
+            del dumped["message"]
+        return dumped
 
 
 FieldsModel = type[_Fields]

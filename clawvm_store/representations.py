@@ -442,6 +442,9 @@ def render_fields(fields: Mapping[str, Any]) -> str:
     """
     lines: list[str] = []
     for name, value in fields.items():
+        if name == "message":
+            # The provider envelope is for renderers, not for the model's structured text.
+            continue
         if isinstance(value, list):
             if not value:
                 continue

@@ -32,6 +32,7 @@ from .assembler import Assembler, Assembly, Weights
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, PreparedUpdate, WritebackResult, check_key, row_to_entry
 from .mediator import ToolCallRecord, ToolMediator, ToolResult
+from .messages import Message, build_envelope, key_seq, message_key
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
 from .representations import ContentRepresentations, Representation, basis_after
@@ -506,6 +507,105 @@ class Session:
                 return fidelity
         return None
 
+    # -- provider messages (issue 15) ------------------------------------------------------------
+
+    def _message_keys(self) -> tuple[set[str], int]:
+        """Live message keys (committed or staged) and the highest seq ever used, deleted included."""
+        top = 0
+        live: set[str] = set()
+        for summary in self.store.pages(
+            project=self.project, session=self.id, type=PageType.CONVERSATION, include_deleted=True
+        ):
+            seq = key_seq(summary.key)
+            if seq is not None:
+                top = max(top, seq)
+                live.add(summary.key)
+        for entry in self.staged():
+            seq = key_seq(entry.key)
+            if seq is not None:
+                top = max(top, seq)
+                live.add(entry.key)
+        return live, top
+
+    def append_message(
+        self,
+        role: str,
+        content: str | None,
+        *,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> StagedUpdate:
+        """Record one provider message as the session's next conversation page (journaled)."""
+        self._require_open()
+        envelope = build_envelope(
+            role,
+            content,
+            list(tool_calls) if tool_calls is not None else None,
+            tool_call_id,
+            name,
+            dict(metadata) if metadata is not None else None,
+        )
+        _, top = self._message_keys()
+        seq = top + 1
+        key = message_key(seq)
+        envelope["seq"] = seq
+        return self.stage(
+            key,
+            type=PageType.CONVERSATION,
+            # An empty page is refused by the schema; a tools-only turn keeps a placeholder.
+            content=content if content else f"[{role} message {seq}]",
+            structured={
+                "span_id": key,
+                "start": str(seq),
+                "end": str(seq),
+                "roles": [role],
+                "message": envelope,
+            },
+        )
+
+    def messages(self) -> list[Message]:
+        """Every live message of the session (committed and staged), in order."""
+        self._require_open()
+        live, _ = self._message_keys()
+        out: list[Message] = []
+        for key in sorted(live):
+            try:
+                page = self.page(key)
+            except NotFound:
+                continue  # deleted (committed or staged tombstone)
+            if getattr(page, "deleted", False):
+                continue
+            envelope = (page.structured or {}).get("message")
+            if not isinstance(envelope, dict):
+                continue
+            calls = list(envelope.get("tool_calls") or [])
+            text = page.content or ""
+            if text == f"[{envelope['role']} message {envelope.get('seq')}]":
+                text = ""
+            out.append(
+                Message(
+                    key=key,
+                    seq=int(envelope.get("seq") or key_seq(key) or 0),
+                    role=str(envelope["role"]),
+                    content=text,
+                    tool_calls=calls,
+                    tool_call_id=envelope.get("tool_call_id"),
+                    name=envelope.get("name"),
+                    metadata=envelope.get("metadata"),
+                )
+            )
+        return out
+
+    def delete_message(self, key: str) -> StagedUpdate:
+        """A journaled delete (tombstone) of one message page; its seq is never reused."""
+        self._require_open()
+        if key_seq(key) is None:
+            raise InvalidInput(f"{key!r} is not a message key")
+        # A delete must name the version it removes (DESTRUCTIVE_OP otherwise): the one we see.
+        return self.stage(key, op=Op.DELETE, expected_version=self.page(key).version)
+
     # -- tools, recall, resolution ---------------------------------------------------------------
 
     def tool_call(
@@ -518,8 +618,12 @@ class Session:
         idempotency_key: str | None = None,
         fresh: bool = False,
         resources: Sequence[str] | None = None,
+        call_id: str | None = None,
     ) -> ToolResult:
         """Run a tool through the durable ledger; ``run(**args)`` is called only when needed.
+
+        ``call_id`` (the provider's id of the call) links the result page to that call, so the
+        renderers show it as the call's tool result (an explicit ``tool`` message wins).
 
         Returns ``ToolResult(key, content, source)`` where ``source`` is ``"executed"``,
         ``"resident"`` (a repeat served from the prompt, a ``duplicate_signature`` alert) or
@@ -535,6 +639,7 @@ class Session:
             idempotency_key=idempotency_key,
             fresh=fresh,
             resources=resources,
+            call_id=call_id,
         )
 
     def tool_history(self) -> list[ToolCallRecord]:
