@@ -20,10 +20,10 @@ from typing import Any
 from agents import Agent, Runner, SQLiteSession, function_tool, set_tracing_disabled
 
 sys.path.insert(0, str(Path(__file__).parent))
-from agents_model import ScriptedModel, call, say  # noqa: E402
+from agents_model import ScriptedModel, call, say
 
-import clawvm_store as cvm  # noqa: E402
-from clawvm_store.integrations.openai_agents import ClawVMSession, mediated  # noqa: E402
+import clawvm_store as cvm
+from clawvm_store.integrations.openai_agents import ClawVMSession, mediated
 
 SESSION = "crash-session"
 
