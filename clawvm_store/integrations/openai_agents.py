@@ -381,7 +381,10 @@ def mediated(
 
         def run(**_: Any) -> Any:
             # Called by the mediator in the worker thread; the tool itself runs on the loop.
-            output = asyncio.run_coroutine_threadsafe(original(ctx, input_json), loop).result()
+            async def invoke_original() -> Any:
+                return await original(ctx, input_json)
+
+            output: Any = asyncio.run_coroutine_threadsafe(invoke_original(), loop).result()
             produced.append(output)
             return output
 
