@@ -125,11 +125,7 @@ async def main(turns: int, budget: int) -> None:
                 budgeted = ClawVMSession("bench", store, budget=budget)
                 reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]
                 budgeted.close()
-                print(
-                    line(
-                        f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]
-                    )
-                )
+                print(line(f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]))
     try:
         from _claude_sdk_bench import run as claude_run  # type: ignore[import-not-found]
     except ImportError:
