@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -332,3 +333,135 @@ def test_runner_turns_carry_history(make_session: Any) -> None:
     assert seen[0]["content"] == "Which city is the Golden Gate Bridge in?"
     assert seen[-1]["content"] == "Which state?"
     assert len(run(session.get_items())) == 4
+
+
+def test_items_survive_reopen(make_session: Any, tmp_path: Path) -> None:
+    """A second session object on the same id and file sees exactly what the first added."""
+    first = make_session("reopen")
+    run(first.add_items(ITEMS[:3]))
+    first.close()
+    again = make_session("reopen")
+    assert run(again.get_items()) == ITEMS[:3]
+
+
+# -- ClawVMSession only -----------------------------------------------------------------------
+
+TOOL_ITEMS: list[Any] = [
+    {"role": "user", "content": "read a.py"},
+    {
+        "type": "function_call",
+        "call_id": "c1",
+        "name": "read_file",
+        "arguments": '{"path": "a.py"}',
+        "id": "fc-c1",
+    },
+    {"type": "function_call_output", "call_id": "c1", "output": "x = 1\n" * 400},
+    {
+        "id": "msg-1",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": "It sets x.", "annotations": []}],
+    },
+    {"type": "reasoning", "id": "rs-1", "summary": []},
+    {"role": "developer", "content": "Be brief."},
+]
+
+
+@needs_messages
+def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
+    """Function calls, outputs, output messages, reasoning and developer items come back as
+    added, and are recorded with the roles a provider expects."""
+    with cvm.Store.open(tmp_path / "c.db") as store:
+        session = ClawVMSession("kinds", store)
+        run(session.add_items(TOOL_ITEMS))
+        assert run(session.get_items()) == TOOL_ITEMS
+        recorded = [(m.role, m.tool_call_id) for m in session.session.messages()]
+        assert recorded == [
+            ("user", None),
+            ("assistant", None),
+            ("tool", "c1"),
+            ("assistant", None),
+            ("assistant", None),
+            ("system", None),
+        ]
+        assert session.session.messages()[1].tool_calls[0]["id"] == "c1"
+        session.close()
+
+
+@needs_messages
+def test_finished_write_never_seen_is_answered_from_the_ledger(tmp_path: Path) -> None:
+    """A write that ran (ledger: finished) but whose output never reached the history, as after
+    a crash between the tool and add_items: the repeat is answered from the ledger, not run."""
+    log: list[str] = []
+    _, write_file = counting_tools(log)
+    with cvm.Store.open(tmp_path / "c.db") as store:
+        session = ClawVMSession("w", store)
+        args = {"path": "out.txt", "text": "hello"}
+        done = session.session.tool_call(
+            "write_file",
+            args,
+            lambda **_: "wrote 5 bytes to out.txt",
+            effect="write",
+            idempotency_key="openai-agents:w0",
+        )
+        assert done.source == "executed"
+        model = ScriptedModel([[call("write_file", args, "w1")], [say("ok")]])
+        agent = Agent(name="w", model=model, tools=[mediated(write_file, session, effect="write")])
+        assert run(Runner.run(agent, "write it", session=session)).final_output == "ok"
+        assert log == []
+        outputs = [i for i in model.inputs[-1] if i.get("type") == "function_call_output"]
+        assert outputs == [
+            {"type": "function_call_output", "call_id": "w1", "output": "wrote 5 bytes to out.txt"}
+        ]
+        # Now w1's output is in the history: a further identical write is a new write.
+        model.add([call("write_file", args, "w2")], [say("again")])
+        assert run(Runner.run(agent, "write it again", session=session)).final_output == "again"
+        assert log == ["write out.txt"]
+        session.close()
+
+
+@needs_messages
+def test_budgeted_history_is_valid_and_bounded(tmp_path: Path) -> None:
+    """With a budget, get_items() is the assembly: every call paired with one output, the
+    constraint kept, the newest user message whole, and fewer tokens than the full history."""
+    with cvm.Store.open(tmp_path / "c.db") as store:
+        full = ClawVMSession("b", store)
+        for turn in range(6):
+            run(
+                full.add_items(
+                    [
+                        {"role": "user", "content": f"turn {turn}: read f{turn}.py"},
+                        {
+                            "type": "function_call",
+                            "call_id": f"c{turn}",
+                            "name": "read_file",
+                            "arguments": json.dumps({"path": f"f{turn}.py"}),
+                        },
+                        {
+                            "type": "function_call_output",
+                            "call_id": f"c{turn}",
+                            "output": f"line of f{turn}\n" * 200,
+                        },
+                        {"role": "assistant", "content": f"done {turn}"},
+                    ]
+                )
+            )
+        full.session.stage(
+            "constraint/no-push",
+            type=cvm.PageType.CONSTRAINT,
+            content="Never push to main.",
+        )
+        full.session.end_turn()
+        everything = run(full.get_items())
+        full.close()
+        budgeted = ClawVMSession("b", store, budget=1500)
+        items = run(budgeted.get_items())
+        check_pairing(items)
+        text = json.dumps(items)
+        assert "Never push to main." in text
+        assert any(i.get("content") == "turn 5: read f5.py" for i in items)
+        assert len(text) < len(json.dumps(everything)) / 2
+        # An explicit limit still reads the verbatim tail (the SDK checks its writes that way).
+        assert run(budgeted.get_items(limit=2)) == everything[-2:]
+        budgeted.close()

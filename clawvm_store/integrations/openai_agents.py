@@ -39,12 +39,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .. import schema as t
 from ..errors import ClawVMError, InterruptedToolCall
 from ..mediator import signature_of
 from ..store import Store
+from ._messages_fallback import messages_api
 
 try:
     from agents.memory.session_settings import SessionSettings, resolve_session_limit
@@ -221,6 +222,8 @@ class ClawVMSession:
             if self._key is not None:
                 _release(self._key)
             raise
+        # The messages API, or its stand-in on Session.stage until issue15-messages is merged.
+        self._msgs = messages_api(self.session)
         self._closed = False
         self._dirty = False
         # Call ids whose output the agent has recorded: a finished write whose id is not here
@@ -238,7 +241,7 @@ class ClawVMSession:
         """Call ids that have a recorded ``function_call_output`` in this session."""
         if self._answered is None:
             self._answered = {
-                str(m.tool_call_id) for m in self.session.messages() if m.role == "tool"
+                str(m.tool_call_id) for m in self._msgs.messages() if m.role == "tool"
             }
         return self._answered
 
@@ -250,7 +253,7 @@ class ClawVMSession:
         resolved = resolve_session_limit(limit, self.session_settings)
         if resolved == 0:
             return []
-        items = [item_of(message) for message in self.session.messages()]
+        items = [item_of(message) for message in self._msgs.messages()]
         if resolved is None or resolved < 0:
             # SQLite's LIMIT with a negative value means no limit; SQLiteSession inherits that.
             return items
@@ -261,7 +264,7 @@ class ClawVMSession:
             # Assembly reads committed state: write back what add_items staged.
             self.session.flush()
             self._dirty = False
-        messages = self.session.messages()
+        messages = self._msgs.messages()
         # The newest turn (from the last user message on) is boosted so the budget keeps it
         # whole before spending on older pages.
         start = max(
@@ -272,7 +275,7 @@ class ClawVMSession:
         asm = self.session.assemble(
             self.budget or 0, fixed=self.fixed, on_insufficient="report", boost=boost
         )
-        return list(asm.to_openai_responses())
+        return list(self._msgs.to_openai_responses(asm))
 
     async def add_items(self, items: list[Any]) -> None:
         """Record items; each is durable against ``kill -9`` when this returns."""
@@ -282,7 +285,7 @@ class ClawVMSession:
         answered = self.answered_calls()
         for item in items:
             fields = message_of(item)
-            self.session.append_message(**fields)
+            self._msgs.append_message(**fields)
             if fields["role"] == "tool":
                 answered.add(str(fields["tool_call_id"]))
         self._dirty = True
@@ -296,11 +299,11 @@ class ClawVMSession:
     async def pop_item(self) -> Any | None:
         """Remove the most recent item (a journaled delete) and return it; None when empty."""
         self._require_open()
-        messages = self.session.messages()
+        messages = self._msgs.messages()
         if not messages:
             return None
         last = messages[-1]
-        self.session.delete_message(last.key)
+        self._msgs.delete_message(last.key)
         if last.role == "tool" and self._answered is not None:
             self._answered.discard(str(last.tool_call_id))
         self._dirty = True
@@ -309,8 +312,8 @@ class ClawVMSession:
     async def clear_session(self) -> None:
         """Delete every item (journaled), then a ``reset`` boundary that writes them back."""
         self._require_open()
-        for message in self.session.messages():
-            self.session.delete_message(message.key)
+        for message in self._msgs.messages():
+            self._msgs.delete_message(message.key)
         self.session.reset()
         self._answered = set()
         self._dirty = False
@@ -342,6 +345,15 @@ def _latest_write(store: Store, session_id: str, signature: str) -> Any:
 
 
 _KEY_PREFIX = "openai-agents:"
+
+
+def _rekey(engine: Session, old: str, new: str) -> None:
+    with engine.store.db.transaction(sync="normal") as conn:
+        conn.execute(
+            update(t.tool_calls)
+            .where(t.tool_calls.c.session_id == engine.id, t.tool_calls.c.idempotency_key == old)
+            .values(idempotency_key=new)
+        )
 
 
 def mediated(
@@ -420,6 +432,10 @@ def mediated(
             )
         except InterruptedToolCall as exc:
             return f"clawvm: {exc}"
+        if effect == "write" and call_id and key is not None and key != f"{_KEY_PREFIX}{call_id}":
+            # Served for a call the agent never saw: that call is now answered by this one, so
+            # the key moves to this call id (a later identical write is then a new write).
+            _rekey(engine, key, f"{_KEY_PREFIX}{call_id}")
         if result.source == "executed" and produced:
             return produced[0]
         return result.content
