@@ -27,16 +27,12 @@ from agents import Agent, Runner, SQLiteSession, function_tool, set_tracing_disa
 from agents_model import ScriptedModel, call, check_pairing, say
 
 import clawvm_store as cvm
+from clawvm_store.integrations._messages_fallback import messages_api
 from clawvm_store.integrations.openai_agents import ClawVMSession, mediated
-from clawvm_store.session import Session as EngineSession
 
 set_tracing_disabled(True)
 
 CHILD = Path(__file__).with_name("openai_agents_child.py")
-HAS_MESSAGES = hasattr(EngineSession, "append_message")
-needs_messages = pytest.mark.skipif(
-    not HAS_MESSAGES, reason="Session.append_message (branch issue15-messages) is not merged yet"
-)
 
 
 def run(coro: Any) -> Any:
@@ -225,7 +221,6 @@ def test_sigkill_mid_write_then_resume_with_sqlite_history(tmp_path: Path) -> No
         history.close()
 
 
-@needs_messages
 def test_sigkill_mid_write_then_resume_with_clawvm_history(tmp_path: Path) -> None:
     """The same crash with ClawVMSession keeping the history in the engine too."""
     workdir = kill_mid_write(tmp_path, "clawvm")
@@ -237,7 +232,7 @@ def test_sigkill_mid_write_then_resume_with_clawvm_history(tmp_path: Path) -> No
 # -- the SDK's session behaviours, mirrored ---------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("clawvm", marks=needs_messages)])
+@pytest.fixture(params=["sqlite", "clawvm"])
 def make_session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A factory of sessions of one kind on one database file; closes them all afterwards."""
     made: list[Any] = []
@@ -368,7 +363,6 @@ TOOL_ITEMS: list[Any] = [
 ]
 
 
-@needs_messages
 def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
     """Function calls, outputs, output messages, reasoning and developer items come back as
     added, and are recorded with the roles a provider expects."""
@@ -376,7 +370,7 @@ def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
         session = ClawVMSession("kinds", store)
         run(session.add_items(TOOL_ITEMS))
         assert run(session.get_items()) == TOOL_ITEMS
-        recorded = [(m.role, m.tool_call_id) for m in session.session.messages()]
+        recorded = [(m.role, m.tool_call_id) for m in messages_api(session.session).messages()]
         assert recorded == [
             ("user", None),
             ("assistant", None),
@@ -385,11 +379,10 @@ def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
             ("assistant", None),
             ("system", None),
         ]
-        assert session.session.messages()[1].tool_calls[0]["id"] == "c1"
+        assert messages_api(session.session).messages()[1].tool_calls[0]["id"] == "c1"
         session.close()
 
 
-@needs_messages
 def test_finished_write_never_seen_is_answered_from_the_ledger(tmp_path: Path) -> None:
     """A write that ran (ledger: finished) but whose output never reached the history, as after
     a crash between the tool and add_items: the repeat is answered from the ledger, not run."""
@@ -421,7 +414,6 @@ def test_finished_write_never_seen_is_answered_from_the_ledger(tmp_path: Path) -
         session.close()
 
 
-@needs_messages
 def test_budgeted_history_is_valid_and_bounded(tmp_path: Path) -> None:
     """With a budget, get_items() is the assembly: every call paired with one output, the
     constraint kept, the newest user message whole, and fewer tokens than the full history."""
@@ -465,3 +457,19 @@ def test_budgeted_history_is_valid_and_bounded(tmp_path: Path) -> None:
         # An explicit limit still reads the verbatim tail (the SDK checks its writes that way).
         assert run(budgeted.get_items(limit=2)) == everything[-2:]
         budgeted.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "clawvm"])
+def test_session_settings_limit(kind: str, tmp_path: Path) -> None:
+    """session_settings.limit bounds get_items(); an explicit limit overrides it."""
+    from agents import SessionSettings
+
+    settings = SessionSettings(limit=2)
+    if kind == "sqlite":
+        session: Any = SQLiteSession("s", tmp_path / "sdk.db", session_settings=settings)
+    else:
+        session = ClawVMSession("s", tmp_path / "c.db", session_settings=settings)
+    run(session.add_items(ITEMS))
+    assert run(session.get_items()) == ITEMS[-2:]
+    assert run(session.get_items(limit=5)) == ITEMS[-5:]
+    session.close()

@@ -48,12 +48,15 @@ from ..store import Store
 from ._messages_fallback import messages_api
 
 try:
-    from agents.memory.session_settings import SessionSettings, resolve_session_limit
     from agents.tool import FunctionTool
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ClawVMError(
         'the OpenAI Agents SDK is not installed: pip install "clawvm-store[openai-agents]"'
     ) from exc
+try:
+    from agents.memory.session_settings import SessionSettings
+except ImportError:  # pragma: no cover - SDK releases before session settings (< 0.4)
+    SessionSettings = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -208,7 +211,9 @@ class ClawVMSession:
         self.session_id = session_id
         self.budget = budget
         self.fixed = fixed
-        self.session_settings = session_settings or SessionSettings()
+        if session_settings is None and SessionSettings is not None:
+            session_settings = SessionSettings()
+        self.session_settings = session_settings
         self._key: str | None = None
         if isinstance(db, Store):
             self.store = db
@@ -248,9 +253,9 @@ class ClawVMSession:
     async def get_items(self, limit: int | None = None) -> list[Any]:
         """The history: the items added (without a budget), or the budgeted assembly."""
         self._require_open()
-        if self.budget is not None and limit is None:
+        if self.budget is not None and limit is None and self._settings_limit() is None:
             return self._assembled()
-        resolved = resolve_session_limit(limit, self.session_settings)
+        resolved = limit if limit is not None else self._settings_limit()
         if resolved == 0:
             return []
         items = [item_of(message) for message in self._msgs.messages()]
@@ -258,6 +263,10 @@ class ClawVMSession:
             # SQLite's LIMIT with a negative value means no limit; SQLiteSession inherits that.
             return items
         return items[-resolved:]
+
+    def _settings_limit(self) -> int | None:
+        limit = getattr(self.session_settings, "limit", None)
+        return limit if isinstance(limit, int) else None
 
     def _assembled(self) -> list[Any]:
         if self._dirty or self.session.staged():
