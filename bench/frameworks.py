@@ -1,0 +1,144 @@
+"""Framework integrations benchmark, one run: ClawVMSession against the SDK's SQLiteSession.
+
+Both sessions write to a file in the same temporary directory. Measured per call, median and
+p95, on the items one Agents SDK step saves (a function call and its output, then the assistant's
+message: the batch shapes ``Runner.run`` passes to ``add_items``):
+
+* ``add_items``: the batches of a growing conversation. SQLiteSession commits each batch at
+  SQLite's default ``synchronous=FULL``; ClawVMSession stages each item at NORMAL (it survives
+  ``kill -9`` at once) and ends the engine's turn, a FULL commit, on the batch that ends a turn;
+* ``get_items()``: the whole history (SQLiteSession, ClawVMSession without a budget);
+* ``get_items()`` with ``budget=B``: the engine's assembly rendered as Responses items, against
+  SQLiteSession's unbudgeted read (the goal: within 2x).
+
+Ratios are ClawVMSession's rate over SQLiteSession's from this same run (> 1: ClawVMSession is
+faster). The Claude Agent SDK figures (``bench/_claude_sdk_bench.py``, when present) follow.
+
+Run: ``python bench/frameworks.py [--turns N] [--budget B]`` (needs ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+USER = "Please read payments.py and tell me where the idempotency check should go."
+OUTPUT = "def charge(order):\n    ...\n" * 20
+ANSWER = "The check belongs before the ledger write in charge(); here is why. " * 4
+
+
+def batches(turn: int) -> list[list[dict[str, Any]]]:
+    """The add_items batches of one agent turn (input, a tool step, the final message)."""
+    call_id = f"call-{turn}"
+    return [
+        [{"role": "user", "content": f"{USER} ({turn})"}],
+        [
+            {
+                "type": "function_call",
+                "call_id": call_id,
+                "name": "read_file",
+                "arguments": '{"path": "payments.py"}',
+                "id": f"fc-{turn}",
+            },
+            {"type": "function_call_output", "call_id": call_id, "output": OUTPUT},
+        ],
+        [
+            {
+                "id": f"msg-{turn}",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": ANSWER, "annotations": []}],
+            }
+        ],
+    ]
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    """Median and p95, in milliseconds."""
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return statistics.median(ordered) * 1e3, p95 * 1e3
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    """Seconds one awaited call takes."""
+    start = time.perf_counter()
+    await fn()
+    return time.perf_counter() - start
+
+
+async def measure(session: Any, turns: int) -> dict[str, list[float]]:
+    """add_items over ``turns`` turns, then get_items() reads of the whole history."""
+    adds: list[float] = []
+    for turn in range(turns):
+        for batch in batches(turn):
+            adds.append(await timed(lambda b=batch: session.add_items(b)))  # type: ignore[misc]
+    reads = [await timed(session.get_items) for _ in range(max(5, turns // 4))]
+    return {"add_items": adds, "get_items": reads}
+
+
+def line(name: str, samples: list[float], base: list[float] | None = None) -> str:
+    """One printed row: median, p95 and the ratio of rates against ``base``."""
+    median, p95 = stats(samples)
+    text = f"  {name:<44} median {median:8.3f} ms   p95 {p95:8.3f} ms"
+    if base is not None:
+        text += f"   ratio {stats(base)[0] / median:5.2f}x"
+    return text
+
+
+async def main(turns: int, budget: int) -> None:
+    """Run both sessions and print the figures."""
+    from agents import SQLiteSession
+
+    import clawvm_store as cvm
+    from clawvm_store.session import Session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        print(f"frameworks benchmark: {turns} turns (3 add_items batches each), budget {budget}")
+        print(f"SQLite {__import__('sqlite3').sqlite_version}, Python {sys.version.split()[0]}")
+        sdk = SQLiteSession("bench", root / "sdk.db")
+        base = await measure(sdk, turns)
+        sdk.close()
+        print("OpenAI Agents SDK")
+        print(line("SQLiteSession.add_items", base["add_items"]))
+        print(line("SQLiteSession.get_items()", base["get_items"]))
+        if not hasattr(Session, "append_message"):
+            print("  ClawVMSession: skipped (Session.append_message is not in this build)")
+        else:
+            from clawvm_store.integrations.openai_agents import ClawVMSession
+
+            with cvm.Store.open(root / "clawvm.db") as store:
+                ours = ClawVMSession("bench", store)
+                got = await measure(ours, turns)
+                ours.close()
+                print(line("ClawVMSession.add_items", got["add_items"], base["add_items"]))
+                print(line("ClawVMSession.get_items()", got["get_items"], base["get_items"]))
+                budgeted = ClawVMSession("bench", store, budget=budget)
+                reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]
+                budgeted.close()
+                print(line(f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]))
+    try:
+        from _claude_sdk_bench import run as claude_run  # type: ignore[import-not-found]
+    except ImportError:
+        print("Claude Agent SDK: bench/_claude_sdk_bench.py is not in this build")
+    else:
+        for text in claude_run(turns):
+            print(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument("--budget", type=int, default=2000)
+    options = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    asyncio.run(main(options.turns, options.budget))
