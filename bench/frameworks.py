@@ -112,20 +112,19 @@ async def main(turns: int, budget: int) -> None:
         print(line("SQLiteSession.add_items", base["add_items"]))
         print(line("SQLiteSession.get_items()", base["get_items"]))
         if not hasattr(Session, "append_message"):
-            print("  ClawVMSession: skipped (Session.append_message is not in this build)")
-        else:
-            from clawvm_store.integrations.openai_agents import ClawVMSession
+            print("  (messages API not merged: ClawVMSession runs on its Session.stage stand-in)")
+        from clawvm_store.integrations.openai_agents import ClawVMSession
 
-            with cvm.Store.open(root / "clawvm.db") as store:
-                ours = ClawVMSession("bench", store)
-                got = await measure(ours, turns)
-                ours.close()
-                print(line("ClawVMSession.add_items", got["add_items"], base["add_items"]))
-                print(line("ClawVMSession.get_items()", got["get_items"], base["get_items"]))
-                budgeted = ClawVMSession("bench", store, budget=budget)
-                reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]
-                budgeted.close()
-                print(line(f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]))
+        with cvm.Store.open(root / "clawvm.db") as store:
+            ours = ClawVMSession("bench", store)
+            got = await measure(ours, turns)
+            ours.close()
+            print(line("ClawVMSession.add_items", got["add_items"], base["add_items"]))
+            print(line("ClawVMSession.get_items()", got["get_items"], base["get_items"]))
+            budgeted = ClawVMSession("bench", store, budget=budget)
+            reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]
+            budgeted.close()
+            print(line(f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]))
     try:
         from _claude_sdk_bench import run as claude_run  # type: ignore[import-not-found]
     except ImportError:

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from clawvm_store.session import Session as EngineSession
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -41,10 +39,6 @@ def test_langgraph_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert [r["thread_id"] for r in rows] == ["t-1"]
 
 
-@pytest.mark.skipif(
-    not hasattr(EngineSession, "append_message"),
-    reason="Session.append_message (branch issue15-messages) is not merged yet",
-)
 def test_openai_agents_example(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
