@@ -74,6 +74,7 @@ import json
 import re
 import shlex
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
@@ -129,6 +130,23 @@ def import_transcript(path: str | Path, *, kind: str = "auto", session: str | No
         turns=turns,
         warnings=builder.sorted_warnings(),
     )
+
+
+def claude_code_turns(records: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[int, Turn]]:
+    """Numbered Claude Code records as turns, each with the number of the record that opened it.
+
+    The same rules as ``import_transcript(kind="claude-code")`` (a fresh builder over just these
+    records); the Claude Agent SDK mirror uses it to project only the entries since the turn that
+    is still open, so projecting costs the new entries, not the whole transcript.
+    """
+    builder = _Builder()
+    starts: list[int] = []
+    for number, record in records:
+        before = len(builder.turns)
+        _parse_claude("", [(number, record)], builder)
+        starts.extend([number] * (len(builder.turns) - before))
+    # With no session filter ``finish`` keeps every draft, in order: one turn per start.
+    return list(zip(starts, builder.finish(None, "transcript"), strict=True))
 
 
 def detect_kind(path: str | Path) -> str:
@@ -1378,3 +1396,88 @@ _PARSERS = {
     "antigravity": _parse_antigravity,
     "aider": _parse_aider,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Incremental Claude Code import (the Claude Agent SDK mirror feeds it entry by entry)
+# --------------------------------------------------------------------------------------------
+
+
+class ClaudeCodeFeed:
+    """The Claude Code importer's rules applied incrementally, as transcript entries arrive.
+
+    :meth:`feed` parses only the records it is given (the builder keeps its state between calls)
+    and returns the turns that *closed* since the previous call: a turn closes when the next
+    real prompt starts one, or at a compaction. :meth:`open_turns` gives the turn still open,
+    which :meth:`close` ends (at session end). Turns carry the same content
+    :func:`import_transcript` gives for the same records in one file, except that a tool result
+    written after its turn closed is not attached to it (the turn was already projected).
+    """
+
+    def __init__(self) -> None:
+        self._builder = _Builder()
+        self._line = 0
+        self._emitted = 0
+
+    @property
+    def emitted(self) -> int:
+        """How many turns :meth:`feed` and :meth:`close` have returned so far."""
+        return self._emitted
+
+    @property
+    def warnings(self) -> list[str]:
+        """Lines skipped so far, as ``"line N: reason"`` (N counts fed records from 1)."""
+        return self._builder.sorted_warnings()
+
+    def feed(self, records: list[dict[str, Any]]) -> list[Turn]:
+        """Parse ``records`` (decoded JSONL lines) and return the turns closed by them."""
+        numbered: list[tuple[int, dict[str, Any]]] = []
+        for record in records:
+            self._line += 1
+            if isinstance(record, dict):
+                numbered.append((self._line, record))
+            else:
+                self._builder.warn(self._line, "record is not an object; skipped")
+        _parse_claude("", numbered, self._builder)
+        drafts = self._builder.turns
+        closed = len(drafts) - (1 if self._builder.current is not None else 0)
+        return self._take(drafts[self._emitted : closed])
+
+    def close(self) -> list[Turn]:
+        """End the transcript: the turn still open (if any) is returned as closed."""
+        self._builder.current = None
+        return self._take(self._builder.turns[self._emitted :])
+
+    def _take(self, drafts: list[_Draft]) -> list[Turn]:
+        self._emitted += len(drafts)
+        return [_turn_of(draft) for draft in drafts]
+
+
+def _turn_of(draft: _Draft) -> Turn:
+    """A finished turn from a draft, as :meth:`_Builder.finish` makes it (one session: s-1)."""
+    return Turn(
+        user=draft.user,
+        assistant=_cap(draft.assistant.strip(), TEXT_CAP) or None,
+        tools=[
+            ToolStep(
+                name=call.name,
+                args=call.args,
+                effect=call.effect,
+                output=call.output or "",
+                call_id=call.call_id,
+            )
+            for call in draft.tools
+        ],
+        event=draft.event,
+    )
+
+
+def claude_records_trace(records: list[dict[str, Any]], name: str) -> Trace:
+    """A replayable trace of Claude Code transcript records (a mirrored session's entries)."""
+    feed = ClaudeCodeFeed()
+    turns = feed.feed(records) + feed.close()
+    if not turns:
+        raise InvalidInput(f"{name} holds no usable turns as a claude-code transcript")
+    return Trace(
+        name=name, source="claude-code", project="trace", turns=turns, warnings=feed.warnings
+    )
