@@ -19,17 +19,16 @@ import pytest
 
 pytest.importorskip("claude_agent_sdk")
 
-from click.testing import CliRunner
 from claude_agent_sdk import InMemorySessionStore
 from claude_agent_sdk.testing import run_session_store_conformance
 from claude_agent_sdk.testing.session_store_conformance import _has_optional
+from click.testing import CliRunner
+from conftest import run_alembic
 
 from clawvm_store import Store
 from clawvm_store.cli import app
 from clawvm_store.integrations.claude_agent_sdk import ClawVMSessionStore, mirrored_trace
 from clawvm_store.replay.importers import import_transcript
-
-from conftest import run_alembic
 
 SID = "11111111-2222-3333-4444-555555555555"
 KEY: Any = {"project_key": "proj", "session_id": SID}
@@ -153,9 +152,11 @@ def test_a_uuid_is_stored_once_per_transcript(tmp_path: Path) -> None:
 def test_an_empty_subpath_is_refused(tmp_path: Path) -> None:
     from clawvm_store.errors import InvalidInput
 
-    with ClawVMSessionStore(tmp_path / "a.db") as store:
-        with pytest.raises(InvalidInput, match="subpath"):
-            append(store, {**KEY, "subpath": ""}, [{"type": "x"}])
+    with (
+        ClawVMSessionStore(tmp_path / "a.db") as store,
+        pytest.raises(InvalidInput, match="subpath"),
+    ):
+        append(store, {**KEY, "subpath": ""}, [{"type": "x"}])
 
 
 def test_works_on_an_open_store_that_the_caller_keeps(tmp_path: Path) -> None:
@@ -228,7 +229,9 @@ def test_each_turn_is_projected_once_the_next_one_starts(tmp_path: Path) -> None
         append(mirror, KEY, batches[0])
         assert tool_calls(engine) == []  # turn 1 may still get results: not projected yet
         append(mirror, KEY, batches[1])
-        assert tool_calls(engine) == [{"turn": 0, "name": "Read", "effect": "read", "state": "finished"}]
+        assert tool_calls(engine) == [
+            {"turn": 0, "name": "Read", "effect": "read", "state": "finished"}
+        ]
         assert engine.query("SELECT projected_entries, projected_turns FROM claude_sessions") == [
             {"projected_entries": 4, "projected_turns": 1}
         ]
@@ -255,7 +258,13 @@ def test_each_turn_is_projected_once_the_next_one_starts(tmp_path: Path) -> None
             [SID, "compaction"],
         ) == [{"n": 1}]
         # Subagent transcripts are stored, not projected.
-        append(mirror, {**KEY, "subpath": "subagents/agent-1"}, [rec("user", "s-01", "sub")])
+        sub = [
+            rec("user", "s-01", "find TODOs"),
+            rec("assistant", "s-02", [tool_use("g1", "Grep", {"pattern": "TODO"})]),
+            rec("user", "s-03", tool_result("g1", "none")),
+            rec("user", "s-04", "done?"),
+        ]
+        append(mirror, {**KEY, "subpath": "subagents/agent-1"}, sub)
         assert len(tool_calls(engine)) == 3
 
 
@@ -277,7 +286,9 @@ def test_projection_matches_the_importer_on_the_same_entries(tmp_path: Path) -> 
     assert [(c["turn"], c["name"]) for c in projected] == calls[:3]
 
 
-def test_projection_reads_only_the_open_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_projection_reads_only_the_open_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import clawvm_store.integrations.claude_agent_sdk as module
 
     seen: list[list[int]] = []
@@ -291,7 +302,12 @@ def test_projection_reads_only_the_open_turn(tmp_path: Path, monkeypatch: pytest
     with ClawVMSessionStore(tmp_path / "p.db") as mirror:
         for batch in transcript():
             append(mirror, KEY, batch)
-    assert seen == [[0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8], [4, 5, 6, 7, 8, 9, 10, 11, 12], [9, 10, 11, 12, 13]]
+    assert seen == [
+        [0, 1, 2, 3],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8],
+        [4, 5, 6, 7, 8, 9, 10, 11, 12],
+        [9, 10, 11, 12, 13],
+    ]
 
 
 def test_a_budget_also_records_assemblies(tmp_path: Path) -> None:
@@ -443,6 +459,7 @@ def test_the_in_memory_reference_store_agrees_on_the_transcript(tmp_path: Path) 
             append(mirror, KEY, batch)
             asyncio.run(reference.append(KEY, batch))  # type: ignore[arg-type]
         assert load(mirror, KEY) == asyncio.run(reference.load(KEY))
-        assert asyncio.run(mirror.list_session_summaries("proj"))[0]["data"] == asyncio.run(
-            reference.list_session_summaries("proj")
-        )[0]["data"]
+        assert (
+            asyncio.run(mirror.list_session_summaries("proj"))[0]["data"]
+            == asyncio.run(reference.list_session_summaries("proj"))[0]["data"]
+        )

@@ -47,6 +47,7 @@ by its ``project_key``. The async methods run the sync ones in a worker thread
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -188,7 +189,7 @@ class ClawVMSessionStore(SessionStore):
                     )
                 ).first()
                 if found is None:
-                    transcript = conn.execute(
+                    created = conn.execute(
                         insert(tr).values(
                             project_key=project_key,
                             session_id=session_id,
@@ -199,7 +200,9 @@ class ClawVMSessionStore(SessionStore):
                             projected=0,
                             turns=0,
                         )
-                    ).inserted_primary_key[0]
+                    ).inserted_primary_key
+                    assert created is not None  # an INSERT always reports its key
+                    transcript = created[0]
                     count, stored_mtime, summary = 0, 0, None
                 else:
                     transcript, count, stored_mtime, summary = found
@@ -221,7 +224,7 @@ class ClawVMSessionStore(SessionStore):
                         if summary is None
                         else {"session_id": session_id, "mtime": stored_mtime, "data": summary}
                     )
-                    if prev is not None:
+                    if prev is not None and summary is not None:
                         prev["data"] = json.loads(summary)
                     folded = fold_session_summary(prev, key, [entry for entry, _ in fresh])
                     values["summary"] = _dump(folded["data"])
@@ -365,7 +368,7 @@ class ClawVMSessionStore(SessionStore):
                 self._advance(transcript, rows[-1][0] + 1, done)
             return
         # The last turn may still receive entries (tool results, more text): it stays open.
-        for (_, turn), (next_start, _) in zip(turns, turns[1:], strict=False):
+        for (_, turn), (next_start, _) in itertools.pairwise(turns):
             sess = self._session(project_key, session_id)
             self._project_turn(sess, turn, done)
             done += 1
