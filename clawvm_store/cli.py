@@ -1363,31 +1363,62 @@ def import_jsonl_command(obj: Context, file: str) -> None:
 
 
 @app.command()
-@click.argument("trace_file")
+@click.argument("trace_file", required=False)
 @click.option("--budget", type=click.IntRange(min=1), required=True, help="Tokens per prompt.")
 @click.option("--policy", type=click.Choice(POLICY_NAMES), default="clawvm", show_default=True)
+@click.option(
+    "--claude-session",
+    default=None,
+    help="Replay this Claude Agent SDK session mirrored in --db instead of a file.",
+)
+@click.option(
+    "--project-key",
+    default=None,
+    help="With --claude-session: the SDK project_key, if the id is mirrored under several.",
+)
 @common_options
 @pass_context
-def replay(obj: Context, trace_file: str, budget: int, policy: str) -> None:
+def replay(
+    obj: Context,
+    trace_file: str | None,
+    budget: int,
+    policy: str,
+    claude_session: str | None,
+    project_key: str | None,
+) -> None:
     """Replay a trace (from `clawvm import`, or a transcript, imported on the fly).
 
     Realistic budgets for real sessions are 2,000 to 64,000 tokens. Prints faults by kind,
-    alerts, hits, thrash and tokens used. Does not use --db.
+    alerts, hits, thrash and tokens used. Uses --db only with --claude-session (a live session
+    mirrored by clawvm_store.integrations.claude_agent_sdk.ClawVMSessionStore); the replay
+    itself runs in a scratch database.
 
     \b
     Example:
       clawvm replay session.trace.json --budget 16000 --policy clawvm
+      clawvm --db agent.db replay --claude-session 5f1c... --budget 16000
     """
     from .replay.harness import run_eval
     from .replay.trace import Trace
 
-    path = Path(trace_file)
-    if path.suffix == ".json":
-        trace = Trace.load(path)
+    if (trace_file is None) == (claude_session is None):
+        fail("give a TRACE_FILE or --claude-session ID (one of them)", 2)
+    if claude_session is not None:
+        try:
+            from .integrations.claude_agent_sdk import mirrored_trace
+        except ImportError:
+            fail('--claude-session needs the extra: pip install "clawvm-store[claude-agent-sdk]"')
+        with obj.open() as store:
+            trace = mirrored_trace(store, claude_session, project_key=project_key)
     else:
-        from .replay.importers import import_transcript
+        assert trace_file is not None
+        path = Path(trace_file)
+        if path.suffix == ".json":
+            trace = Trace.load(path)
+        else:
+            from .replay.importers import import_transcript
 
-        trace = import_transcript(path)
+            trace = import_transcript(path)
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:

@@ -348,6 +348,40 @@ lg_writes = Table(
     Column("created_at", String, nullable=False),
 )
 
+# Claude Agent SDK transcript mirror (clawvm_store.integrations.claude_agent_sdk): one row per
+# transcript key (project_key, session_id, subpath; '' is the main transcript) and its entries
+# verbatim, in append order. ``projected`` is how many leading entries the page projection has
+# consumed (the start of the turn still open); ``turns`` how many turns it has projected.
+claude_transcripts = Table(
+    "claude_transcripts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_key", String, nullable=False),
+    Column("session_id", String, nullable=False),
+    Column("subpath", String, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("mtime_ms", Integer, nullable=False),
+    Column("summary", Text, nullable=True),
+    Column("projected", Integer, nullable=False),
+    Column("turns", Integer, nullable=False),
+    UniqueConstraint("project_key", "session_id", "subpath"),
+)
+
+claude_entries = Table(
+    "claude_entries",
+    metadata,
+    Column(
+        "transcript_id",
+        Integer,
+        ForeignKey("claude_transcripts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("uuid", String, nullable=True),
+    Column("entry", Text, nullable=False),
+    Index("ix_claude_entries_transcript_id_uuid", "transcript_id", "uuid", unique=True),
+)
+
 # Full-text index for recall (SQLite FTS5). It is derived data, rebuilt incrementally from page
 # versions at recall time, so it is not part of this metadata; revision 0003 creates it.
 FTS_TABLE = "pages_fts"

@@ -74,6 +74,7 @@ import json
 import re
 import shlex
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
@@ -129,6 +130,23 @@ def import_transcript(path: str | Path, *, kind: str = "auto", session: str | No
         turns=turns,
         warnings=builder.sorted_warnings(),
     )
+
+
+def claude_code_turns(records: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[int, Turn]]:
+    """Numbered Claude Code records as turns, each with the number of the record that opened it.
+
+    The same rules as ``import_transcript(kind="claude-code")`` (a fresh builder over just these
+    records); the Claude Agent SDK mirror uses it to project only the entries since the turn that
+    is still open, so projecting costs the new entries, not the whole transcript.
+    """
+    builder = _Builder()
+    starts: list[int] = []
+    for number, record in records:
+        before = len(builder.turns)
+        _parse_claude("", [(number, record)], builder)
+        starts.extend([number] * (len(builder.turns) - before))
+    # With no session filter ``finish`` keeps every draft, in order: one turn per start.
+    return list(zip(starts, builder.finish(None, "transcript"), strict=True))
 
 
 def detect_kind(path: str | Path) -> str:
