@@ -279,14 +279,16 @@ class ToolMediator:
                 )
             if idempotency_key is not None and prior.state == "finished":
                 return self._served(prior, "resolved", hit=True)
-        if prior is not None and kind == "read" and not fresh:
+        # Only a pure read's result can be served: a volatile one was stale the moment it came.
+        cached = prior is not None and prior.effect == "read"
+        if cached and kind == "read" and not fresh:
             if prior.state == "finished" and prior.invalidated_at is None:
                 held = session._resident_fidelity(prior.result_key, prior.result_version)
                 resident = held is Fidelity.FULL
                 return self._served(prior, "resident" if resident else "resolved", hit=True)
         duplicate = (
             kind == "read"
-            and prior is not None
+            and cached
             and prior.state == "finished"
             and prior.invalidated_at is None
         )
