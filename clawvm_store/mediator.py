@@ -287,10 +287,7 @@ class ToolMediator:
                 resident = held is Fidelity.FULL
                 return self._served(prior, "resident" if resident else "resolved", hit=True)
         duplicate = (
-            kind == "read"
-            and cached
-            and prior.state == "finished"
-            and prior.invalidated_at is None
+            kind == "read" and cached and prior.state == "finished" and prior.invalidated_at is None
         )
         return self._execute(
             name, arguments, run, kind, signature, touched, idempotency_key, duplicate, cwd
