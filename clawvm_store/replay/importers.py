@@ -612,7 +612,7 @@ READ_VERBS = frozenset(
     }
 )  # fmt: skip
 """Words of a tool name that make an unrecognised tool a pure read."""
-_LOG_FILE = re.compile(r"(?:\.log|\.out|\.err)$|(?:^|/)(?:logs?|tmp)/", re.IGNORECASE)
+_LOG_FILE = re.compile(r"\.(?:log|out|err|output)$|(?:^|/)(?:logs?|tmp)/", re.IGNORECASE)
 
 
 def classify(name: str, args: dict[str, Any]) -> tuple[Effect, dict[str, Any]]:
@@ -642,8 +642,13 @@ def classify(name: str, args: dict[str, Any]) -> tuple[Effect, dict[str, Any]]:
     if WRITE_VERBS.intersection(words):
         return "write", args
     if READ_VERBS.intersection(words):
-        return "read", args
+        return ("volatile" if any(map(_LOG_FILE.search, _arg_paths(args))) else "read"), args
     return "unknown", args
+
+
+def _arg_paths(args: dict[str, Any]) -> list[str]:
+    found = args.get("paths") if isinstance(args.get("paths"), list) else [args.get("path")]
+    return [str(path) for path in found or [] if isinstance(path, str)]
 
 
 def declared_resources(name: str, effect: str) -> list[str] | None:
