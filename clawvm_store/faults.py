@@ -35,6 +35,7 @@ POLICY_FAULTS: tuple[FaultKind, ...] = (
     FaultKind.POST_COMPACTION_BOOTSTRAP,
     FaultKind.SILENT_RECALL,
     FaultKind.FLUSH_MISS,
+    FaultKind.STALE_SERVE,
 )
 
 

@@ -10,9 +10,16 @@
   (``source="resident"``, a ``duplicate_signature`` alert); one whose result was evicted or
   degraded is served by resolving its page (``source="resolved"``, a hit). ``fresh=True`` runs it
   again; running a read while a valid result exists counts a ``duplicate_tool`` fault.
-* Correctness before dedup: a ``write`` call invalidates the cached results of reads that touch
-  the same resources (paths in the arguments, or the resources the caller declares), so the read
-  after an edit runs again, as it must.
+* A result is served from the ledger only when it provably cannot have changed. Effects:
+  ``read`` (a pure read of its resources), ``volatile`` (time, logs, VCS state, processes, the
+  network: never served, always run), ``write`` (changes the resources it names) and ``unknown``
+  (a shell command, a build, a sub-agent: anything may have changed). A ``write`` invalidates
+  the cached reads whose resources overlap its own (the same path, a file under a directory it
+  wrote, a path its glob matches, and the reverse for directory and glob reads); a ``write``
+  that names no resource, and every ``unknown`` call, invalidates every cached read of the
+  project under the call's working directory (all of them when none is known). A read that
+  names no resource is invalidated by any write. Paths are normalised (made absolute against the
+  working directory, ``.``/``..`` folded, symlinks resolved where they exist on this machine).
 * A ``write`` call is never re-run automatically: if the last call with its signature (or its
   idempotency key) was interrupted by a crash, the repeat raises :class:`InterruptedToolCall`
   until the caller confirms with ``fresh=True``. Recovery closes a call that was started and
@@ -21,8 +28,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import os
+import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +51,9 @@ from .representations import canonical_json
 if TYPE_CHECKING:
     from .session import Session
 
-Effect = Literal["read", "write"]
+Effect = Literal["read", "volatile", "write", "unknown"]
+EFFECTS: tuple[Effect, ...] = ("read", "volatile", "write", "unknown")
+"""Every effect a call can have, from the safest to serve to the least known."""
 Source = Literal["executed", "resident", "resolved"]
 
 RESOURCE_ARGUMENTS = (
@@ -89,10 +102,38 @@ def signature_of(name: str, args: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"{name}\x00{canonical_json(dict(args))}".encode()).hexdigest()
 
 
-def resources_of(args: Mapping[str, Any], declared: Sequence[str] | None) -> list[str]:
-    """The resources a call touches: the declared ones, else path-like argument values."""
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def normalize_resource(resource: str, cwd: str | None = None) -> str:
+    """A resource as the ledger compares it.
+
+    A URI or a declared name with a scheme (``https://…``, ``db:orders``) is kept as is. A path
+    is made absolute against ``cwd`` when relative and one is known, its ``.`` and ``..`` folded
+    and a trailing slash dropped; where the path exists on this machine its symlinks are
+    resolved, so two spellings of one file compare equal.
+    """
+    text = resource.strip()
+    if not text or (_SCHEME.match(text) and not _WINDOWS_DRIVE.match(text)):
+        return text
+    text = text.replace("\\", "/") if _WINDOWS_DRIVE.match(text) else text
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    if cwd and not posixpath.isabs(text) and not _WINDOWS_DRIVE.match(text):
+        text = posixpath.join(cwd, text)
+    folded = posixpath.normpath(text)
+    if posixpath.isabs(folded) and os.path.lexists(folded):
+        folded = os.path.realpath(folded)
+    return folded
+
+
+def resources_of(
+    args: Mapping[str, Any], declared: Sequence[str] | None, cwd: str | None = None
+) -> list[str]:
+    """The resources a call touches, normalised: the declared ones, else path-like arguments."""
     if declared is not None:
-        return sorted({str(resource) for resource in declared})
+        return sorted({normalize_resource(str(resource), cwd) for resource in declared} - {""})
     found: set[str] = set()
     for name in RESOURCE_ARGUMENTS:
         value = args.get(name)
@@ -100,7 +141,37 @@ def resources_of(args: Mapping[str, Any], declared: Sequence[str] | None) -> lis
             found.add(value)
         elif isinstance(value, list | tuple):
             found.update(str(item) for item in value if isinstance(item, str))
-    return sorted(found)
+    return sorted({normalize_resource(resource, cwd) for resource in found} - {""})
+
+
+def _covers(outer: str, inner: str) -> bool:
+    """Whether ``outer`` (a path, a directory or a glob) takes in ``inner``."""
+    if outer == inner:
+        return True
+    if inner.startswith(outer.rstrip("/") + "/"):
+        return True
+    return any(ch in outer for ch in "*?[") and fnmatch.fnmatchcase(inner, outer)
+
+
+def overlaps(written: str, read: str) -> bool:
+    """Whether a write of ``written`` can change what a read of ``read`` returned.
+
+    The same resource; a file under a directory that was written (or matched by a glob that was);
+    or a directory or glob read (a listing, a grep) that takes in the written file.
+    """
+    return _covers(written, read) or _covers(read, written)
+
+
+def effect_from_annotations(annotations: Mapping[str, Any], has_resources: bool) -> Effect:
+    """The effect MCP tool annotations imply.
+
+    ``readOnlyHint`` true is a read, and a pure one only when ``openWorldHint`` is false (an
+    open-world tool, the MCP default, reads what others change: volatile). Anything else writes:
+    with the resources its arguments name, or with unknown effect when it names none.
+    """
+    if annotations.get("readOnlyHint") is True:
+        return "read" if annotations.get("openWorldHint") is False else "volatile"
+    return "write" if has_resources else "unknown"
 
 
 def result_key(name: str, signature: str) -> str:
@@ -141,14 +212,18 @@ class ToolMediator:
         args: Mapping[str, Any],
         run: Callable[..., Any],
         *,
-        effect: Effect = "read",
+        effect: str | None = None,
         idempotency_key: str | None = None,
         fresh: bool = False,
         resources: Sequence[str] | None = None,
+        annotations: Mapping[str, Any] | None = None,
+        cwd: str | None = None,
         call_id: str | None = None,
     ) -> ToolResult:
         """Mediate one call; see the module docstring for the rules.
 
+        The effect is, in this order: the one given; the session's rule for the tool
+        (:meth:`Session.configure_tools`); the one MCP ``annotations`` imply; ``read``.
         ``call_id`` is the provider's id of the call (issue 15): the result page records it in
         its provenance (``call_ids``), so the renderers show the page as that call's result.
         """
@@ -158,8 +233,10 @@ class ToolMediator:
             raise InvalidInput("a tool name must be a non-empty string")
         if not isinstance(args, Mapping):
             raise InvalidInput("tool arguments must be a mapping")
-        if effect not in ("read", "write"):
-            raise InvalidInput("effect must be 'read' or 'write'")
+        if annotations is not None and not isinstance(annotations, Mapping):
+            raise InvalidInput("tool annotations must be a mapping")
+        if cwd is not None and not isinstance(cwd, str):
+            raise InvalidInput("a working directory must be a string")
         if not callable(run):
             raise InvalidInput("run must be callable")
         if resources is not None and (
@@ -178,9 +255,28 @@ class ToolMediator:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"tool arguments must be JSON-serializable: {exc}") from None
         signature = signature_of(name, arguments)
-        touched = resources_of(arguments, resources)
         session = self.session
         store = self.store
+        cwd = cwd if cwd is not None else session.cwd
+        touched = resources_of(arguments, resources, cwd)
+        kind = self._effect(name, effect, annotations, bool(touched))
+        if kind == "write" and not touched:
+            kind = "unknown"  # a write that names nothing it changes may have changed anything
+        if kind == "volatile":
+            # What it reads changes on its own (time, logs, VCS state): never served, and running
+            # it again is not a duplicate.
+            return self._execute(
+                name,
+                arguments,
+                run,
+                kind,
+                signature,
+                touched,
+                idempotency_key,
+                False,
+                cwd,
+                provider_id=call_id,
+            )
         with store.db.transaction(write=False) as conn:
             prior = self._prior(conn, signature, idempotency_key)
         if prior is not None and idempotency_key is not None and prior.signature != signature:
@@ -188,7 +284,7 @@ class ToolMediator:
                 f"idempotency key {idempotency_key!r} was already used for another call "
                 f"({prior.call_id}: {prior.name})"
             )
-        if prior is not None and effect == "write" and not fresh:
+        if prior is not None and kind in ("write", "unknown") and not fresh:
             if prior.state in ("started", "interrupted"):
                 raise InterruptedToolCall(
                     f"write call {prior.call_id} ({name}) was interrupted before it finished; "
@@ -197,20 +293,45 @@ class ToolMediator:
                 )
             if idempotency_key is not None and prior.state == "finished":
                 return self._served(prior, "resolved", hit=True)
-        if prior is not None and effect == "read" and not fresh:
+        # Only a pure read's result can be served: a volatile one was stale the moment it came.
+        cached = prior is not None and prior.effect == "read"
+        if cached and kind == "read" and not fresh:
             if prior.state == "finished" and prior.invalidated_at is None:
                 held = session._resident_fidelity(prior.result_key, prior.result_version)
                 resident = held is Fidelity.FULL
                 return self._served(prior, "resident" if resident else "resolved", hit=True)
         duplicate = (
-            effect == "read"
-            and prior is not None
-            and prior.state == "finished"
-            and prior.invalidated_at is None
+            kind == "read" and cached and prior.state == "finished" and prior.invalidated_at is None
         )
         return self._execute(
-            name, arguments, run, effect, signature, touched, idempotency_key, duplicate, call_id
+            name,
+            arguments,
+            run,
+            kind,
+            signature,
+            touched,
+            idempotency_key,
+            duplicate,
+            cwd,
+            provider_id=call_id,
         )
+
+    def _effect(
+        self,
+        name: str,
+        given: str | None,
+        annotations: Mapping[str, Any] | None,
+        has_resources: bool,
+    ) -> Effect:
+        if given is None:
+            given = self.session.tool_rules.get(name)
+        if given is None and annotations is not None:
+            return effect_from_annotations(annotations, has_resources)
+        if given is None:
+            return "read"
+        if given not in EFFECTS:
+            raise InvalidInput(f"effect must be one of {', '.join(EFFECTS)}, not {given!r}")
+        return EFFECTS[EFFECTS.index(given)]
 
     def _prior(self, conn: Connection, signature: str, idempotency_key: str | None) -> Any:
         query = select(t.tool_calls).where(t.tool_calls.c.session_id == self.session.id)
@@ -268,6 +389,7 @@ class ToolMediator:
         touched: list[str],
         idempotency_key: str | None,
         duplicate: bool,
+        cwd: str | None,
         provider_id: str | None = None,
     ) -> ToolResult:
         session = self.session
@@ -352,6 +474,7 @@ class ToolMediator:
                 "failed",
                 effect,
                 touched,
+                cwd,
                 error=str(exc),
                 provider_id=provider_id,
             )
@@ -362,7 +485,7 @@ class ToolMediator:
             _crashpoints.ack("tool_ran", session=session.id, call=row_id)
         content = render_output(output)
         version = self._finish(
-            row_id, call_id, key, content, "finished", effect, touched, provider_id=provider_id
+            row_id, call_id, key, content, "finished", effect, touched, cwd, provider_id=provider_id
         )
         return ToolResult(key, content, "executed", call_id, version)
 
@@ -375,6 +498,7 @@ class ToolMediator:
         state: str,
         effect: Effect,
         touched: list[str],
+        cwd: str | None,
         *,
         error: str | None = None,
         provider_id: str | None = None,
@@ -397,8 +521,7 @@ class ToolMediator:
                     finished_at=store.clock(),
                 )
             )
-            if effect == "write" and touched:
-                invalidate(conn, session.project, touched, store.clock())
+            invalidate_after(conn, session.project, effect, touched, cwd, store.clock())
         if _crashpoints.ACTIVE:
             _crashpoints.ack(
                 "tool_finish",
@@ -437,7 +560,9 @@ class ToolMediator:
     def invalidate(self, resources: Sequence[str]) -> int:
         """Mark cached read results touching ``resources`` stale; returns how many."""
         with self.store.db.transaction() as conn:
-            return invalidate(conn, self.session.project, list(resources), self.store.clock())
+            cwd = self.session.cwd
+            wanted = [normalize_resource(str(resource), cwd) for resource in resources]
+            return invalidate(conn, self.session.project, wanted, self.store.clock())
 
 
 def write_result(
@@ -487,9 +612,46 @@ def write_result(
     return int(page.version)
 
 
-def invalidate(conn: Connection, project: str, resources: Sequence[str], now: str) -> int:
-    """Mark finished read calls of ``project`` that touch any of ``resources`` as stale."""
-    wanted = set(resources)
+def invalidate_after(
+    conn: Connection,
+    project: str,
+    effect: str,
+    touched: Sequence[str],
+    cwd: str | None,
+    now: str,
+) -> int:
+    """Invalidate what a finished (or interrupted) call may have changed; returns how many."""
+    if effect == "write" and touched:
+        return invalidate(conn, project, touched, now)
+    if effect in ("write", "unknown"):
+        return invalidate(conn, project, None, now, under=cwd)
+    return 0
+
+
+def invalidate(
+    conn: Connection,
+    project: str,
+    resources: Sequence[str] | None,
+    now: str,
+    *,
+    under: str | None = None,
+) -> int:
+    """Mark finished read calls of ``project`` that a write of ``resources`` may have changed.
+
+    ``resources=None`` is a write of unknown effect: every cached read under ``under`` (a working
+    directory) goes, or every one when no directory is known. A read that names no resource can
+    depend on anything, so any write invalidates it.
+    """
+    written = None if resources is None else [normalize_resource(r) for r in resources]
+    scope = normalize_resource(under) if under else None
+
+    def stale_after(read: list[str]) -> bool:
+        if not read:
+            return True
+        if written is None:
+            return scope is None or any(overlaps(scope, resource) for resource in read)
+        return any(overlaps(w, r) for w in written for r in read)
+
     stale = [
         row.id
         for row in conn.execute(
@@ -499,7 +661,7 @@ def invalidate(conn: Connection, project: str, resources: Sequence[str], now: st
                 t.tool_calls.c.invalidated_at.is_(None),
             )
         )
-        if wanted & set(json.loads(row.resources))
+        if stale_after(json.loads(row.resources))
     ]
     if stale:
         conn.execute(
@@ -533,8 +695,9 @@ def close_interrupted(store: Any, conn: Connection, session_id: str) -> list[str
                 finished_at=store.clock(),
             )
         )
-        if row.effect == "write":
-            # It may have taken effect before the crash: reads of what it touches are stale.
-            invalidate(conn, row.project, json.loads(row.resources), store.clock())
+        # It may have taken effect before the crash: reads of what it touches are stale.
+        invalidate_after(
+            conn, row.project, row.effect, json.loads(row.resources), None, store.clock()
+        )
         closed.append(row.call_id)
     return closed

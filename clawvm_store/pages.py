@@ -114,6 +114,9 @@ class FaultKind(StrEnum):
     POST_COMPACTION_BOOTSTRAP = "post_compaction_bootstrap"
     SILENT_RECALL = "silent_recall"
     FLUSH_MISS = "flush_miss"
+    # Beyond the paper: a result served without running that differs from what the tool really
+    # returned at that moment (measured where the real output is known: replays of transcripts).
+    STALE_SERVE = "stale_serve"
     DUPLICATE_SIGNATURE = "duplicate_signature"
     PHYSICAL_INSUFFICIENCY = "physical_insufficiency"
 

@@ -295,7 +295,7 @@ tool_calls = Table(
     Column("invalidated_at", String, nullable=True),
     Column("started_at", String, nullable=False),
     Column("finished_at", String, nullable=True),
-    CheckConstraint("effect IN ('read', 'write')", name="effect"),
+    CheckConstraint("effect IN ('read', 'volatile', 'write', 'unknown')", name="effect"),
     CheckConstraint("state IN ('started', 'finished', 'failed', 'interrupted')", name="state"),
     UniqueConstraint("session_id", "call_id"),
     Index("ix_tool_calls_session_id_signature", "session_id", "signature"),

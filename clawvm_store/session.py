@@ -31,7 +31,7 @@ from . import schema as t
 from .assembler import Assembler, Assembly, Weights
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, PreparedUpdate, WritebackResult, check_key, row_to_entry
-from .mediator import ToolCallRecord, ToolMediator, ToolResult
+from .mediator import EFFECTS, ToolCallRecord, ToolMediator, ToolResult
 from .messages import Message, build_envelope, key_seq, message_key
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
@@ -122,6 +122,8 @@ class Session:
         self._closed = False
         self._assembler = Assembler(store, project, session_id)
         self._mediator = ToolMediator(self)
+        self.cwd: str | None = None
+        self.tool_rules: dict[str, str] = {}
         # Set by compaction and reset: the next prompt must carry every bootstrap page.
         self._after_destructive = False
 
@@ -614,10 +616,12 @@ class Session:
         args: Mapping[str, Any],
         run: Callable[..., Any],
         *,
-        effect: str = "read",
+        effect: str | None = None,
         idempotency_key: str | None = None,
         fresh: bool = False,
         resources: Sequence[str] | None = None,
+        annotations: Mapping[str, Any] | None = None,
+        cwd: str | None = None,
         call_id: str | None = None,
     ) -> ToolResult:
         """Run a tool through the durable ledger; ``run(**args)`` is called only when needed.
@@ -627,20 +631,47 @@ class Session:
 
         Returns ``ToolResult(key, content, source)`` where ``source`` is ``"executed"``,
         ``"resident"`` (a repeat served from the prompt, a ``duplicate_signature`` alert) or
-        ``"resolved"`` (a repeat served from its page without running, a hit). See
-        :mod:`clawvm_store.mediator` for the rules, including invalidation by ``write`` calls.
+        ``"resolved"`` (a repeat served from its page without running, a hit). ``effect`` is
+        ``read``, ``volatile`` (never served), ``write`` or ``unknown``; when not given it comes
+        from the session's rule for the tool, else from MCP ``annotations``
+        (``readOnlyHint``, ``openWorldHint``, ``destructiveHint``), else ``read``. ``cwd``
+        (default: the session's) anchors relative paths. See :mod:`clawvm_store.mediator` for
+        the rules, including invalidation by writes.
         """
         self._require_open()
         return self._mediator.call(
             name,
             args,
             run,
-            effect=effect,  # type: ignore[arg-type]
+            effect=effect,
             idempotency_key=idempotency_key,
             fresh=fresh,
             resources=resources,
+            annotations=annotations,
+            cwd=cwd,
             call_id=call_id,
         )
+
+    def configure_tools(
+        self, *, cwd: str | None = None, rules: Mapping[str, str] | None = None
+    ) -> None:
+        """Set the working directory relative paths resolve against, and per-tool effects.
+
+        ``rules`` maps a tool name to its effect (``read``, ``volatile``, ``write``,
+        ``unknown``); a call's own ``effect`` still wins. Settings last for this object.
+        """
+        if cwd is not None:
+            if not isinstance(cwd, str) or not cwd.strip():
+                raise InvalidInput("a working directory must be a non-empty string")
+            self.cwd = cwd
+        if rules is not None:
+            bad = {tool: effect for tool, effect in rules.items() if effect not in EFFECTS}
+            if bad:
+                tool, effect = next(iter(bad.items()))
+                raise InvalidInput(
+                    f"tool {tool!r}: effect must be one of {', '.join(EFFECTS)}, not {effect!r}"
+                )
+            self.tool_rules.update(rules)
 
     def tool_history(self) -> list[ToolCallRecord]:
         """Every tool call of this session with its one result, in call order."""

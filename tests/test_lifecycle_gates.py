@@ -895,9 +895,10 @@ def test_crash_inside_a_write_call_is_interrupted_not_rerun(tmp_path: Path, via:
             ("t1.2", "finished"),
         ]
         assert_one_result_per_call(store, history)
-        # Reads from before the crash are still served without running.
-        repeat = sess.tool_call("grep", {"pattern": "TODO"}, lambda pattern: "must not run")
-        assert repeat.source == "resolved" and repeat.content == "notes.txt:1: TODO ship"
+        # A read from before the crash that names no file can depend on the one just written:
+        # it runs again (serving "TODO ship" after notes.txt became "v2: shipped" is stale).
+        repeat = sess.tool_call("grep", {"pattern": "TODO"}, lambda pattern: "(no match)")
+        assert repeat.source == "executed" and repeat.content == "(no match)"
         sess.close()
 
         assert store.recover().changed is False
@@ -913,6 +914,7 @@ def test_crash_inside_a_write_call_is_interrupted_not_rerun(tmp_path: Path, via:
             "finished",
             "interrupted",
             "finished",
+            "finished",  # the grep, run again after the write
         ]
         assert_no_faults(reopened, SESSION)
 

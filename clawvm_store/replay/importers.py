@@ -82,7 +82,7 @@ from typing import Any, Literal
 from ..errors import InvalidInput
 from .trace import ToolStep, Trace, Turn
 
-Effect = Literal["read", "write"]
+Effect = Literal["read", "volatile", "write", "unknown"]
 
 KINDS = ("claude-code", "codex", "copilot", "gemini-cli", "antigravity", "aider")
 """The transcript formats :func:`import_transcript` reads (plus ``"auto"``)."""
@@ -471,9 +471,14 @@ class _Builder:
                         ToolStep(
                             name=call.name,
                             args=call.args,
-                            effect=call.effect,
+                            # A read whose result the transcript lost (cut by a compaction, or
+                            # never written) cannot be served later: nobody saw what it returned.
+                            effect="volatile"
+                            if call.output is None and call.effect == "read"
+                            else call.effect,
                             output=call.output or "",
                             call_id=call.call_id,
+                            resources=declared_resources(call.name, call.effect),
                         )
                         for call in draft.tools
                     ],
@@ -602,6 +607,31 @@ _PATH_ALIASES = (
 _COMMAND_KEYS = ("command", "cmd", "CommandLine", "commandLine")
 
 
+VOLATILE_COMMANDS = frozenset(
+    {
+        "date", "ps", "pgrep", "lsof", "uptime", "top", "free", "who", "w", "netstat", "ss",
+        "get-date", "get-process", "sleep", "time", "jobs",
+    }
+)  # fmt: skip
+"""Read-only commands whose output changes on its own (time, processes, the network)."""
+VOLATILE_TOOLS = frozenset(
+    {
+        "bashoutput", "bash_output", "taskoutput", "task_output", "killshell", "read_output",
+        "get_output", "command_status", "get_terminal_output", "webfetch", "web_fetch",
+        "websearch", "web_search", "fetch", "read_url_content", "google_web_search",
+    }
+)  # fmt: skip
+"""Tools that read state others change: background output, the web."""
+READ_VERBS = frozenset(
+    {
+        "read", "view", "get", "list", "ls", "search", "find", "grep", "glob", "show", "cat",
+        "open", "lookup", "query", "describe", "inspect", "stat", "tree", "diff", "dir",
+    }
+)  # fmt: skip
+"""Words of a tool name that make an unrecognised tool a pure read."""
+_LOG_FILE = re.compile(r"\.(?:log|out|err|output)$|(?:^|/)(?:logs?|tmp)/", re.IGNORECASE)
+
+
 def classify(name: str, args: dict[str, Any]) -> tuple[Effect, dict[str, Any]]:
     """The effect of a call and its arguments with the file argument normalised to ``path``."""
     args = _normalise_paths(args)
@@ -609,12 +639,12 @@ def classify(name: str, args: dict[str, Any]) -> tuple[Effect, dict[str, Any]]:
     if lname in SHELL_TOOLS:
         command = _command_text(args)
         if command is None:
-            return "write", args
+            return "unknown", args
         read_only, paths = shell_analysis(command)
         if read_only:
             _add_paths(args, paths)
-            return "read", args
-        return "write", args
+            return ("volatile" if shell_is_volatile(command, paths) else "read"), args
+        return "unknown", args
     if lname in PATCH_TOOLS:
         patch = _patch_text(args)
         _add_paths(args, patch_paths(patch), always_list=True)
@@ -622,10 +652,45 @@ def classify(name: str, args: dict[str, Any]) -> tuple[Effect, dict[str, Any]]:
     if lname == "exec" and isinstance(args.get("input"), str):
         return _code_mode(args)
     if lname in SUBAGENT_TOOLS:
+        return "unknown", args
+    if lname in VOLATILE_TOOLS:
+        return "volatile", args
+    words = _name_words(name)
+    if WRITE_VERBS.intersection(words):
         return "write", args
-    if WRITE_VERBS.intersection(_name_words(name)):
-        return "write", args
-    return "read", args
+    if READ_VERBS.intersection(words):
+        return ("volatile" if any(map(_LOG_FILE.search, _arg_paths(args))) else "read"), args
+    return "unknown", args
+
+
+def _arg_paths(args: dict[str, Any]) -> list[str]:
+    found = args.get("paths") if isinstance(args.get("paths"), list) else [args.get("path")]
+    return [str(path) for path in found or [] if isinstance(path, str)]
+
+
+def declared_resources(name: str, effect: str) -> list[str] | None:
+    """What a write that names no file changes, where the tool says it by its name.
+
+    A to-do list (``TodoWrite``, ``update_todos``) is the agent's own note, not a file: its write
+    changes only ``todo:``, so it does not count as a write of unknown effect.
+    """
+    if effect == "write" and {"todo", "todos"} & _name_words(name):
+        return ["todo:"]
+    return None
+
+
+def shell_is_volatile(command: str, paths: Sequence[str]) -> bool:
+    """Whether a read-only script reads state that changes on its own.
+
+    The clock, processes and the network (:data:`VOLATILE_COMMANDS`), version-control state
+    (``git status``, ``git log``, ``git diff``, …: commits and edits move it) and log files (a
+    path ending ``.log``/``.out``/``.err``, or under a ``log``/``logs``/``tmp`` directory).
+    """
+    words = re.findall(r"[A-Za-z][\w.-]*", command)
+    names = {_command_name(word) for word in words}
+    if VOLATILE_COMMANDS.intersection(names) or "git" in names:
+        return True
+    return any(_LOG_FILE.search(path) for path in paths)
 
 
 def _normalise_paths(args: dict[str, Any]) -> dict[str, Any]:

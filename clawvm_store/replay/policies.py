@@ -28,11 +28,12 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 
+from .. import faults as fault_log
 from .. import schema as t
 from ..assembler import Candidate, Weights, choose
 from ..errors import NotFound
-from ..mediator import result_key, signature_of
-from ..pages import Fidelity
+from ..mediator import render_output, result_key, signature_of
+from ..pages import FaultKind, Fidelity
 from ..session import Session
 from ..store import Store
 from .trace import StageStep, ToolStep, Turn
@@ -105,10 +106,20 @@ class Policy:
         )
 
     def tool(self, sess: Session, step: ToolStep) -> str:
-        """Make a tool call; return the key of the evidence page holding its result."""
+        """Make a tool call; return the key of the evidence page holding its result.
+
+        A result served without running is checked against the output the real tool returned
+        at this point of the transcript: a difference is a ``stale_serve`` fault.
+        """
         result = sess.tool_call(
-            step.name, step.args, run=lambda **_: step.output, effect=step.effect
+            step.name,
+            step.args,
+            run=lambda **_: step.output,
+            effect=step.effect,
+            resources=step.resources,
         )
+        if result.source != "executed":
+            check_served(sess, step, result.content)
         return result.key
 
     def boundary(self, sess: Session, event: str, turn: Turn) -> None:
@@ -157,6 +168,40 @@ class OraclePolicy(Policy):
         return result.tokens if result.feasible else 0
 
 
+def first_difference(served: str, real: str) -> int:
+    """The index of the first character where two texts differ (the shorter's length if none)."""
+    for index, (a, b) in enumerate(zip(served, real, strict=False)):
+        if a != b:
+            return index
+    return min(len(served), len(real))
+
+
+def check_served(sess: Session, step: ToolStep, served: str) -> bool:
+    """Record a ``stale_serve`` fault when ``served`` is not what the real tool returned."""
+    real = render_output(step.output)
+    if served == real:
+        return False
+    detail = {
+        "tool": step.name,
+        "args": step.args,
+        "served_chars": len(served),
+        "real_chars": len(real),
+        "first_difference": first_difference(served, real),
+    }
+    row = fault_log.fault_row(
+        session_id=sess.id,
+        project=sess.project,
+        turn=sess.turn,
+        kind=FaultKind.STALE_SERVE.value,
+        key=tool_key(step),
+        detail=detail,
+        at=sess.store.clock(),
+    )
+    with sess.store.db.transaction(sync="normal") as conn:
+        fault_log.record(conn, [row])
+    return True
+
+
 def tool_key(step: ToolStep) -> str:
     """The evidence page a tool step's result lands in."""
     return result_key(step.name, signature_of(step.name, step.args))
@@ -178,7 +223,7 @@ class RetrievalPolicy(Policy):
     def tool(self, sess: Session, step: ToolStep) -> str:
         signature = (sess.id, signature_of(step.name, step.args))
         key = tool_key(step)
-        if step.effect == "write":
+        if step.effect in ("write", "unknown"):
             self.called.add(signature)
             self.cache.clear()  # a write may change what any cached read saw
             return super().tool(sess, step)

@@ -31,9 +31,10 @@ class ToolStep(_Model):
 
     name: str = Field(min_length=1)
     args: dict[str, Any] = Field(default_factory=dict)
-    effect: Literal["read", "write"] = "read"
+    effect: Literal["read", "volatile", "write", "unknown"] = "read"
     output: str = ""
     call_id: str | None = None  # the transcript's own id, kept for reference only
+    resources: list[str] | None = None  # what it touches, when its arguments do not say
 
 
 class StageStep(_Model):
