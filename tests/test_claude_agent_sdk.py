@@ -376,6 +376,7 @@ def test_clawvm_faults_on_the_mirrored_session(mirrored: Path) -> None:
         "post_compaction_bootstrap": 0,
         "silent_recall": 0,
         "flush_miss": 0,
+        "stale_serve": 0,
         "duplicate_signature": 1,
         "physical_insufficiency": 0,
     }
