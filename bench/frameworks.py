@@ -99,7 +99,6 @@ async def main(turns: int, budget: int) -> None:
     from agents import SQLiteSession
 
     import clawvm_store as cvm
-    from clawvm_store.session import Session
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -111,8 +110,6 @@ async def main(turns: int, budget: int) -> None:
         print("OpenAI Agents SDK")
         print(line("SQLiteSession.add_items", base["add_items"]))
         print(line("SQLiteSession.get_items()", base["get_items"]))
-        if not hasattr(Session, "append_message"):
-            print("  (messages API not merged: ClawVMSession runs on its Session.stage stand-in)")
         from clawvm_store.integrations.openai_agents import ClawVMSession
 
         with cvm.Store.open(root / "clawvm.db") as store:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,21 @@ from sqlalchemy import text as sql_text
 from . import schema as t
 from .errors import FloorShortfall, InsufficientBudget, InvalidInput
 from .journal import LATEST_EVENT
+from .messages import key_seq
 from .pages import POLICIES, Fidelity, PageType, Pin, Scope
+from .render import (
+    FORMS,
+    Block,
+    Conversation,
+    Form,
+    Partners,
+    build_conversation,
+    message_seq,
+    rendered_tokens,
+    to_anthropic,
+    to_openai_chat,
+    to_openai_responses,
+)
 from .segments import read_texts
 from .tokens import TokenCounter
 
@@ -132,6 +147,10 @@ class Candidate:
     required: Reason | None = None  # why it is in every floor (demand aside)
     rung_of: dict[Fidelity, int] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
+    # A message page's provider envelope (role, tool calls, call id, name); the provider call
+    # ids an evidence page is the result of. What the renderers pair calls and results by.
+    envelope: dict[str, Any] | None = None
+    answers: tuple[str, ...] = ()
     # Caches, not part of the page: never compared or shown (a climb's steps point back at it).
     _static: tuple[Weights, float] | None = field(default=None, compare=False, repr=False)
     _climb: _Climb | None = field(default=None, compare=False, repr=False)
@@ -200,6 +219,36 @@ class Assembly:
     missing: list[str] = field(default_factory=list)
     shortfall: InsufficientBudget | None = None
     assembly_id: int | None = None
+    # The prompt as a provider conversation (clawvm_store.render); ``form`` is the one whose
+    # rendered size ``tokens`` counts and the budget bounds ("text": the text form).
+    conversation: Conversation = field(default_factory=lambda: Conversation((), ()))
+    form: Form = "text"
+
+    def to_openai_chat(self) -> list[dict[str, Any]]:
+        """The prompt as OpenAI Chat Completions ``messages`` (contract).
+
+        One system message (the fixed region and every page that is not a message), then the
+        recorded messages; each assistant tool call is followed by exactly its result. See
+        :mod:`clawvm_store.render` for the pairing rules.
+        """
+        return to_openai_chat(self.conversation)
+
+    def to_openai_responses(self) -> list[dict[str, Any]]:
+        """The prompt as OpenAI Responses ``input`` items (contract): messages,
+        ``function_call`` and ``function_call_output`` items, every call followed by its output."""
+        return to_openai_responses(self.conversation)
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """The prompt as Anthropic Messages ``{"system": [...], "messages": [...]}`` (contract):
+        user and assistant alternate, tool results are ``tool_result`` blocks answering the
+        ``tool_use`` blocks of the message before."""
+        return to_anthropic(self.conversation)
+
+    def rendered_tokens(self, form: Form, counter: TokenCounter) -> int:
+        """What the prompt costs in ``form``, counted as the assembler counts it for a budget."""
+        if form == "text":
+            return counter.count(self.text)
+        return rendered_tokens(self.conversation, form, counter)
 
 
 @dataclass
@@ -472,7 +521,9 @@ _UNPLANNED: Any = object()
 _TABLE_SQL = """
 SELECT pages.id, pages.key, pages.type, pages.version, pages.pin, pages.priority, pages.scope,
        pages.deleted, page_versions.lsn, representations.fidelity, representations.tokens,
-       representations.source
+       representations.source,
+       CASE WHEN pages.key LIKE 'conversation/m-%' THEN page_versions.fields END AS fields,
+       CASE WHEN pages.type = 'evidence' THEN page_versions.provenance END AS provenance
 FROM journal
 {join} page_versions ON page_versions.lsn = journal.lsn
 {join} pages ON pages.id = page_versions.page_id AND pages.version = page_versions.version
@@ -528,6 +579,11 @@ class PageTable:
         self._favoured: list[tuple[float, str]] = []  # (-static utility, key), soft pin or priority
         self._changed: set[str] = set()  # visible keys whose page changed since take_changed()
         self._listed: list[Candidate] | None = None
+        # Provider call id -> the visible pages that make it, answer it with a ``tool`` message
+        # (both as sorted (seq, key)) or are its linked result (keys): the renderers' lookups.
+        self._callers: dict[str, list[tuple[int, str]]] = {}
+        self._answers: dict[str, list[tuple[int, str]]] = {}
+        self._linked: dict[str, list[str]] = {}
 
     def refresh(self, conn: Connection) -> None:
         """Bring the table up to date with the database."""
@@ -560,6 +616,7 @@ class PageTable:
                     header_tokens=self.counter.count(_header(row.key, Fidelity.FULL)),
                     ladder=tuple(reversed(POLICIES[page_type].ladder)),
                 )
+                candidate.envelope, candidate.answers = _links(row.key, row.fields, row.provenance)
                 fresh[row.id] = candidate
             if row.fidelity is not None:
                 fidelity = Fidelity(row.fidelity)
@@ -610,6 +667,7 @@ class PageTable:
             return
         self._listed = None
         if before is not None:
+            self._link(before, add=False)
             self._required.pop(key, None)
             if not bulk:
                 _remove(self._by_lsn, (before.lsn, key))
@@ -622,6 +680,7 @@ class PageTable:
             self._changed.discard(key)
             return
         self.visible[key] = after
+        self._link(after, add=True)
         if not bulk:
             if before is None:
                 bisect.insort(self._keys, key)
@@ -631,6 +690,52 @@ class PageTable:
         if after.required is not None:
             self._required[key] = after
         self._changed.add(key)
+
+    def _link(self, candidate: Candidate, *, add: bool) -> None:
+        """Enter (or remove) a page in the call-id indexes."""
+        envelope = candidate.envelope
+        if envelope is not None:
+            entry = (message_seq(candidate.key), candidate.key)
+            targets = [
+                (self._callers, str(call["id"])) for call in envelope.get("tool_calls") or ()
+            ]
+            if envelope.get("role") == "tool" and envelope.get("tool_call_id"):
+                targets.append((self._answers, str(envelope["tool_call_id"])))
+            for index, call_id in targets:
+                entries = index.setdefault(call_id, [])
+                if add:
+                    bisect.insort(entries, entry)
+                else:
+                    _remove(entries, entry)
+                    if not entries:
+                        del index[call_id]
+        for call_id in candidate.answers:
+            keys = self._linked.setdefault(call_id, [])
+            if add:
+                keys.append(candidate.key)
+            else:
+                if candidate.key in keys:
+                    keys.remove(candidate.key)
+                if not keys:
+                    del self._linked[call_id]
+
+    def result_of(self, call_id: str, after_seq: int) -> Candidate | None:
+        """The page holding the result of ``call_id`` made at message ``after_seq``: the first
+        ``tool`` message after it answering the call, else the newest evidence page linked."""
+        for seq, key in self._answers.get(call_id, ()):
+            if seq > after_seq:
+                return self.visible[key]
+        linked = self._linked.get(call_id)
+        return self.visible[linked[-1]] if linked else None
+
+    def caller_of(self, call_id: str, before_seq: int) -> Candidate | None:
+        """The last assistant message before ``before_seq`` that made ``call_id``."""
+        found = None
+        for seq, key in self._callers.get(call_id, ()):
+            if seq >= before_seq:
+                break
+            found = self.visible[key]
+        return found
 
     def candidates(self) -> list[Candidate]:
         """Every visible page by key, a session's own page shadowing a project page's key."""
@@ -702,6 +807,41 @@ def _remove(ordered: list[Any], item: Any) -> None:
     index = bisect.bisect_left(ordered, item)
     if index < len(ordered) and ordered[index] == item:
         del ordered[index]
+
+
+def _block(item: RenderItem) -> Block:
+    """A rendered item as the conversation builder takes it."""
+    candidate = item.candidate
+    envelope = candidate.envelope
+    content = None
+    if envelope is not None and item.fidelity is Fidelity.FULL:
+        # A message with no text (tool calls only) is stored with a placeholder.
+        placeholder = f"[{envelope.get('role')} message {envelope.get('seq')}]"
+        content = "" if item.text == placeholder else item.text
+    return Block(
+        key=candidate.key,
+        rendered=item.header + item.text,
+        text=item.text,
+        content=content,
+        envelope=envelope,
+        answers=candidate.answers,
+    )
+
+
+def _links(
+    key: str, fields: str | None, provenance: str | None
+) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """A page's provider envelope (message pages) and the call ids it answers (evidence)."""
+    envelope = None
+    if fields and key_seq(key) is not None:
+        found = json.loads(fields).get("message")
+        envelope = found if isinstance(found, dict) else None
+    answers: tuple[str, ...] = ()
+    if provenance:
+        linked = json.loads(provenance).get("call_ids")
+        if isinstance(linked, list):
+            answers = tuple(str(call_id) for call_id in linked)
+    return envelope, answers
 
 
 def _header(key: str, fidelity: Fidelity) -> str:
@@ -1059,8 +1199,13 @@ class Assembler:
         turn: int = 0,
         observe: Callable[[Sequence[RenderItem], bool], list[dict[str, Any]]] | None = None,
         boost: Mapping[str, float] | None = None,
+        form: Form = "text",
     ) -> Assembly:
         """Build the prompt; see the module docstring for the algorithm.
+
+        ``form`` is what the budget bounds: the text (``"text"``) or a provider conversation
+        (``"openai_chat"``, ``"openai_responses"``, ``"anthropic"``), counted as
+        :mod:`clawvm_store.render` documents.
 
         ``observe(items, feasible)`` returns fault rows to record with the assembly, in the same
         transaction (the fault observer's hook).
@@ -1086,6 +1231,8 @@ class Assembler:
             raise InvalidInput("boost must map page keys to numbers")
         if on_insufficient not in ("raise", "report"):
             raise InvalidInput("on_insufficient must be 'raise' or 'report'")
+        if form not in FORMS:
+            raise InvalidInput(f"form must be one of {', '.join(FORMS)}, not {form!r}")
         wanted = frozenset(demand)
         counter: TokenCounter = self.store.counter
         with self.store.db.transaction(write=False) as conn:
@@ -1119,8 +1266,11 @@ class Assembler:
                 pins=self.pins,
             )
             by_id = {candidate.page_id: candidate for candidate in candidates}
-            texts = self._texts(conn, by_id, selection)
-        items, text, messages, tokens = self._fit(fixed, by_id, selection, texts, effective)
+            partners = self._partner_pages(by_id, selection)
+            texts = self._texts(conn, {**by_id, **partners}, selection, partners)
+        items, text, messages, tokens, conversation = self._fit(
+            fixed, by_id, selection, texts, effective, form
+        )
         # Judged on the exact count: the per-page estimates only rank and pre-filter.
         feasible = tokens <= effective
         shortfall = None
@@ -1172,6 +1322,8 @@ class Assembler:
             fixed_tokens=fixed_tokens,
             missing=sorted(key for key in wanted if key not in present),
             shortfall=shortfall,
+            conversation=conversation,
+            form=form,
         )
         if record:
             extra = observe(items, feasible) if observe is not None else []
@@ -1184,15 +1336,54 @@ class Assembler:
                 raise shortfall
         return assembly
 
+    def _partner_pages(
+        self, by_id: Mapping[int, Candidate], selection: Selection
+    ) -> dict[int, Candidate]:
+        """The result pages of the tool calls the chosen messages make: their pointer text is
+        the result when the page itself is not in the prompt (clawvm_store.render)."""
+        found: dict[int, Candidate] = {}
+        for page_id in selection.chosen:
+            envelope = by_id[page_id].envelope
+            if envelope is None or not envelope.get("tool_calls"):
+                continue
+            seq = message_seq(by_id[page_id].key)
+            for call in envelope["tool_calls"]:
+                result = self.table.result_of(str(call["id"]), seq)
+                if result is not None:
+                    found[result.page_id] = result
+        return found
+
+    def _partners(self, texts: Mapping[tuple[int, Fidelity], tuple[str, Fidelity]]) -> Partners:
+        table = self.table
+
+        def result(call_id: str, after_seq: int) -> str | None:
+            page = table.result_of(call_id, after_seq)
+            found = texts.get((page.page_id, Fidelity.POINTER)) if page is not None else None
+            return found[0] if found is not None else None
+
+        def caller(call_id: str, before_seq: int) -> tuple[int, Mapping[str, Any]] | None:
+            page = table.caller_of(call_id, before_seq)
+            if page is None or page.envelope is None:
+                return None
+            return message_seq(page.key), page.envelope
+
+        return Partners(result=result, caller=caller)
+
     def _texts(
-        self, conn: Connection, by_id: Mapping[int, Candidate], selection: Selection
+        self,
+        conn: Connection,
+        by_id: Mapping[int, Candidate],
+        selection: Selection,
+        pointers: Iterable[int] = (),
     ) -> dict[tuple[int, Fidelity], tuple[str, Fidelity]]:
-        """Text and true source of each chosen rung and of each rung an undo could fall back to.
+        """Text and true source of each chosen rung, of each rung an undo could fall back to,
+        and the pointer of each page in ``pointers``.
 
         Read in the same snapshot as the page table, so versions always match.
         """
         wanted = {(page_id, fidelity) for page_id, fidelity in selection.chosen.items()}
         wanted.update((page_id, before) for page_id, before in selection.upgrades if before)
+        wanted.update((page_id, Fidelity.POINTER) for page_id in pointers)
         # A version's texts never change: last turn's are reused, only the rest are read.
         cached = self._text_cache
         kept: dict[tuple[int, int, Fidelity], tuple[str, Fidelity]] = {}
@@ -1223,11 +1414,13 @@ class Assembler:
         selection: Selection,
         texts: Mapping[tuple[int, Fidelity], tuple[str, Fidelity]],
         budget: int,
-    ) -> tuple[list[RenderItem], str, list[dict[str, str]], int]:
-        """Render and count exactly; undo upgrades, last first, until the text fits."""
+        form: Form = "text",
+    ) -> tuple[list[RenderItem], str, list[dict[str, str]], int, Conversation]:
+        """Render and count exactly; undo upgrades, last first, until ``form`` fits."""
         chosen = dict(selection.chosen)
         undo = list(selection.upgrades)
         counter: TokenCounter = self.store.counter
+        partners = self._partners(texts)
         while True:
             items = render_order(
                 RenderItem(
@@ -1241,10 +1434,14 @@ class Assembler:
                 for page_id, fidelity in chosen.items()
             )
             text, messages, parts = _render(fixed, items)
-            # Exact: the text tokenized as one string, from the blocks' cached counts.
-            tokens = counter.count_joined(parts)
+            conversation = build_conversation(fixed, [_block(item) for item in items], partners)
+            if form == "text":
+                # Exact: the text tokenized as one string, from the blocks' cached counts.
+                tokens = counter.count_joined(parts)
+            else:
+                tokens = rendered_tokens(conversation, form, counter)
             if tokens <= budget or not undo:
-                return items, text, messages, tokens
+                return items, text, messages, tokens, conversation
             page_id, before = undo.pop()
             if before is None:
                 del chosen[page_id]

@@ -372,6 +372,7 @@ class Session:
         demand: Sequence[str] = (),
         on_insufficient: str = "raise",
         boost: Mapping[str, float] | None = None,
+        form: str = "text",
     ) -> Assembly:
         """Assemble this turn's prompt from committed state under ``budget`` tokens.
 
@@ -380,7 +381,10 @@ class Session:
         floor does not fit, :class:`InsufficientBudget` is raised (``on_insufficient="raise"``)
         or the floor is returned with ``feasible=False`` (``"report"``); either way the event is
         recorded. The text, tokenized as one string, never exceeds the budget. ``boost`` adds
-        utility to pages by key (the evaluation's lookahead oracle uses it).
+        utility to pages by key (the evaluation's lookahead oracle uses it). ``form`` is what
+        the budget bounds: the text, or the conversation ``asm.to_openai_chat()``,
+        ``to_openai_responses()`` or ``to_anthropic()`` returns (``"openai_chat"``,
+        ``"openai_responses"``, ``"anthropic"``), counted as :mod:`clawvm_store.render` says.
         """
         self._require_open()
         turn = self.turn
@@ -408,6 +412,7 @@ class Session:
             turn=turn,
             observe=observe,
             boost=boost,
+            form=form,  # type: ignore[arg-type]  # checked by the assembler
         )
 
     def _row(self, kind: str, key: str | None, detail: Any, turn: int) -> dict[str, Any]:

@@ -79,7 +79,10 @@ async def main(db: str, workdir: Path, kind: str) -> None:
     agent = Agent(
         name="ops",
         model=model,
-        tools=[mediated(read_file, ledger), mediated(deploy, ledger, effect="write")],
+        tools=[
+            mediated(read_file, ledger),
+            mediated(deploy, ledger, effect="write", resources=["service:prod"]),
+        ],
     )
     await Runner.run(agent, "ship it", session=history)
 

@@ -27,7 +27,6 @@ from agents import Agent, Runner, SQLiteSession, function_tool, set_tracing_disa
 from agents_model import ScriptedModel, call, check_pairing, say
 
 import clawvm_store as cvm
-from clawvm_store.integrations._messages_fallback import messages_api
 from clawvm_store.integrations.openai_agents import ClawVMSession, mediated
 
 set_tracing_disabled(True)
@@ -180,7 +179,10 @@ def resume_after_kill(
     agent = Agent(
         name="ops",
         model=model,
-        tools=[mediated(read_file, ledger), mediated(deploy, ledger, effect="write")],
+        tools=[
+            mediated(read_file, ledger),
+            mediated(deploy, ledger, effect="write", resources=["service:prod"]),
+        ],
     )
     result = run(Runner.run(agent, "go on", session=history))
     assert result.final_output == "checked"
@@ -370,7 +372,7 @@ def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
         session = ClawVMSession("kinds", store)
         run(session.add_items(TOOL_ITEMS))
         assert run(session.get_items()) == TOOL_ITEMS
-        recorded = [(m.role, m.tool_call_id) for m in messages_api(session.session).messages()]
+        recorded = [(m.role, m.tool_call_id) for m in session.session.messages()]
         assert recorded == [
             ("user", None),
             ("assistant", None),
@@ -379,7 +381,7 @@ def test_items_of_every_kind_round_trip_verbatim(tmp_path: Path) -> None:
             ("assistant", None),
             ("system", None),
         ]
-        assert messages_api(session.session).messages()[1].tool_calls[0]["id"] == "c1"
+        assert session.session.messages()[1].tool_calls[0]["id"] == "c1"
         session.close()
 
 

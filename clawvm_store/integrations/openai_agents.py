@@ -37,15 +37,14 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
 from .. import schema as t
 from ..errors import ClawVMError, InterruptedToolCall
-from ..mediator import signature_of
+from ..mediator import EFFECTS, Effect, signature_of
 from ..store import Store
-from ._messages_fallback import messages_api
 
 try:
     from agents.tool import FunctionTool
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClawVMSession", "mediated"]
 
-Effect = Literal["read", "write"]
 
 # One Store per database in a process: the engine keeps one writer connection per process, and
 # SQLiteSession users routinely open several sessions on one file.
@@ -227,8 +225,6 @@ class ClawVMSession:
             if self._key is not None:
                 _release(self._key)
             raise
-        # The messages API, or its stand-in on Session.stage until issue15-messages is merged.
-        self._msgs = messages_api(self.session)
         self._closed = False
         self._dirty = False
         # Call ids whose output the agent has recorded: a finished write whose id is not here
@@ -246,7 +242,7 @@ class ClawVMSession:
         """Call ids that have a recorded ``function_call_output`` in this session."""
         if self._answered is None:
             self._answered = {
-                str(m.tool_call_id) for m in self._msgs.messages() if m.role == "tool"
+                str(m.tool_call_id) for m in self.session.messages() if m.role == "tool"
             }
         return self._answered
 
@@ -258,7 +254,7 @@ class ClawVMSession:
         resolved = limit if limit is not None else self._settings_limit()
         if resolved == 0:
             return []
-        items = [item_of(message) for message in self._msgs.messages()]
+        items = [item_of(message) for message in self.session.messages()]
         if resolved is None or resolved < 0:
             # SQLite's LIMIT with a negative value means no limit; SQLiteSession inherits that.
             return items
@@ -273,7 +269,7 @@ class ClawVMSession:
             # Assembly reads committed state: write back what add_items staged.
             self.session.flush()
             self._dirty = False
-        messages = self._msgs.messages()
+        messages = self.session.messages()
         # The newest turn (from the last user message on) is boosted so the budget keeps it
         # whole before spending on older pages.
         start = max(
@@ -282,9 +278,13 @@ class ClawVMSession:
         )
         boost = {m.key: 100.0 for m in messages[start:]}
         asm = self.session.assemble(
-            self.budget or 0, fixed=self.fixed, on_insufficient="report", boost=boost
+            self.budget or 0,
+            fixed=self.fixed,
+            on_insufficient="report",
+            boost=boost,
+            form="openai_responses",
         )
-        return list(self._msgs.to_openai_responses(asm))
+        return asm.to_openai_responses()
 
     async def add_items(self, items: list[Any]) -> None:
         """Record items; each is durable against ``kill -9`` when this returns."""
@@ -294,7 +294,7 @@ class ClawVMSession:
         answered = self.answered_calls()
         for item in items:
             fields = message_of(item)
-            self._msgs.append_message(**fields)
+            self.session.append_message(**fields)
             if fields["role"] == "tool":
                 answered.add(str(fields["tool_call_id"]))
         self._dirty = True
@@ -308,11 +308,11 @@ class ClawVMSession:
     async def pop_item(self) -> Any | None:
         """Remove the most recent item (a journaled delete) and return it; None when empty."""
         self._require_open()
-        messages = self._msgs.messages()
+        messages = self.session.messages()
         if not messages:
             return None
         last = messages[-1]
-        self._msgs.delete_message(last.key)
+        self.session.delete_message(last.key)
         if last.role == "tool" and self._answered is not None:
             self._answered.discard(str(last.tool_call_id))
         self._dirty = True
@@ -321,8 +321,8 @@ class ClawVMSession:
     async def clear_session(self) -> None:
         """Delete every item (journaled), then a ``reset`` boundary that writes them back."""
         self._require_open()
-        for message in self._msgs.messages():
-            self._msgs.delete_message(message.key)
+        for message in self.session.messages():
+            self.session.delete_message(message.key)
         self.session.reset()
         self._answered = set()
         self._dirty = False
@@ -379,10 +379,12 @@ def mediated(
     each call runs once under the SDK's call id as idempotency key; after a crash, a repeat of a
     write whose run was interrupted is refused (the model is told to check its effect), and a
     repeat of a write that finished but whose output never reached the history is served from the
-    ledger instead of running again.
+    ledger instead of running again. ``volatile`` (a tool whose result changes by itself: never
+    served) and ``unknown`` (a write that may touch anything: it invalidates every cached read)
+    are the engine's other effects; ``resources`` names what a write changes.
     """
-    if effect not in ("read", "write"):
-        raise ClawVMError("effect must be 'read' or 'write'")
+    if effect not in EFFECTS:
+        raise ClawVMError(f"effect must be one of {', '.join(EFFECTS)}")
     if not isinstance(tool, FunctionTool):
         raise ClawVMError(f"mediated() wraps a FunctionTool, not {type(tool).__name__}")
     original = tool.on_invoke_tool
