@@ -109,15 +109,18 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 def normalize_resource(resource: str, cwd: str | None = None) -> str:
     """A resource as the ledger compares it.
 
-    A URI or a declared name with a scheme (``https://…``, ``db:orders``) is kept as is. A path
-    is made absolute against ``cwd`` when relative and one is known, its ``.`` and ``..`` folded
+    A URI or a declared name with a scheme (``https://…``, ``db:orders``) is kept as is. A
+    Windows path's backslashes become slashes. A path is made absolute against ``cwd`` when relative and one is known, its ``.`` and ``..`` folded
     and a trailing slash dropped; where the path exists on this machine its symlinks are
     resolved, so two spellings of one file compare equal.
     """
     text = resource.strip()
     if not text or (_SCHEME.match(text) and not _WINDOWS_DRIVE.match(text)):
         return text
-    text = text.replace("\\", "/") if _WINDOWS_DRIVE.match(text) else text
+    if "\\" in text and (_WINDOWS_DRIVE.match(text) or "/" not in text):
+        # A Windows path (C:\x, or components\a.tsx with no slash at all): on POSIX a backslash
+        # may be part of a name, but agents on Windows write the same file both ways.
+        text = text.replace("\\", "/")
     if text.startswith("~"):
         text = os.path.expanduser(text)
     if cwd and not posixpath.isabs(text) and not _WINDOWS_DRIVE.match(text):

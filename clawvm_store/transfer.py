@@ -20,7 +20,9 @@ spaces, non-ASCII as is), so the same store always exports to the same bytes.
 
 Byte columns (the serialized checkpoints and pending writes of LangGraph threads, see
 :mod:`clawvm_store.integrations.langgraph`) are written as base64 text. LangGraph threads belong
-to no project or session, so only a whole-store export carries them.
+to no project or session, so only a whole-store export carries them; so do the Claude Agent SDK
+transcripts mirrored by :mod:`clawvm_store.integrations.claude_agent_sdk` (their pages, projected
+into a session, travel with it like any other).
 
 What is not exported: the full-text index (derived; recall rebuilds it in the target) and the
 schema version table (the header names the revision). ``sessions.owner`` is written as null: it
@@ -92,6 +94,8 @@ TABLE_ORDER: tuple[Table, ...] = (
     t.faults,
     t.lg_checkpoints,
     t.lg_writes,
+    t.claude_transcripts,
+    t.claude_entries,
 )
 """The exported tables, in the order their records appear (parents before children)."""
 
@@ -389,6 +393,9 @@ def _selection(conn: Connection, project: str | None, session: str | None) -> Se
         # LangGraph threads belong to no project or session: only a whole-store export has them.
         "lg_checkpoints": ("thread_id", set()),
         "lg_writes": ("thread_id", set()),
+        # So do the Claude Agent SDK's mirrored transcripts (keyed by the SDK's project key).
+        "claude_transcripts": ("id", set()),
+        "claude_entries": ("transcript_id", set()),
     }
 
 

@@ -451,6 +451,7 @@ def test_fault_report_numbers_and_thrash(store: cvm.Store) -> None:
         "post_compaction_bootstrap": 0,
         "silent_recall": 0,
         "flush_miss": 0,
+        "stale_serve": 0,
         "duplicate_signature": 1,
         "physical_insufficiency": 0,
     }

@@ -63,6 +63,10 @@ def test_paths_are_normalised_against_the_working_directory() -> None:
     assert normalize_resource("src/a.py", None) == "src/a.py"
     assert normalize_resource("https://example.com/a?b=1", "/w") == "https://example.com/a?b=1"
     assert normalize_resource("db:orders", "/w") == "db:orders"
+    # Windows separators, as agents on Windows write them: relative and drive paths.
+    assert normalize_resource("components\\events\\card.tsx", None) == "components/events/card.tsx"
+    assert normalize_resource("C:\\repo\\a.ts", None) == "C:/repo/a.ts"
+    assert normalize_resource("a/b\\c", None) == "a/b\\c"  # a POSIX name with a backslash
 
 
 def test_symlinks_resolve_where_they_exist(tmp_path: Path) -> None:

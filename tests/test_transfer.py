@@ -133,6 +133,32 @@ def populate(store: cvm.Store) -> None:
     )
     saver.put_writes(config, [("messages", ["more"]), ("__error__", "boom")], task_id="task-1")
 
+    # A Claude Agent SDK transcript mirrored into the store (its rows as the mirror writes them).
+    with store.db.transaction() as conn:
+        conn.execute(
+            t.claude_transcripts.insert(),
+            {
+                "id": 1,
+                "project_key": "repo",
+                "session_id": "sid-1",
+                "subpath": "",
+                "entries": 1,
+                "mtime_ms": 1,
+                "summary": None,
+                "projected": 0,
+                "turns": 0,
+            },
+        )
+        conn.execute(
+            t.claude_entries.insert(),
+            {
+                "transcript_id": 1,
+                "seq": 0,
+                "uuid": "u-1",
+                "entry": '{"type": "user", "uuid": "u-1"}',
+            },
+        )
+
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cvm.Store]:
@@ -466,7 +492,7 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     "truncated": (lambda x: "".join(x.splitlines(keepends=True)[:-3]), "the export is truncated"),
     "an extra record": (
         lambda x: x + x.splitlines(keepends=True)[-1],
-        "more lg_writes records than the",
+        "more claude_entries records than the",
     ),
     "unknown table": (
         lambda x: replace_line(x, 3, '{"table": "secrets", "row": {}}'),
@@ -490,7 +516,7 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     ),
     "out of order": (
         lambda x: x + x.splitlines(keepends=True)[1],
-        "a projects record after lg_writes records",
+        "a projects record after claude_entries records",
     ),
     "duplicate key": (
         lambda x: edit_row(x, "projects", offset=1, name="p"),

@@ -294,6 +294,11 @@ class _Draft:
         return not self.tools and not self.assistant and self.event is None
 
 
+def _lost_or_failed(output: str | None) -> bool:
+    """Whether a call's recorded output is missing, or Claude Code's error for a failed call."""
+    return output is None or output.lstrip().startswith("<tool_use_error>")
+
+
 class _Builder:
     def __init__(self) -> None:
         self.turns: list[_Draft] = []
@@ -473,8 +478,9 @@ class _Builder:
                             args=call.args,
                             # A read whose result the transcript lost (cut by a compaction, or
                             # never written) cannot be served later: nobody saw what it returned.
+                            # Nor can one that failed: its error is not what the resource holds.
                             effect="volatile"
-                            if call.output is None and call.effect == "read"
+                            if call.effect == "read" and _lost_or_failed(call.output)
                             else call.effect,
                             output=call.output or "",
                             call_id=call.call_id,

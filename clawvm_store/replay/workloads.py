@@ -124,6 +124,7 @@ def assistant(seed: int, turns: int = 40) -> Trace:
                     name="calendar.lookup",
                     args={"day": day},
                     output=f"{day}: " + _body(random.Random(f"cal-{seed}-{day}"), 3),
+                    resources=[f"calendar:{day}"],
                 )
             )
             demand.append("preference/meetings")
@@ -134,6 +135,7 @@ def assistant(seed: int, turns: int = 40) -> Trace:
                     args={"day": day, "title": rng.choice(WORDS)},
                     effect="write",
                     output="created",
+                    resources=[f"calendar:{day}"],  # the day it books: that lookup is stale
                 )
             )
         if kind == "mail":
@@ -151,6 +153,7 @@ def assistant(seed: int, turns: int = 40) -> Trace:
                 ToolStep(
                     name="weather",
                     args={"city": rng.choice(["oslo", "lima", "pune"])},
+                    effect="volatile",  # a forecast changes by itself: never served from cache
                     output=_sentence(rng, 8, 14),
                 )
             )
@@ -187,11 +190,16 @@ def coding(seed: int, turns: int = 40) -> Trace:
     for index in range(turns):
         tools: list[ToolStep] = []
         path = rng.choice(files[:4] if rng.random() < 0.7 else files)
+        # A file reads the same until it is edited: its text (and length) follow its version.
+        # The workload's own generator still draws a length, so the rest of the session is the
+        # same as before reads were checked against what was served.
+        rng.randint(4, 7)
+        text = random.Random(f"{seed}-{path}-{version[path]}")
         tools.append(
             ToolStep(
                 name="read_file",
                 args={"path": path},
-                output=_body(random.Random(f"{seed}-{path}-{version[path]}"), rng.randint(4, 7)),
+                output=_body(text, text.randint(4, 7)),
             )
         )
         if rng.random() < 0.3:
@@ -211,6 +219,7 @@ def coding(seed: int, turns: int = 40) -> Trace:
                 ToolStep(
                     name="run_tests",
                     args={"suite": "unit", "rev": sum(version.values())},
+                    effect="volatile",  # a test run's output is its own (timings, order, flakes)
                     output=_body(rng, 120 if huge else 3),
                 )
             )
@@ -241,6 +250,12 @@ def coding(seed: int, turns: int = 40) -> Trace:
     )
 
 
+def _page(seed: int, url: str) -> str:
+    """The text a URL serves: the same on every fetch (so a served repeat is never stale)."""
+    text = random.Random(f"fetch-{seed}-{url}")
+    return _body(text, text.randint(3, 6))
+
+
 def research(seed: int, turns: int = 40) -> Trace:
     """Research with evidence churn: many unique results, re-requests of older ones."""
     rng = random.Random(f"research-{seed}")
@@ -257,23 +272,12 @@ def research(seed: int, turns: int = 40) -> Trace:
             )
         )
         url = f"https://example.org/{topic}/{index}"
-        tools.append(
-            ToolStep(
-                name="fetch",
-                args={"url": url},
-                output=_body(random.Random(f"fetch-{seed}-{url}"), rng.randint(3, 6)),
-            )
-        )
+        rng.randint(3, 6)  # drawn as before: a page's length now follows its URL (see _page)
+        tools.append(ToolStep(name="fetch", args={"url": url}, output=_page(seed, url)))
         fetched.append(url)
         if len(fetched) > 3 and rng.random() < 0.5:
             old = rng.choice(fetched[:-2])
-            tools.append(
-                ToolStep(
-                    name="fetch",
-                    args={"url": old},
-                    output=_body(random.Random(f"fetch-{seed}-{old}"), 3),
-                )
-            )
+            tools.append(ToolStep(name="fetch", args={"url": old}, output=_page(seed, old)))
         stage = [
             StageStep(
                 key="notes/findings",
@@ -330,11 +334,13 @@ def project(seed: int, turns: int = 42) -> Trace:
             )
         if index >= per_session and index % 3 == 0:
             demand.append(f"preference/style-{rng.choice([1, 5, 9])}")
+        doc = f"spec-{rng.randint(1, 5)}"
+        # A document reads the same every time: its text follows its name.
         tools = [
             ToolStep(
                 name="read_doc",
-                args={"doc": f"spec-{rng.randint(1, 5)}"},
-                output=_body(random.Random(f"doc-{seed}-{index % 5}"), 3),
+                args={"doc": doc},
+                output=_body(random.Random(f"doc-{seed}-{doc}"), 3),
             )
         ]
         last = index % per_session == per_session - 1
