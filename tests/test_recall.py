@@ -567,14 +567,28 @@ def test_cli_faults_on_a_missing_database_is_one_error_line(tmp_path: Path) -> N
 def test_catching_up_starts_from_the_journal_entries_since_the_watermark(
     store: cvm.Store, sess: cvm.Session
 ) -> None:
-    """SQLite's plan reads this turn's entries first (ix_journal_event_id), never every version."""
+    """The plan reads this turn's entries first (ix_journal_event_id), never every version."""
     from clawvm_store.recall import _CHANGED
 
     for i in range(30):
         put_project(store, f"ev/{i:02d}", f"note number {i} about parsers")
     with store.db.transaction(write=False) as conn:
-        sql = str(_CHANGED["sqlite"])
-        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (0,)).all()]
-    assert plan[0] == "SEARCH journal USING COVERING INDEX ix_journal_event_id (event_id>?)"
-    assert not any(step.startswith("SCAN") for step in plan)
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            sql = str(_CHANGED["sqlite"]).replace(":b_since", "?")
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (0,)).all()
+            plan = [row[3] for row in rows]
+            assert plan[0] == (
+                "SEARCH journal USING COVERING INDEX ix_journal_event_id (event_id>?)"
+            )
+            assert not any(step.startswith("SCAN") for step in plan)
+        else:
+            # Thirty rows are a sequential scan's size to PostgreSQL's planner: forbid that
+            # to learn whether the index can serve the watermark's range at all.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            sql = str(_CHANGED["postgresql"]).replace(":b_since", "0")
+            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}").all()]
+            assert not any("Seq Scan on journal" in step for step in plan)
+            assert any("Index Cond: (event_id > 0)" in step for step in plan)
+            assert any("on ix_journal_event_id" in step for step in plan)
     assert keys(sess.recall("parsers", limit=3)) == ["ev/00", "ev/01", "ev/02"]
