@@ -12,7 +12,13 @@ message: the batch shapes ``Runner.run`` passes to ``add_items``):
   SQLiteSession's unbudgeted read (the goal: within 2x).
 
 Ratios are ClawVMSession's rate over SQLiteSession's from this same run (> 1: ClawVMSession is
-faster). The Claude Agent SDK figures (``bench/_claude_sdk_bench.py``, when present) follow.
+faster).
+
+The Claude Agent SDK has no durable store of its own in the package: its ``SessionStore`` protocol
+ships with ``InMemorySessionStore``, and the CLI keeps transcripts as JSONL files. So
+``ClawVMSessionStore`` is measured against both: ``append`` of each turn's batch of transcript
+entries (ours commits at FULL and projects the finished turn into pages and the tool ledger), and
+``load`` of the whole transcript (the JSONL baseline reads and decodes the file, as a resume does).
 
 Run: ``python bench/frameworks.py [--turns N] [--budget B]`` (needs ``pip install -e '.[bench]'``).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -122,13 +129,90 @@ async def main(turns: int, budget: int) -> None:
             reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]
             budgeted.close()
             print(line(f"ClawVMSession(budget={budget}).get_items()", reads, base["get_items"]))
-    try:
-        from _claude_sdk_bench import run as claude_run  # type: ignore[import-not-found]
-    except ImportError:
-        print("Claude Agent SDK: bench/_claude_sdk_bench.py is not in this build")
-    else:
-        for text in claude_run(turns):
-            print(text)
+    print("Claude Agent SDK")
+    for text in await claude(turns):
+        print(text)
+
+
+def transcript_turn(turn: int) -> list[dict[str, Any]]:
+    """One turn of a Claude Code transcript (prompt, a Read call, its result, the answer)."""
+    call_id = f"toolu_{turn:06d}"
+
+    def entry(kind: str, n: int, content: Any) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "uuid": f"{turn:06d}-{n}",
+            "sessionId": "bench",
+            "timestamp": f"2026-01-01T00:00:00.{turn % 1000:03d}Z",
+            "message": {"role": kind, "content": content},
+        }
+
+    read = {"type": "tool_use", "id": call_id, "name": "Read", "input": {"file_path": "/w/p.py"}}
+    result = {"type": "tool_result", "tool_use_id": call_id, "content": OUTPUT}
+    return [
+        entry("user", 0, f"{USER} ({turn})"),
+        entry("assistant", 1, [{"type": "text", "text": "Reading it."}, read]),
+        entry("user", 2, [result]),
+        entry("assistant", 3, [{"type": "text", "text": ANSWER}]),
+    ]
+
+
+class JsonlTranscripts:
+    """Transcripts as JSONL files, one per session, the way the CLI keeps them on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: dict[str, str]) -> Path:
+        return self.root / f"{key['project_key']}-{key['session_id']}.jsonl"
+
+    async def append(self, key: dict[str, str], entries: list[dict[str, Any]]) -> None:
+        """Append the entries as lines (flushed to the OS, as the CLI does: no fsync)."""
+        with self._path(key).open("a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(entry) + "\n" for entry in entries))
+
+    async def load(self, key: dict[str, str]) -> list[dict[str, Any]] | None:
+        """Every entry of the transcript, decoded."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        with path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+async def measure_store(store: Any, turns: int) -> dict[str, list[float]]:
+    """append of each turn's batch over ``turns`` turns, then load() of the whole transcript."""
+    key = {"project_key": "bench", "session_id": "bench"}
+    appends = [
+        await timed(lambda n=turn: store.append(key, transcript_turn(n)))  # type: ignore[misc]
+        for turn in range(turns)
+    ]
+    loads = [await timed(lambda: store.load(key)) for _ in range(max(5, turns // 4))]
+    loaded = await store.load(key)
+    assert loaded is not None and len(loaded) == 4 * turns, "a store lost entries"
+    return {"append": appends, "load": loads}
+
+
+async def claude(turns: int) -> list[str]:
+    """The Claude Agent SDK rows: InMemorySessionStore, JSONL files, ClawVMSessionStore."""
+    from claude_agent_sdk import InMemorySessionStore
+
+    from clawvm_store.integrations.claude_agent_sdk import ClawVMSessionStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        memory = await measure_store(InMemorySessionStore(), turns)
+        jsonl = await measure_store(JsonlTranscripts(root), turns)
+        with ClawVMSessionStore(root / "claude.db") as ours:
+            got = await measure_store(ours, turns)
+    return [
+        line("InMemorySessionStore.append", memory["append"]),
+        line("InMemorySessionStore.load", memory["load"]),
+        line("JSONL transcript append", jsonl["append"]),
+        line("JSONL transcript load", jsonl["load"]),
+        line("ClawVMSessionStore.append (vs JSONL)", got["append"], jsonl["append"]),
+        line("ClawVMSessionStore.load (vs JSONL)", got["load"], jsonl["load"]),
+    ]
 
 
 if __name__ == "__main__":

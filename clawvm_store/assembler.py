@@ -539,6 +539,10 @@ _TABLE_QUERY = {
 }
 
 
+# Tokens a message costs in a provider form beyond its text (role, type and JSON punctuation), at
+# least: what an undo that removes a page is counted to save besides the page's own tokens.
+_MESSAGE_OVERHEAD = 4
+
 # How many absent pages, beyond those that must or may matter (required, demanded, resident last
 # time, changed since), a selection considers: the newest by LSN and the most favoured (soft pin
 # or positive priority). At the paper's scale (10 to 50 pages) the pool is every visible page, so
@@ -1442,11 +1446,20 @@ class Assembler:
                 tokens = rendered_tokens(conversation, form, counter)
             if tokens <= budget or not undo:
                 return items, text, messages, tokens, conversation
-            page_id, before = undo.pop()
-            if before is None:
-                del chosen[page_id]
-            else:
-                chosen[page_id] = before
+            # The text form's count is cheap, so each undo is checked exactly. Rendering a
+            # provider form costs a pass over the whole conversation, so undo as many upgrades
+            # (last first) as their counted tokens say the overshoot needs, then check exactly
+            # again: a few renders, not one per upgrade.
+            over = 1 if form == "text" else tokens - budget
+            while over > 0 and undo:
+                page_id, before = undo.pop()
+                tokens_now = by_id[page_id].tokens[chosen[page_id]]
+                if before is None:
+                    del chosen[page_id]
+                    over -= tokens_now + _MESSAGE_OVERHEAD
+                else:
+                    chosen[page_id] = before
+                    over -= tokens_now - by_id[page_id].tokens[before]
 
     def _record(
         self,

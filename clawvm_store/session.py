@@ -16,6 +16,7 @@ turn.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import weakref
@@ -24,14 +25,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import text as sql_text
 
 from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly, Weights
 from .errors import ClawVMError, InvalidInput, NotFound
-from .journal import Entry, PreparedUpdate, WritebackResult, check_key, row_to_entry
+from .journal import Entry, PreparedUpdate, Update, WritebackResult, check_key, row_to_entry
 from .mediator import EFFECTS, ToolCallRecord, ToolMediator, ToolResult
+from .messages import PREFIX as MESSAGE_PREFIX
 from .messages import Message, build_envelope, key_seq, message_key
 from .pages import POLICIES, Boundary, FaultKind, Fidelity, Op, Page, PageType, Pin, Scope
 from .recall import Recall, visible
@@ -126,6 +129,10 @@ class Session:
         self.tool_rules: dict[str, str] = {}
         # Set by compaction and reset: the next prompt must carry every bootstrap page.
         self._after_destructive = False
+        # The highest message seq used, read once and then counted here: only the session's
+        # owner appends its messages (a second owner is refused with SessionInUse).
+        self._message_top: int | None = None
+        self._changes = 0
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, project={self.project!r}, principal={self.principal!r})"
@@ -145,6 +152,15 @@ class Session:
         session's owner advances it, and a second owner is refused with SessionInUse.
         """
         return self._turn
+
+    @property
+    def changes(self) -> int:
+        """A count that grows whenever this session's staged or committed state may have changed.
+
+        Each stage (or batch of stages) and each boundary that rejected or discarded an update
+        advances it, so a caller holding a derived view (a history cache) knows when to rebuild.
+        """
+        return self._changes
 
     def _require_open(self) -> None:
         if self._closed:
@@ -173,6 +189,37 @@ class Session:
         process crash; it survives power loss from the next boundary's commit on.
         """
         self._require_open()
+        update_ = self._update_of(
+            key,
+            type=type,
+            content=content,
+            op=op,
+            expected_version=expected_version,
+            priority=priority,
+            pin=pin,
+            scope=scope,
+            provenance=provenance,
+            structured=structured,
+            idempotency_key=idempotency_key,
+        )
+        return self._stage_all([update_])[0]
+
+    def _update_of(
+        self,
+        key: str,
+        *,
+        type: PageType | str | None,
+        content: str | None,
+        op: Op | str,
+        expected_version: int | None,
+        priority: float | None,
+        pin: Pin | str | None,
+        scope: Scope | str | None,
+        provenance: Mapping[str, Any] | None,
+        structured: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> tuple[Update, str, str]:
+        """One checked update of this session, with the project and session of its page."""
         page_type = None
         if type is not None:
             from .store import coerce_enum
@@ -184,7 +231,7 @@ class Session:
             # No type: the update is to a page that exists; write where the session sees it
             # (its own page, else the project's).
             scope = self._visible_scope(key)
-        update_, project, session_id = self.store._direct_update(
+        return self.store._direct_update(
             key,
             type=page_type,
             content=content,
@@ -199,31 +246,45 @@ class Session:
             structured=structured,
             idempotency_key=idempotency_key,
         )
+
+    def _stage_all(self, updates: Sequence[tuple[Update, str, str]]) -> list[StagedUpdate]:
+        """Journal checked updates in one transaction: all of them are staged, or none is."""
         # A set's fidelities do not depend on the page's head, so they are built now, outside
         # any lock, and handed to the boundary; if this process dies they are rebuilt there.
-        prepared = self.store._prepare_outside_txn(update_, project, session_id)
+        prepared = [
+            self.store._prepare_outside_txn(update_, project, session_id)
+            for update_, project, session_id in updates
+        ]
+        staged: list[tuple[int, bool]] = []
         with self.store.db.transaction(sync="normal") as conn:
-            lsn, duplicate = self.store.journal.stage(
-                conn,
-                project=project,
-                session_id=session_id,
-                principal=self.principal,
-                update=update_,
-            )
-        if prepared is not None and not duplicate:
-            self.store._remember_prepared(lsn, PreparedUpdate(prepared))
-        if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
-            _crashpoints.ack(
-                "stage",
-                session=self.id,
-                lsn=lsn,
-                key=update_.key,
-                op=update_.op.value,
-                content=_crashpoints.digest(update_.content),
-                structured=_crashpoints.digest(update_.structured),
-                duplicate=duplicate,
-            )
-        return StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate)
+            for update_, project, session_id in updates:
+                staged.append(
+                    self.store.journal.stage(
+                        conn,
+                        project=project,
+                        session_id=session_id,
+                        principal=self.principal,
+                        update=update_,
+                    )
+                )
+        self._changes += 1
+        receipts: list[StagedUpdate] = []
+        for (update_, _, _), ready, (lsn, duplicate) in zip(updates, prepared, staged, strict=True):
+            if ready is not None and not duplicate:
+                self.store._remember_prepared(lsn, PreparedUpdate(ready))
+            if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
+                _crashpoints.ack(
+                    "stage",
+                    session=self.id,
+                    lsn=lsn,
+                    key=update_.key,
+                    op=update_.op.value,
+                    content=_crashpoints.digest(update_.content),
+                    structured=_crashpoints.digest(update_.structured),
+                    duplicate=duplicate,
+                )
+            receipts.append(StagedUpdate(lsn=lsn, key=update_.key, duplicate=duplicate))
+        return receipts
 
     def _visible_scope(self, key: str) -> Scope:
         with self.store.db.transaction(write=False) as conn:
@@ -516,23 +577,20 @@ class Session:
 
     # -- provider messages (issue 15) ------------------------------------------------------------
 
-    def _message_keys(self) -> tuple[set[str], int]:
-        """Live message keys (committed or staged) and the highest seq ever used, deleted included."""
-        top = 0
-        live: set[str] = set()
-        for summary in self.store.pages(
-            project=self.project, session=self.id, type=PageType.CONVERSATION, include_deleted=True
-        ):
-            seq = key_seq(summary.key)
-            if seq is not None:
-                top = max(top, seq)
-                live.add(summary.key)
-        for entry in self.staged():
-            seq = key_seq(entry.key)
-            if seq is not None:
-                top = max(top, seq)
-                live.add(entry.key)
-        return live, top
+    def _next_message_seqs(self, count: int) -> list[int]:
+        """The next ``count`` message numbers; a number once handed out is never reused."""
+        if self._message_top is None:
+            with self.store.db.transaction(write=False) as conn:
+                keys = [
+                    conn.execute(
+                        _HIGHEST_PAGE_MESSAGE, {"b_project": self.project, "b_session": self.id}
+                    ).scalar(),
+                    conn.execute(_HIGHEST_STAGED_MESSAGE, {"b_session": self.id}).scalar(),
+                ]
+            self._message_top = max((key_seq(key) or 0 for key in keys if key), default=0)
+        first = self._message_top + 1
+        self._message_top += count
+        return list(range(first, first + count))
 
     def append_message(
         self,
@@ -545,65 +603,119 @@ class Session:
         metadata: Mapping[str, Any] | None = None,
     ) -> StagedUpdate:
         """Record one provider message as the session's next conversation page (journaled)."""
-        self._require_open()
-        envelope = build_envelope(
-            role,
-            content,
-            list(tool_calls) if tool_calls is not None else None,
-            tool_call_id,
-            name,
-            dict(metadata) if metadata is not None else None,
-        )
-        _, top = self._message_keys()
-        seq = top + 1
-        key = message_key(seq)
-        envelope["seq"] = seq
-        return self.stage(
-            key,
-            type=PageType.CONVERSATION,
-            # An empty page is refused by the schema; a tools-only turn keeps a placeholder.
-            content=content if content else f"[{role} message {seq}]",
-            structured={
-                "span_id": key,
-                "start": str(seq),
-                "end": str(seq),
-                "roles": [role],
-                "message": envelope,
-            },
-        )
+        return self.append_messages(
+            [
+                {
+                    "role": role,
+                    "content": content,
+                    "tool_calls": tool_calls,
+                    "tool_call_id": tool_call_id,
+                    "name": name,
+                    "metadata": metadata,
+                }
+            ]
+        )[0]
 
-    def messages(self) -> list[Message]:
-        """Every live message of the session (committed and staged), in order."""
+    def append_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[StagedUpdate]:
+        """Record several messages (each the keyword arguments of :meth:`append_message`).
+
+        They are journaled in one transaction: after a crash either all of them are there or
+        none is, and a batch costs one commit rather than one per message.
+        """
         self._require_open()
-        live, _ = self._message_keys()
-        out: list[Message] = []
-        for key in sorted(live):
-            try:
-                page = self.page(key)
-            except NotFound:
-                continue  # deleted (committed or staged tombstone)
-            if getattr(page, "deleted", False):
-                continue
-            envelope = (page.structured or {}).get("message")
-            if not isinstance(envelope, dict):
-                continue
-            calls = list(envelope.get("tool_calls") or [])
-            text = page.content or ""
-            if text == f"[{envelope['role']} message {envelope.get('seq')}]":
-                text = ""
-            out.append(
-                Message(
-                    key=key,
-                    seq=int(envelope.get("seq") or key_seq(key) or 0),
-                    role=str(envelope["role"]),
-                    content=text,
-                    tool_calls=calls,
-                    tool_call_id=envelope.get("tool_call_id"),
-                    name=envelope.get("name"),
-                    metadata=envelope.get("metadata"),
+        envelopes = []
+        for fields in messages:
+            unknown = set(fields) - _MESSAGE_FIELDS
+            if unknown or "role" not in fields:
+                raise InvalidInput(
+                    "a message is role, content, tool_calls, tool_call_id, name and metadata"
+                )
+            calls = fields.get("tool_calls")
+            extra = fields.get("metadata")
+            envelopes.append(
+                build_envelope(
+                    fields["role"],
+                    fields.get("content"),
+                    list(calls) if calls is not None else None,
+                    fields.get("tool_call_id"),
+                    fields.get("name"),
+                    dict(extra) if extra is not None else None,
                 )
             )
-        return out
+        if not envelopes:
+            return []
+        updates = []
+        for envelope, seq, fields in zip(
+            envelopes, self._next_message_seqs(len(envelopes)), messages, strict=True
+        ):
+            key = message_key(seq)
+            envelope["seq"] = seq
+            content = fields.get("content")
+            updates.append(
+                self._update_of(
+                    key,
+                    type=PageType.CONVERSATION,
+                    # An empty page is refused by the schema; a tools-only turn keeps a placeholder.
+                    content=content if content else _placeholder(envelope["role"], seq),
+                    op=Op.SET,
+                    expected_version=None,
+                    priority=None,
+                    pin=None,
+                    scope=None,
+                    provenance=None,
+                    structured={
+                        "span_id": key,
+                        "start": str(seq),
+                        "end": str(seq),
+                        "roles": [envelope["role"]],
+                        "message": envelope,
+                    },
+                    idempotency_key=None,
+                )
+            )
+        return self._stage_all(updates)
+
+    def messages(self) -> list[Message]:
+        """Every live message of the session (committed and staged), in order.
+
+        One read of the committed messages and one of the staged entries, whatever the length
+        of the session; the staged ones are overlaid in LSN order as the boundary applies them.
+        """
+        self._require_open()
+        found: dict[str, Message] = {}
+        with self.store.db.transaction(write=False) as conn:
+            for row in conn.execute(
+                _MESSAGE_PAGES, {"b_project": self.project, "b_session": self.id}
+            ):
+                text = row.content
+                if row.chain_start is not None or row.same_as is not None:
+                    text = read_text(conn, row.id, row.version, Fidelity.FULL)
+                message = _message_of(row.key, text, json.loads(row.fields or "null"))
+                if message is not None:
+                    found[row.key] = message
+        for entry in self.staged():
+            if key_seq(entry.key) is None or entry.project != self.project:
+                continue
+            if entry.op is Op.DELETE:
+                found.pop(entry.key, None)
+            elif entry.op is Op.SET:
+                message = _message_of(
+                    entry.key, entry.payload.get("content"), entry.payload.get("structured")
+                )
+                if message is not None:
+                    found[entry.key] = message
+                else:
+                    found.pop(entry.key, None)
+            else:  # an append or merge to a message page: the overlay decides what it reads
+                try:
+                    page = self.page(entry.key)
+                except NotFound:
+                    found.pop(entry.key, None)
+                    continue
+                message = _message_of(entry.key, page.content, page.structured)
+                if message is not None:
+                    found[entry.key] = message
+        return [found[key] for key in sorted(found)]
 
     def delete_message(self, key: str) -> StagedUpdate:
         """A journaled delete (tombstone) of one message page; its seq is never reused."""
@@ -777,6 +889,8 @@ class Session:
     ) -> WritebackResult:
         self._require_open()
         result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
+        if result.rejected or result.discarded:
+            self._changes += 1  # what was staged and read back is gone
         if boundary is Boundary.TURN_END:
             self._turn += 1
         if boundary in (Boundary.COMPACTION, Boundary.RESET):
@@ -837,6 +951,60 @@ class Session:
         result = self._boundary(Boundary.SESSION_END, close=True, writeback=writeback)
         self._closed = True
         return result
+
+
+_MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name", "metadata"}
+
+# Message keys are zero-padded, so the greatest key holds the highest seq; deleted pages count
+# (a number is never reused) and so do staged entries not yet applied.
+_HIGHEST_PAGE_MESSAGE = sql_text(
+    "SELECT MAX(key) FROM pages WHERE project = :b_project AND session_id = :b_session"
+    f" AND key LIKE '{MESSAGE_PREFIX}%'"
+)
+_HIGHEST_STAGED_MESSAGE = sql_text(
+    "SELECT MAX(key) FROM journal WHERE session_id = :b_session AND state = 'staged'"
+    f" AND key LIKE '{MESSAGE_PREFIX}%'"
+)
+# Every live message page of a session with its head's full text and structured fields.
+_MESSAGE_PAGES = sql_text(
+    "SELECT pages.id, pages.key, pages.version, page_versions.fields, representations.content,"
+    " representations.chain_start, representations.same_as"
+    " FROM pages"
+    " JOIN page_versions"
+    "   ON page_versions.page_id = pages.id AND page_versions.version = pages.version"
+    " LEFT OUTER JOIN representations"
+    "   ON representations.page_id = pages.id AND representations.version = pages.version"
+    "  AND representations.fidelity = 'full'"
+    " WHERE pages.project = :b_project AND pages.session_id = :b_session"
+    f" AND pages.key LIKE '{MESSAGE_PREFIX}%' AND pages.deleted = 0"
+    " ORDER BY pages.key"
+)
+
+
+def _placeholder(role: str, seq: int) -> str:
+    return f"[{role} message {seq}]"
+
+
+def _message_of(key: str, content: str | None, fields: Any) -> Message | None:
+    """The message a conversation page holds, or None when its fields carry no envelope."""
+    envelope = fields.get("message") if isinstance(fields, dict) else None
+    if not isinstance(envelope, dict):
+        return None
+    seq = int(envelope.get("seq") or key_seq(key) or 0)
+    role = str(envelope["role"])
+    text = content or ""
+    if text == _placeholder(role, seq):
+        text = ""
+    return Message(
+        key=key,
+        seq=seq,
+        role=role,
+        content=text,
+        tool_calls=list(envelope.get("tool_calls") or []),
+        tool_call_id=envelope.get("tool_call_id"),
+        name=envelope.get("name"),
+        metadata=envelope.get("metadata"),
+    )
 
 
 def _overlay_head(head: Any, entry: Entry, reps: ContentRepresentations, version: int) -> Any:

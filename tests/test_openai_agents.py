@@ -475,3 +475,71 @@ def test_session_settings_limit(kind: str, tmp_path: Path) -> None:
     assert run(session.get_items()) == ITEMS[-2:]
     assert run(session.get_items(limit=5)) == ITEMS[-5:]
     session.close()
+
+
+def test_the_history_follows_writes_made_beside_the_session(tmp_path: Path) -> None:
+    """get_items() keeps a history of its own writes; a message recorded through the engine
+    session directly, a rejected message and a pop all show in the next read."""
+    with cvm.Store.open(tmp_path / "c.db") as store:
+        session = ClawVMSession("beside", store)
+        run(session.add_items(ITEMS[:2]))
+        assert run(session.get_items()) == ITEMS[:2]
+        session.session.append_message("user", "written beside the SDK")
+        assert run(session.get_items())[-1] == {"role": "user", "content": "written beside the SDK"}
+        run(session.add_items(ITEMS[2:3]))
+        assert run(session.get_items()) == [
+            *ITEMS[:2],
+            {"role": "user", "content": "written beside the SDK"},
+            *ITEMS[2:3],
+        ]
+        # A message the boundary refuses (here: a page another write took first) leaves the
+        # history at the next read, though add_items had put it there.
+        key = session.session.append_message("user", "about to be taken").key
+        session.store.put(key, type="conversation", content="taken", session="beside")
+        assert run(session.get_items())[-1] == {"role": "user", "content": "about to be taken"}
+        rejected = session.session.flush().rejected
+        assert [reason for _, reason in rejected] == ["DESTRUCTIVE_OP"]
+        assert run(session.get_items()) == [
+            *ITEMS[:2],
+            {"role": "user", "content": "written beside the SDK"},
+            *ITEMS[2:3],
+        ]
+        assert run(session.pop_item()) == ITEMS[2]
+        assert run(session.get_items())[-1] == {"role": "user", "content": "written beside the SDK"}
+        session.close()
+        reopened = ClawVMSession("beside", store)
+        assert run(reopened.get_items()) == [
+            *ITEMS[:2],
+            {"role": "user", "content": "written beside the SDK"},
+        ]
+        reopened.close()
+
+
+def test_add_items_journals_a_batch_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of items is one write transaction, and the engine reads the highest message
+    number once per session object, not once per message."""
+    with cvm.Store.open(tmp_path / "c.db") as store:
+        session = ClawVMSession("batch", store)
+        run(session.get_items())  # the first read of the (empty) history
+        opened: list[bool] = []
+        primitive = store.db.transaction
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            opened.append(kwargs.get("write", True))
+            return primitive(*args, **kwargs)
+
+        monkeypatch.setattr(store.db, "transaction", counted)
+        run(session.add_items(TOOL_ITEMS[:3]))
+        assert opened == [False, True]  # the highest seq, then one stage transaction
+        opened.clear()
+        run(session.add_items(TOOL_ITEMS[3:5]))
+        assert opened == [True]
+        opened.clear()
+        assert run(session.get_items()) == TOOL_ITEMS[:5]
+        assert opened == []  # served from the history this object kept
+        monkeypatch.undo()
+        rows = store.query("SELECT key FROM journal WHERE session_id = 'batch' ORDER BY lsn")
+        assert [row["key"] for row in rows] == [f"conversation/m-{n:08d}" for n in range(1, 6)]
+        session.close()

@@ -227,6 +227,10 @@ class ClawVMSession:
             raise
         self._closed = False
         self._dirty = False
+        # The history as (message key, role, item JSON), kept in step with this object's own
+        # writes; any other change to the engine session (Session.changes) rebuilds it.
+        self._history: list[tuple[str, str, str]] | None = None
+        self._seen = -1
         # Call ids whose output the agent has recorded: a finished write whose id is not here
         # ran but its result never reached the history (see mediated()).
         self._answered: set[str] | None = None
@@ -238,11 +242,25 @@ class ClawVMSession:
         if self._closed:
             raise ClawVMError(f"ClawVMSession {self.session_id!r} is closed")
 
+    def _items(self) -> list[tuple[str, str, str]]:
+        """The history, read from the engine only when something else changed it."""
+        if self._history is None or self._seen != self.session.changes:
+            self._history = [
+                (message.key, message.role, json.dumps(item_of(message)))
+                for message in self.session.messages()
+            ]
+            self._answered = None
+            self._seen = self.session.changes
+        return self._history
+
     def answered_calls(self) -> set[str]:
         """Call ids that have a recorded ``function_call_output`` in this session."""
+        history = self._items()
         if self._answered is None:
             self._answered = {
-                str(m.tool_call_id) for m in self.session.messages() if m.role == "tool"
+                str(item["call_id"])
+                for _, role, text in history
+                if role == "tool" and "call_id" in (item := json.loads(text))
             }
         return self._answered
 
@@ -254,11 +272,12 @@ class ClawVMSession:
         resolved = limit if limit is not None else self._settings_limit()
         if resolved == 0:
             return []
-        items = [item_of(message) for message in self.session.messages()]
-        if resolved is None or resolved < 0:
-            # SQLite's LIMIT with a negative value means no limit; SQLiteSession inherits that.
-            return items
-        return items[-resolved:]
+        history = self._items()
+        if resolved is not None and resolved > 0:
+            history = history[-resolved:]
+        # SQLite's LIMIT with a negative value means no limit; SQLiteSession inherits that.
+        # Fresh objects each time, as SQLiteSession's rows decode to: callers may mutate them.
+        return [json.loads(text) for _, _, text in history]
 
     def _settings_limit(self) -> int | None:
         limit = getattr(self.session_settings, "limit", None)
@@ -267,16 +286,12 @@ class ClawVMSession:
     def _assembled(self) -> list[Any]:
         if self._dirty or self.session.staged():
             # Assembly reads committed state: write back what add_items staged.
-            self.session.flush()
-            self._dirty = False
-        messages = self.session.messages()
+            self._writeback(self.session.flush())
+        history = self._items()
         # The newest turn (from the last user message on) is boosted so the budget keeps it
         # whole before spending on older pages.
-        start = max(
-            (i for i, m in enumerate(messages) if m.role == "user"),
-            default=0,
-        )
-        boost = {m.key: 100.0 for m in messages[start:]}
+        start = max((i for i, (_, role, _) in enumerate(history) if role == "user"), default=0)
+        boost = {key: 100.0 for key, _, _ in history[start:]}
         asm = self.session.assemble(
             self.budget or 0,
             fixed=self.fixed,
@@ -286,45 +301,58 @@ class ClawVMSession:
         )
         return asm.to_openai_responses()
 
+    def _writeback(self, result: Any) -> None:
+        self._dirty = False
+        if result.rejected:
+            self._history = None  # a rejected message is not in the history after all
+        self._seen = self.session.changes if self._history is not None else -1
+
     async def add_items(self, items: list[Any]) -> None:
         """Record items; each is durable against ``kill -9`` when this returns."""
         self._require_open()
         if not items:
             return
+        fields = [message_of(item) for item in items]
+        history = self._items()
         answered = self.answered_calls()
-        for item in items:
-            fields = message_of(item)
-            self.session.append_message(**fields)
-            if fields["role"] == "tool":
-                answered.add(str(fields["tool_call_id"]))
+        receipts = self.session.append_messages(fields)
+        for receipt, message in zip(receipts, fields, strict=True):
+            item = message["metadata"]["item"]
+            history.append((receipt.key, message["role"], json.dumps(item)))
+            if message["role"] == "tool":
+                answered.add(str(message["tool_call_id"]))
+        self._seen = self.session.changes
         self._dirty = True
         last = items[-1]
         if last.get("role") == "assistant" and last.get("type", "message") == "message":
             # The SDK saves the assistant's final message last: the turn is over, so this is the
             # boundary (one fsync per turn) that also makes the turn survive power loss.
-            self.session.end_turn()
-            self._dirty = False
+            self._writeback(self.session.end_turn())
 
     async def pop_item(self) -> Any | None:
         """Remove the most recent item (a journaled delete) and return it; None when empty."""
         self._require_open()
-        messages = self.session.messages()
-        if not messages:
+        history = self._items()
+        if not history:
             return None
-        last = messages[-1]
-        self.session.delete_message(last.key)
-        if last.role == "tool" and self._answered is not None:
-            self._answered.discard(str(last.tool_call_id))
+        key, role, text = history[-1]
+        self.session.delete_message(key)
+        history.pop()
+        item = json.loads(text)
+        if role == "tool" and self._answered is not None:
+            self._answered.discard(str(item.get("call_id")))
+        self._seen = self.session.changes
         self._dirty = True
-        return item_of(last)
+        return item
 
     async def clear_session(self) -> None:
         """Delete every item (journaled), then a ``reset`` boundary that writes them back."""
         self._require_open()
-        for message in self.session.messages():
-            self.session.delete_message(message.key)
+        for key, _, _ in self._items():
+            self.session.delete_message(key)
+        self._history = None
         self.session.reset()
-        self._answered = set()
+        self._answered = None
         self._dirty = False
 
     def close(self) -> None:
