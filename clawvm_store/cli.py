@@ -1376,6 +1376,13 @@ def import_jsonl_command(obj: Context, file: str) -> None:
     default=None,
     help="With --claude-session: the SDK project_key, if the id is mirrored under several.",
 )
+@click.option(
+    "--keep",
+    "keep",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Replay into this new database and keep it (inspect it with sql, faults, pages).",
+)
 @common_options
 @pass_context
 def replay(
@@ -1385,6 +1392,7 @@ def replay(
     policy: str,
     claude_session: str | None,
     project_key: str | None,
+    keep: str | None,
 ) -> None:
     """Replay a trace (from `clawvm import`, or a transcript, imported on the fly).
 
@@ -1397,12 +1405,15 @@ def replay(
     Example:
       clawvm replay session.trace.json --budget 16000 --policy clawvm
       clawvm --db agent.db replay --claude-session 5f1c... --budget 16000
+      clawvm replay session.trace.json --budget 16000 --keep replayed.db
     """
-    from .replay.harness import run_eval
+    from .replay.harness import replay_into, run_eval
     from .replay.trace import Trace
 
     if (trace_file is None) == (claude_session is None):
         fail("give a TRACE_FILE or --claude-session ID (one of them)", 2)
+    if keep is not None and Path(keep).exists():
+        fail(f"{keep} exists: --keep writes a new database and never reuses one", 2)
     if claude_session is not None:
         try:
             from .integrations.claude_agent_sdk import mirrored_trace
@@ -1423,7 +1434,10 @@ def replay(
 
     with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:
         progress.add_task(f"replaying {len(trace.turns)} turns", total=None)
-        (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
+        if keep is not None:
+            result = replay_into(trace, budget, policy, Path(keep))
+        else:
+            (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
     if obj.as_json:
         emit_json(result.as_json())
         return
@@ -1436,6 +1450,8 @@ def replay(
         ("(turns)", result.turns),
         ("(floor fit every turn)", "yes" if result.feasible else "no"),
     ]
+    if keep is not None:
+        rows.append(("(kept)", keep))
     emit_table(f"{trace.name} at {budget} tokens under {policy}", ["what", "value"], rows)
 
 

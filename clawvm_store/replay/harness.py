@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInput
 from ..faults import POLICY_FAULTS
 from ..pages import FaultKind
 from ..store import Store
@@ -111,6 +112,21 @@ def run_config(
     finally:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def replay_into(trace: Trace, budget: int, policy_name: str, path: Path) -> ConfigResult:
+    """Replay ``trace`` into a new database at ``path`` and keep it there for inspection.
+
+    The database is the replay's own store: its pages, journal, tool ledger, assemblies and
+    faults are what ``clawvm sql``, ``clawvm faults`` and ``clawvm pages`` then read.
+    """
+    if path.exists():
+        raise InvalidInput(f"{path} exists: --keep writes a new database and never reuses one")
+    with tempfile.TemporaryDirectory(prefix="clawvm-replay-") as tmp:
+        template = template_database(Path(tmp))
+        shutil.copyfile(template, path)
+    with Store.open(path, clock=fixed_clock()) as store:
+        return _replay(store, trace, budget, policy_name)
 
 
 def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> ConfigResult:
