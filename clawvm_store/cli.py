@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
@@ -1407,7 +1408,7 @@ def replay(
       clawvm --db agent.db replay --claude-session 5f1c... --budget 16000
       clawvm replay session.trace.json --budget 16000 --keep replayed.db
     """
-    from .replay.harness import replay_into, run_eval
+    from .replay.harness import replay_into
     from .replay.trace import Trace
 
     if (trace_file is None) == (claude_session is None):
@@ -1435,11 +1436,12 @@ def replay(
     with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:
         progress.add_task(f"replaying {len(trace.turns)} turns", total=None)
         if keep is not None:
-            result = replay_into(trace, budget, policy, Path(keep))
+            result, stale = replay_into(trace, budget, policy, Path(keep))
         else:
-            (result,) = run_eval(traces=[trace], budgets=[budget], policies=[policy], workers=1)
+            with tempfile.TemporaryDirectory(prefix="clawvm-replay-") as scratch:
+                result, stale = replay_into(trace, budget, policy, Path(scratch) / "replay.db")
     if obj.as_json:
-        emit_json(result.as_json())
+        emit_json({**result.as_json(), "stale_serve_cases": stale})
         return
     rows: list[tuple[str, Any]] = [(kind, count) for kind, count in result.faults.items()]
     rows += [
@@ -1453,6 +1455,22 @@ def replay(
     if keep is not None:
         rows.append(("(kept)", keep))
     emit_table(f"{trace.name} at {budget} tokens under {policy}", ["what", "value"], rows)
+    if stale:
+        emit_table(
+            "stale serves: served from the ledger, but the real tool returned something else",
+            ["turn", "tool", "arguments", "served chars", "real chars", "first difference"],
+            [
+                (
+                    case["turn"],
+                    case.get("tool", ""),
+                    json.dumps(case.get("args", {}), sort_keys=True),
+                    case.get("served_chars", ""),
+                    case.get("real_chars", ""),
+                    case.get("first_difference", ""),
+                )
+                for case in stale
+            ],
+        )
 
 
 DEMO_PAGES: tuple[tuple[str, PageType, str, dict[str, Any] | None], ...] = (

@@ -54,3 +54,42 @@ def test_keep_never_reuses_a_database(tmp_path: Path) -> None:
         f"error: {taken} exists: --keep writes a new database and never reuses one"
     ]
     assert taken.read_bytes() == b"the user's own file"
+
+
+def test_replay_reports_each_stale_serve(tmp_path: Path) -> None:
+    """A tool declared a pure read whose real output changed: the second call is served from
+    the ledger, and the replay names the case (turn, tool, arguments, sizes, first difference)."""
+    from clawvm_store.replay.trace import ToolStep, Trace, Turn
+
+    ls = {"path": "/w"}
+    trace = Trace(
+        name="mislabelled",
+        turns=[
+            Turn(user="list it", tools=[ToolStep(name="list_dir", args=ls, output="a.py\nb.py")]),
+            Turn(user="again", tools=[ToolStep(name="list_dir", args=ls, output="a.py\nc.py")]),
+            Turn(user="once more", tools=[ToolStep(name="list_dir", args=ls, output="a.py\nc.py")]),
+        ],
+    )
+    trace_file = tmp_path / "t.trace.json"
+    trace.dump(trace_file)
+    result = cli("--json", "replay", trace_file, "--budget", 2000)
+    assert result.exit_code == 0, result.output
+    replayed = json.loads(result.output)
+    assert replayed["faults"]["stale_serve"] == 2
+    cases = replayed["stale_serve_cases"]
+    assert [(c["turn"], c["tool"], c["args"]) for c in cases] == [
+        (1, "list_dir", ls),
+        (2, "list_dir", ls),
+    ]
+    assert [(c["served_chars"], c["real_chars"], c["first_difference"]) for c in cases] == [
+        (9, 9, 5),
+        (9, 9, 5),
+    ]
+    table = cli("replay", trace_file, "--budget", 2000)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    start = lines.index("turn\ttool\targuments\tserved chars\treal chars\tfirst difference")
+    assert lines[start + 1 :] == [
+        '1\tlist_dir\t{"path": "/w"}\t9\t9\t5',
+        '2\tlist_dir\t{"path": "/w"}\t9\t9\t5',
+    ]

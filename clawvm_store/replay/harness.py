@@ -114,11 +114,15 @@ def run_config(
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def replay_into(trace: Trace, budget: int, policy_name: str, path: Path) -> ConfigResult:
-    """Replay ``trace`` into a new database at ``path`` and keep it there for inspection.
+def replay_into(
+    trace: Trace, budget: int, policy_name: str, path: Path
+) -> tuple[ConfigResult, list[dict[str, Any]]]:
+    """Replay ``trace`` into a new database at ``path`` (left there for inspection).
 
-    The database is the replay's own store: its pages, journal, tool ledger, assemblies and
-    faults are what ``clawvm sql``, ``clawvm faults`` and ``clawvm pages`` then read.
+    Returns the result and every ``stale_serve`` case, oldest first: the turn, the tool, its
+    arguments, the sizes of the served and the real output and the first character where they
+    differ. The database is the replay's own store: its pages, journal, tool ledger,
+    assemblies and faults are what ``clawvm sql``, ``clawvm faults`` and ``clawvm pages`` read.
     """
     if path.exists():
         raise InvalidInput(f"{path} exists: --keep writes a new database and never reuses one")
@@ -126,7 +130,17 @@ def replay_into(trace: Trace, budget: int, policy_name: str, path: Path) -> Conf
         template = template_database(Path(tmp))
         shutil.copyfile(template, path)
     with Store.open(path, clock=fixed_clock()) as store:
-        return _replay(store, trace, budget, policy_name)
+        result = _replay(store, trace, budget, policy_name)
+        rows = store.query(
+            "SELECT session_id, turn, key, detail FROM faults WHERE kind = ? ORDER BY id",
+            [FaultKind.STALE_SERVE.value],
+        )
+    cases = [
+        {"session": row["session_id"], "turn": row["turn"], "key": row["key"]}
+        | json.loads(row["detail"] or "{}")
+        for row in rows
+    ]
+    return result, cases
 
 
 def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> ConfigResult:
