@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import text as sql_text
 
 from . import schema as t
+from .cache import CachePricing, PromptBlock, cache_pricing
 from .errors import FloorShortfall, InsufficientBudget, InvalidInput
 from .journal import LATEST_EVENT
 from .messages import key_seq
@@ -223,6 +224,11 @@ class Assembly:
     # rendered size ``tokens`` counts and the budget bounds ("text": the text form).
     conversation: Conversation = field(default_factory=lambda: Conversation((), ()))
     form: Form = "text"
+    # The text form's blocks (fixed region, then each page), each as (identity, tokens): what
+    # a provider's prefix cache compares from one prompt to the next (clawvm_store.cache).
+    prompt_blocks: tuple[PromptBlock, ...] = ()
+    # The OpenAI ``prompt_cache_key`` :meth:`openai_request` sends: the session id.
+    cache_key: str = ""
 
     def to_openai_chat(self) -> list[dict[str, Any]]:
         """The prompt as OpenAI Chat Completions ``messages`` (contract).
@@ -238,11 +244,31 @@ class Assembly:
         ``function_call`` and ``function_call_output`` items, every call followed by its output."""
         return to_openai_responses(self.conversation)
 
-    def to_anthropic(self) -> dict[str, Any]:
+    def to_anthropic(self, *, cache_control: bool = True) -> dict[str, Any]:
         """The prompt as Anthropic Messages ``{"system": [...], "messages": [...]}`` (contract):
         user and assistant alternate, tool results are ``tool_result`` blocks answering the
-        ``tool_use`` blocks of the message before."""
-        return to_anthropic(self.conversation)
+        ``tool_use`` blocks of the message before. ``cache_control`` breakpoints (at most 4)
+        mark the ends of the stable regions unless ``cache_control=False``."""
+        return to_anthropic(self.conversation, cache_control=cache_control)
+
+    def openai_request(
+        self, api: str = "responses", *, prompt_cache_key: str | None = None
+    ) -> dict[str, Any]:
+        """The prompt as keyword arguments of an OpenAI request, with its cache key.
+
+        ``api="responses"`` gives ``{"input": [...], "prompt_cache_key": ...}`` for
+        ``client.responses.create``; ``api="chat"`` gives ``{"messages": [...],
+        "prompt_cache_key": ...}`` for ``client.chat.completions.create``. The key (the
+        session id unless given) routes the session's requests to the same cache.
+        """
+        key = self.cache_key if prompt_cache_key is None else prompt_cache_key
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("prompt_cache_key must be a non-empty string")
+        if api == "responses":
+            return {"input": self.to_openai_responses(), "prompt_cache_key": key}
+        if api == "chat":
+            return {"messages": self.to_openai_chat(), "prompt_cache_key": key}
+        raise InvalidInput(f"api must be 'responses' or 'chat', not {api!r:.40}")
 
     def rendered_tokens(self, form: Form, counter: TokenCounter) -> int:
         """What the prompt costs in ``form``, counted as the assembler counts it for a budget."""
@@ -326,23 +352,37 @@ def choose(
     recency: Sequence[float] | None = None,
     boost: Mapping[str, float] | None = None,
     pins: bool = True,
+    keep: Mapping[int, Fidelity] | None = None,
 ) -> Selection:
     """The two-phase greedy selection over an in-memory page table (no SQL, no text).
 
     Phase 1 installs every required page at its floor; phase 2 applies upgrades one rung at a
     time by Δutility/Δtokens (ties by key, then fidelity) while they fit. ``previous`` (page id →
     fidelity in the last assembly) drives hysteresis; ``recency`` may be passed precomputed.
+    ``keep`` (page id → fidelity) installs those pages in phase 1 at exactly that fidelity (at
+    least the floor) and never upgrades them: the cache-aware assembly's append-only pass.
     """
     previous = previous or {}
+    keep = keep or {}
     count = len(candidates)
     rungs = [-1] * count
     reasons: dict[int, Reason] = {}
     floor: dict[int, Fidelity] = {}
     used = fixed_tokens
+    kept: set[int] = set()
     for index, candidate in enumerate(candidates):
         reason: Reason | None = (
             "demand" if candidate.key in demand else (candidate.required if pins else None)
         )
+        held = keep.get(candidate.page_id)
+        if held is not None and held in candidate.rung_of:
+            rung = max(candidate.rung_of[held], candidate.floor_rung if reason else 0)
+            rungs[index] = rung
+            kept.add(index)
+            reasons[candidate.page_id] = reason or "upgrade"
+            floor[candidate.page_id] = candidate.ladder[rung]
+            used += candidate.costs[rung]
+            continue
         if reason is None:
             continue
         rung = candidate.floor_rung
@@ -377,6 +417,8 @@ def choose(
     queue: list[_Step] = []
     room = budget - used
     for index, candidate in enumerate(candidates):
+        if index in kept:
+            continue
         static = candidate._static
         base = (
             static[1]
@@ -495,6 +537,17 @@ def choose(
     return Selection(chosen, reasons, upgrades, floor_tokens, True, [])
 
 
+def _copy(selection: Selection) -> Selection:
+    """A selection the caller may change (an infeasible assembly rewrites its floor)."""
+    return dataclasses.replace(
+        selection,
+        chosen=dict(selection.chosen),
+        reasons=dict(selection.reasons),
+        upgrades=list(selection.upgrades),
+        shortfall=list(selection.shortfall),
+    )
+
+
 # One step up a page's ladder, ordered as the selection's queue orders it: by -Δutility/Δtokens,
 # then key, then the fidelity's rank (deterministic ties). Then: the rung it reaches, its
 # Δtokens, the page id, the fidelity it leaves (None: the page was absent) and reaches, and the
@@ -582,6 +635,9 @@ class PageTable:
         self._required: dict[str, Candidate] = {}  # visible hard-pinned / bootstrap / constraint
         self._favoured: list[tuple[float, str]] = []  # (-static utility, key), soft pin or priority
         self._changed: set[str] = set()  # visible keys whose page changed since take_changed()
+        # Grows whenever the visible pages change: equal generations mean the same pages, the
+        # assembler's test for "nothing changed since the last prompt" (its fixed point).
+        self.generation = 0
         self._listed: list[Candidate] | None = None
         # Provider call id -> the visible pages that make it, answer it with a ``tool`` message
         # (both as sorted (seq, key)) or are its linked result (keys): the renderers' lookups.
@@ -670,6 +726,7 @@ class PageTable:
         if after is before:
             return
         self._listed = None
+        self.generation += 1
         if before is not None:
             self._link(before, add=False)
             self._required.pop(key, None)
@@ -829,6 +886,7 @@ def _block(item: RenderItem) -> Block:
         content=content,
         envelope=envelope,
         answers=candidate.answers,
+        stable=REGION[candidate.type] < 2,
     )
 
 
@@ -876,8 +934,24 @@ class RenderItem:
         return header
 
 
+# The prompt's stable regions, in order: the fixed region comes first of all, then bootstrap,
+# then constraints, then every other page (see :meth:`Assembler._layout`).
+REGION: dict[PageType, int] = {
+    PageType.BOOTSTRAP: 0,
+    PageType.CONSTRAINT: 1,
+    PageType.PLAN: 2,
+    PageType.PREFERENCE: 2,
+    PageType.EVIDENCE: 2,
+    PageType.CONVERSATION: 2,
+}
+
+
 def render_order(items: Iterable[RenderItem]) -> list[RenderItem]:
-    """Sections in DESIGN order; keys sorted within, conversation in time (LSN) order."""
+    """Sections in DESIGN order; keys sorted within, conversation in time (LSN) order.
+
+    The order of a first prompt, and of the pages that enter a prompt together; a page that
+    stays resident unchanged keeps its place (:meth:`Assembler._layout`).
+    """
     return sorted(
         items,
         key=lambda item: (
@@ -990,18 +1064,26 @@ SNAPSHOT_EVERY = 32
 RecordRow = tuple[str, int, str | None, int, str, int, int]
 
 
-def record_rows(items: Sequence[RenderItem], *, by_key: bool = False) -> dict[int, RecordRow]:
+def record_rows(
+    items: Sequence[RenderItem],
+    *,
+    by_key: bool = False,
+    slots: Mapping[int, int] | None = None,
+) -> dict[int, RecordRow]:
     """The record line of each resident page, with its place in the prompt.
 
-    The view numbers a prompt's pages by (sort_section, sort_lsn, key): the render order (DESIGN
-    section, then the LSN for conversation). A prompt the harness built is recorded in key
-    order: its pages all get (0, 0).
+    The view numbers a prompt's pages by (sort_section, sort_lsn, key), which is the render
+    order: the page's region (bootstrap, constraint, the rest) and its slot in the layout by
+    stability (``slots``: page id -> slot; without them, the DESIGN section order, with the LSN
+    for conversation). A prompt the harness built is recorded in key order: (0, 0) for all.
     """
     rows: dict[int, RecordRow] = {}
     for item in items:
         candidate = item.candidate
         if by_key:
             section, lsn = 0, 0
+        elif slots is not None:
+            section, lsn = REGION[candidate.type], slots[candidate.page_id]
         else:
             section = SECTION_ORDER[candidate.type]
             lsn = candidate.lsn if candidate.type is PageType.CONVERSATION else 0
@@ -1172,9 +1254,11 @@ class Assembler:
         weights: Weights | None = None,
         hysteresis: bool = True,
         pins: bool = True,
+        cache: str | CachePricing | None = None,
     ) -> None:
         self.store = store
         self.pins = pins
+        self.cache = cache_pricing(cache)
         self.project = project
         self.session_id = session_id
         self.weights = weights or Weights()
@@ -1191,6 +1275,16 @@ class Assembler:
         self._last_id: int | None = None
         self._base_id: int | None = None
         self._deltas = 0
+        # The layout by stability: page id -> its slot in the last recorded prompt (pages render
+        # by region, then slot); a page that enters or changes takes the next free slot.
+        self._slots: dict[int, int] = {}
+        self._next_slot = 0
+        # Grows whenever the last prompt (``_previous``) is replaced, so a remembered selection
+        # is reused only against the prompt it was made after.
+        self._serial = 0
+        # (inputs, candidates, selection) of the last assembly: the same inputs over the same
+        # pages give the same prompt, byte for byte (the fixed point).
+        self._memo: tuple[tuple[Any, ...], list[Candidate], Selection] | None = None
 
     def assemble(
         self,
@@ -1250,29 +1344,43 @@ class Assembler:
                     conn.execute(_OBSERVED, {"b_session": self.session_id}).all()
                 )
             margin = self._margin
-            # Bounded by what can matter this turn, not by every page the session ever wrote.
-            candidates = self.table.pool(
-                demand=wanted, previous=self._previous or (), changed=self.table.take_changed()
-            )
-            recency = self.table.recency(candidates)
             effective = max(1, math.floor(budget / margin))
             fixed_tokens = counter.count(fixed) + (1 if fixed else 0)
-            selection = choose(
-                candidates,
-                budget=effective,
-                fixed_tokens=fixed_tokens,
-                demand=wanted,
-                previous=self._previous,
-                weights=self.weights,
-                hysteresis=self.hysteresis,
-                recency=recency,
-                boost=boost,
-                pins=self.pins,
+            inputs = (
+                self.table.generation,
+                self._serial,
+                effective,
+                fixed,
+                tuple(sorted(wanted)),
+                tuple(sorted(boost.items())) if boost else (),
+                self.cache,
             )
+            memo = self._memo
+            if memo is not None and memo[0] == inputs:
+                # Nothing changed since the last prompt, which this selection made: the same
+                # prompt again (hysteresis alone would move a few pages on the first repeat).
+                candidates, selection = memo[1], _copy(memo[2])
+                self.table.take_changed()
+            else:
+                # Bounded by what can matter this turn, not by every page the session wrote.
+                changed = self.table.take_changed()
+                candidates = self.table.pool(
+                    demand=wanted, previous=self._previous or (), changed=changed
+                )
+                selection = self._select(
+                    candidates,
+                    effective=effective,
+                    fixed_tokens=fixed_tokens,
+                    wanted=wanted,
+                    recency=self.table.recency(candidates),
+                    boost=boost,
+                    changed=changed,
+                )
+                self._memo = (inputs, candidates, _copy(selection))
             by_id = {candidate.page_id: candidate for candidate in candidates}
             partners = self._partner_pages(by_id, selection)
             texts = self._texts(conn, {**by_id, **partners}, selection, partners)
-        items, text, messages, tokens, conversation = self._fit(
+        items, text, messages, tokens, conversation, slots, blocks = self._fit(
             fixed, by_id, selection, texts, effective, form
         )
         # Judged on the exact count: the per-page estimates only rank and pre-filter.
@@ -1328,17 +1436,113 @@ class Assembler:
             shortfall=shortfall,
             conversation=conversation,
             form=form,
+            prompt_blocks=blocks,
+            cache_key=self.session_id,
         )
         if record:
             extra = observe(items, feasible) if observe is not None else []
-            assembly = self._record(assembly, items, evicted, turn, extra)
-            self._remember(items)
+            assembly = self._record(assembly, items, evicted, turn, extra, slots=slots)
+            self._remember(items, slots)
+            if self._memo is not None and self._memo[0] == inputs:
+                # Made after the prompt it just replaced: still this state's answer.
+                self._memo = ((*inputs[:1], self._serial, *inputs[2:]), *self._memo[1:])
         if shortfall is not None:
             if record:
                 self.store._on_insufficient(self.session_id, self.project, turn, shortfall)
             if on_insufficient == "raise":
                 raise shortfall
         return assembly
+
+    def _select(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        effective: int,
+        fixed_tokens: int,
+        wanted: frozenset[str],
+        recency: Sequence[float],
+        boost: Mapping[str, float] | None,
+        changed: Iterable[str] = (),
+    ) -> Selection:
+        """The selection for this turn; cache-aware when a cache preset is set.
+
+        Without a cache this is :func:`choose`. With one, the last prompt's pages are kept as
+        a prefix: the pages of the last prompt whose version did not change, in layout order,
+        keep their fidelity (so their blocks, and the prompt up to them, stay byte-identical),
+        and only the other pages are chosen, in the room left. The whole last prompt is kept
+        when that still places every page the plain selection places that is new or changed
+        since the last prompt (``changed``), or demanded, at least at the plain selection's
+        fidelity. When it
+        does not, this is a compaction-like step under the budget less the preset's headroom
+        (so the next turns can append without another break): the longest prefix that still
+        gives those pages what the plain selection under that budget gives them is kept, found
+        by bisection, else that plain selection; if even the floor does not fit there, the
+        plain selection under the whole budget. Floors, pins and demanded pages are
+        installed in every pass; demanded and boosted pages are never held back.
+        """
+        common = {
+            "fixed_tokens": fixed_tokens,
+            "demand": wanted,
+            "previous": self._previous,
+            "weights": self.weights,
+            "hysteresis": self.hysteresis,
+            "recency": recency,
+            "boost": boost,
+            "pins": self.pins,
+        }
+        fresh = choose(candidates, budget=effective, **common)  # type: ignore[arg-type]
+        previous = self._previous
+        if not self.cache.enabled or not previous or not fresh.feasible:
+            return fresh
+        versions, slots = self._previous_versions, self._slots
+        prefix = sorted(
+            (
+                candidate
+                for candidate in candidates
+                if candidate.page_id in previous
+                and versions.get(candidate.page_id) == candidate.version
+                and candidate.key not in wanted
+                and not (boost and boost.get(candidate.key))
+            ),
+            key=lambda candidate: (
+                REGION[candidate.type],
+                slots.get(candidate.page_id, self._next_slot),
+            ),
+        )
+
+        by_key = {candidate.key: candidate.page_id for candidate in candidates}
+        news = {by_key[key] for key in (*changed, *wanted) if key in by_key}
+
+        def attempt(length: int, budget: int, plain: Selection) -> Selection | None:
+            # What the cache may not cost: each new, changed or demanded page the plain
+            # selection under the same budget places, at least at the fidelity it gives it.
+            keep = {c.page_id: previous[c.page_id] for c in prefix[:length]}
+            selection = choose(candidates, budget=budget, keep=keep, **common)  # type: ignore[arg-type]
+            chosen = selection.chosen
+            placed = selection.feasible and all(
+                page_id in chosen and chosen[page_id].rank <= fidelity.rank
+                for page_id, fidelity in plain.chosen.items()
+                if page_id in news
+            )
+            return selection if placed else None
+
+        whole = attempt(len(prefix), effective, fresh)
+        if whole is not None:
+            return whole
+        reduced = math.floor(effective * (1.0 - self.cache.headroom))
+        compacted = choose(candidates, budget=reduced, **common)  # type: ignore[arg-type]
+        if not compacted.feasible:
+            return fresh
+        best: Selection | None = None
+        low, high = 0, len(prefix) - 1
+        while low <= high:
+            middle = (low + high) // 2
+            found = attempt(middle, reduced, compacted)
+            if found is None:
+                high = middle - 1
+            else:
+                best, low = found, middle + 1
+        return best if best is not None else compacted
 
     def _partner_pages(
         self, by_id: Mapping[int, Candidate], selection: Selection
@@ -1419,14 +1623,26 @@ class Assembler:
         texts: Mapping[tuple[int, Fidelity], tuple[str, Fidelity]],
         budget: int,
         form: Form = "text",
-    ) -> tuple[list[RenderItem], str, list[dict[str, str]], int, Conversation]:
-        """Render and count exactly; undo upgrades, last first, until ``form`` fits."""
+    ) -> tuple[
+        list[RenderItem],
+        str,
+        list[dict[str, str]],
+        int,
+        Conversation,
+        dict[int, int],
+        tuple[PromptBlock, ...],
+    ]:
+        """Render and count exactly; undo upgrades, last first, until ``form`` fits.
+
+        Also returns each page's slot in the layout and the prompt's blocks (what a provider
+        cache compares, :mod:`clawvm_store.cache`).
+        """
         chosen = dict(selection.chosen)
         undo = list(selection.upgrades)
         counter: TokenCounter = self.store.counter
         partners = self._partners(texts)
         while True:
-            items = render_order(
+            items, slots = self._layout(
                 RenderItem(
                     candidate=by_id[page_id],
                     fidelity=fidelity,
@@ -1445,7 +1661,17 @@ class Assembler:
             else:
                 tokens = rendered_tokens(conversation, form, counter)
             if tokens <= budget or not undo:
-                return items, text, messages, tokens, conversation
+                identities: list[Hashable] = [("fixed", fixed)] if fixed else []
+                identities.extend(
+                    (item.candidate.page_id, item.candidate.version, item.fidelity)
+                    for item in items
+                )
+                # Each part's own count (cached: the exact count above counted each on its own).
+                blocks = tuple(
+                    (identity, counter.count(part))
+                    for identity, part in zip(identities, parts, strict=True)
+                )
+                return items, text, messages, tokens, conversation, slots, blocks
             # The text form's count is cheap, so each undo is checked exactly. Rendering a
             # provider form costs a pass over the whole conversation, so undo as many upgrades
             # (last first) as their counted tokens say the overshoot needs, then check exactly
@@ -1461,6 +1687,46 @@ class Assembler:
                     chosen[page_id] = before
                     over -= tokens_now - by_id[page_id].tokens[before]
 
+    def _layout(self, items: Iterable[RenderItem]) -> tuple[list[RenderItem], dict[int, int]]:
+        """The prompt's pages in the layout by stability, and each one's slot.
+
+        Regions first (bootstrap, constraints, then every other page); within a region, the
+        pages of the last prompt that stayed at the same version and fidelity keep their
+        slots, so their blocks stay where a provider's prefix cache has them, and the pages
+        that entered or changed take new slots after every kept one, new pages first, then
+        changed ones, each in render order. A change breaks the cached prefix only from its own
+        block on, and a page that changes every turn (the plan, the current conversation span)
+        keeps moving to the end.
+        """
+        previous = self._previous or {}
+        versions = self._previous_versions
+        known = self._slots
+        placed: list[tuple[int, int, RenderItem]] = []
+        fresh: list[RenderItem] = []
+        for item in render_order(items):
+            page_id = item.candidate.page_id
+            slot = known.get(page_id)
+            if (
+                slot is not None
+                and previous.get(page_id) is item.fidelity
+                and versions.get(page_id) == item.candidate.version
+            ):
+                placed.append((REGION[item.candidate.type], slot, item))
+            else:
+                fresh.append(item)
+        # Pages that were in the last prompt in another form changed, and what changed once
+        # tends to change again (the plan, the current span, a re-run's result): they go after
+        # the pages that are new, so the next change breaks the prefix as late as it can.
+        fresh.sort(key=lambda item: item.candidate.page_id in previous)
+        slot = self._next_slot
+        for item in fresh:
+            placed.append((REGION[item.candidate.type], slot, item))
+            slot += 1
+        placed.sort(key=lambda entry: (entry[0], entry[1]))
+        return [entry[2] for entry in placed], {
+            entry[2].candidate.page_id: entry[1] for entry in placed
+        }
+
     def _record(
         self,
         assembly: Assembly,
@@ -1470,6 +1736,7 @@ class Assembler:
         extra: Sequence[dict[str, Any]] = (),
         *,
         by_key: bool = False,
+        slots: Mapping[int, int] | None = None,
     ) -> Assembly:
         """Write the assembly and the items that changed since the session's previous one.
 
@@ -1480,7 +1747,7 @@ class Assembler:
             with store.db.transaction(write=False) as conn:
                 self._load_previous(conn)
         assert self._rows is not None
-        now = record_rows(items, by_key=by_key)
+        now = record_rows(items, by_key=by_key, slots=slots)
         with store.db.transaction(sync="normal") as conn:
             last = conn.execute(_LAST_ASSEMBLY, {"b_session": self.session_id}).first()
             # A snapshot starts each session's chain and every SNAPSHOT_EVERY-th assembly, so
@@ -1561,7 +1828,7 @@ class Assembler:
             effective_budget=budget,
         )
         self._record(external, items, evicted, turn, fault_rows, by_key=True)
-        self._remember(items)
+        self._remember(items, {item.candidate.page_id: slot for slot, item in enumerate(items)})
 
     def previous(self) -> dict[int, Fidelity]:
         """Page id → fidelity in this session's last recorded prompt."""
@@ -1594,10 +1861,24 @@ class Assembler:
         self._rows = rows
         self._previous = {page_id: Fidelity(row[2]) for page_id, row in rows.items() if row[2]}
         self._previous_versions = {page_id: row[1] for page_id, row in rows.items()}
+        resident = sorted(
+            (row[5], row[6], row[0], page_id) for page_id, row in rows.items() if row[2]
+        )
+        slots = {entry[3]: entry[1] for entry in resident}
+        if any(entry[0] > 2 for entry in resident) or len(set(slots.values())) < len(slots):
+            # Recorded before the layout by stability, or by the harness (key order): the
+            # slots follow the recorded positions from here on.
+            slots = {entry[3]: slot for slot, entry in enumerate(resident)}
+        self._slots = slots
+        self._next_slot = max(slots.values(), default=-1) + 1
+        self._serial += 1
 
-    def _remember(self, items: Sequence[RenderItem]) -> None:
+    def _remember(self, items: Sequence[RenderItem], slots: Mapping[int, int]) -> None:
         self._previous = {item.candidate.page_id: item.fidelity for item in items}
         self._previous_versions = {item.candidate.page_id: item.candidate.version for item in items}
+        self._slots = dict(slots)
+        self._next_slot = max(self._next_slot, max(slots.values(), default=-1) + 1)
+        self._serial += 1
 
     def observe_usage(self, prompt_tokens: int) -> float:
         """Record the provider's count for the last recorded prompt; return the new margin."""

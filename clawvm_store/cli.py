@@ -990,7 +990,15 @@ def _import_jsonl(obj: Context, file: str) -> None:
 
 
 FAMILY_NAMES = ("assistant", "coding", "research", "project")
-POLICY_NAMES = ("retrieval", "retrieval_cache", "compaction_hybrid", "lru", "clawvm", "oracle")
+POLICY_NAMES = (
+    "retrieval",
+    "retrieval_cache",
+    "compaction_hybrid",
+    "lru",
+    "clawvm",
+    "clawvm_cache",
+    "oracle",
+)
 ABLATION_NAMES = ("pointer-resolution", "pins", "writeback", "hysteresis")
 
 
@@ -1296,10 +1304,15 @@ def import_group() -> None:
     """
 
 
-def _import(kind: str, file: str, session: str | None, out: str | None, as_json: bool) -> None:
+SPLIT_NAMES = ("response", "prompt")  # replay.importers.SPLITS (tests keep them equal)
+
+
+def _import(
+    kind: str, file: str, session: str | None, out: str | None, split: str, as_json: bool
+) -> None:
     from .replay.importers import import_transcript
 
-    trace = import_transcript(file, kind=kind, session=session)
+    trace = import_transcript(file, kind=kind, session=session, split=split)
     target = Path(out) if out else Path(f"{Path(file).stem}.trace.json")
     trace.dump(target)
     tools = sum(len(turn.tools) for turn in trace.turns)
@@ -1339,10 +1352,17 @@ def _register_importer(kind: str) -> None:
     @click.argument("file")
     @click.option("--session", default=None, help="Only this session id of the transcript.")
     @click.option("--out", default=None, help="Trace file to write (default: FILE.trace.json).")
+    @click.option(
+        "--split",
+        type=click.Choice(SPLIT_NAMES),
+        default="response",
+        show_default=True,
+        help="Start a turn at every model response, or only at user prompts.",
+    )
     @common_options
     @pass_context
-    def command(obj: Context, file: str, session: str | None, out: str | None) -> None:
-        _import(kind, file, session, out, obj.as_json)
+    def command(obj: Context, file: str, session: str | None, out: str | None, split: str) -> None:
+        _import(kind, file, session, out, split, obj.as_json)
 
 
 for _kind in ("auto", "claude-code", "codex", "copilot", "gemini-cli", "antigravity", "aider"):
@@ -1384,6 +1404,14 @@ def import_jsonl_command(obj: Context, file: str) -> None:
     default=None,
     help="Replay into this new database and keep it (inspect it with sql, faults, pages).",
 )
+@click.option(
+    "--split",
+    type=click.Choice(SPLIT_NAMES),
+    default="response",
+    show_default=True,
+    help="For a transcript imported on the fly or a mirrored session: start turns at model "
+    "responses or only at user prompts.",
+)
 @common_options
 @pass_context
 def replay(
@@ -1394,11 +1422,14 @@ def replay(
     claude_session: str | None,
     project_key: str | None,
     keep: str | None,
+    split: str,
 ) -> None:
     """Replay a trace (from `clawvm import`, or a transcript, imported on the fly).
 
     Realistic budgets for real sessions are 2,000 to 64,000 tokens. Prints faults by kind,
-    alerts, hits, thrash and tokens used. Uses --db only with --claude-session (a live session
+    alerts, hits, thrash and tokens used, and the prompt cache figures (median prefix reuse,
+    input cost with and without caching) beside those of the transcript's own append-only
+    harness. Uses --db only with --claude-session (a live session
     mirrored by clawvm_store.integrations.claude_agent_sdk.ClawVMSessionStore); the replay
     itself runs in a scratch database.
 
@@ -1408,8 +1439,9 @@ def replay(
       clawvm --db agent.db replay --claude-session 5f1c... --budget 16000
       clawvm replay session.trace.json --budget 16000 --keep replayed.db
     """
-    from .replay.harness import replay_into
+    from .replay.harness import replay_into, transcript_baseline
     from .replay.trace import Trace
+    from .tokens import TokenCounter
 
     if (trace_file is None) == (claude_session is None):
         fail("give a TRACE_FILE or --claude-session ID (one of them)", 2)
@@ -1421,7 +1453,7 @@ def replay(
         except ImportError:
             fail('--claude-session needs the extra: pip install "clawvm-store[claude-agent-sdk]"')
         with obj.open() as store:
-            trace = mirrored_trace(store, claude_session, project_key=project_key)
+            trace = mirrored_trace(store, claude_session, project_key=project_key, split=split)
     else:
         assert trace_file is not None
         path = Path(trace_file)
@@ -1430,7 +1462,7 @@ def replay(
         else:
             from .replay.importers import import_transcript
 
-            trace = import_transcript(path)
+            trace = import_transcript(path, split=split)
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:
@@ -1440,8 +1472,9 @@ def replay(
         else:
             with tempfile.TemporaryDirectory(prefix="clawvm-replay-") as scratch:
                 result, stale = replay_into(trace, budget, policy, Path(scratch) / "replay.db")
+    harness = transcript_baseline(trace, TokenCounter())
     if obj.as_json:
-        emit_json({**result.as_json(), "stale_serve_cases": stale})
+        emit_json({**result.as_json(), "stale_serve_cases": stale, "transcript_harness": harness})
         return
     rows: list[tuple[str, Any]] = [(kind, count) for kind, count in result.faults.items()]
     rows += [
@@ -1455,6 +1488,25 @@ def replay(
     if keep is not None:
         rows.append(("(kept)", keep))
     emit_table(f"{trace.name} at {budget} tokens under {policy}", ["what", "value"], rows)
+    emit_table(
+        "prompt cache (reuse: median share of each prompt that is a prefix of the one before; "
+        "cost in uncached input tokens, cached at Anthropic's prices)",
+        ["prompts from", "reuse", "tokens per prompt", "cost uncached", "cost cached", "ratio"],
+        [
+            (
+                label,
+                f"{figures['prefix_reuse']:.1%}",
+                f"{figures['tokens_used']:.0f}",
+                f"{figures['input_cost']:.0f}",
+                f"{figures['cached_input_cost']:.0f}",
+                f"{figures['cached_input_cost'] / max(figures['input_cost'], 1):.3f}",
+            )
+            for label, figures in (
+                (policy, result.as_json()),
+                ("the transcript's harness (append-only)", harness),
+            )
+        ],
+    )
     if stale:
         emit_table(
             "stale serves: served from the ledger, but the real tool returned something else",

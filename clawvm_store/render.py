@@ -76,10 +76,15 @@ class Turn:
 
 @dataclass(frozen=True)
 class Conversation:
-    """An assembly as a system part and messages, every tool call paired with its result."""
+    """An assembly as a system part and messages, every tool call paired with its result.
+
+    The first ``stable`` entries of ``system`` are its stable region (the fixed region,
+    bootstrap and constraint pages): where the first cache breakpoint goes.
+    """
 
     system: tuple[str, ...]
     turns: tuple[Turn, ...]
+    stable: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class Block:
     content: str | None
     envelope: Mapping[str, Any] | None = None
     answers: tuple[str, ...] = ()
+    stable: bool = False  # a bootstrap or constraint page: the system part's stable region
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ def build_conversation(
 ) -> Conversation:
     """The conversation of a prompt (see the module docstring for the rules)."""
     system: list[str] = [fixed] if fixed else []
+    stable = len(system)
     messages: dict[int, Block] = {}
     linked: dict[str, Block] = {}
     system_messages: list[str] = []
@@ -145,6 +152,8 @@ def build_conversation(
                     linked.setdefault(call_id, block)
             else:
                 system.append(block.rendered)
+                if block.stable and stable == len(system) - 1:
+                    stable += 1
         elif envelope.get("role") == "system":
             system_messages.append(block.content if block.content is not None else block.text)
         else:
@@ -208,7 +217,7 @@ def build_conversation(
     for block in {block.key: block for block in linked.values()}.values():
         if block.key not in used_linked:
             system.append(block.rendered)
-    return Conversation(tuple(system + system_messages), tuple(turns))
+    return Conversation(tuple(system + system_messages), tuple(turns), stable)
 
 
 def _text(block: Block) -> str:
@@ -322,14 +331,50 @@ def _input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"arguments": value}
 
 
-def to_anthropic(conversation: Conversation) -> dict[str, Any]:
+# Anthropic looks for a cached prefix at each breakpoint and at most this many blocks before it.
+LOOKBACK_BLOCKS = 20
+MAX_BREAKPOINTS = 4
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def to_anthropic(conversation: Conversation, *, cache_control: bool = True) -> dict[str, Any]:
     """Messages API ``system`` (text blocks) and ``messages``, user and assistant alternating.
 
     Tool results are ``tool_result`` blocks of the user message right after the assistant
     message whose ``tool_use`` blocks they answer; consecutive turns of one role are merged into
     one message; a conversation that would start with the assistant starts with a short user
     text (:data:`CONTINUES`).
+
+    With ``cache_control`` (the default), at most four ``cache_control`` breakpoints mark the
+    ends of the stable regions: the end of the system part's stable region (fixed region,
+    bootstrap, constraints), the end of the system part, the last block of the conversation,
+    and, when the conversation has more blocks than Anthropic looks back from a breakpoint
+    (:data:`LOOKBACK_BLOCKS`), the block that far before the last, so a turn that adds up to
+    twice that many blocks still finds the previous turn's cached prefix.
     """
+    payload = _anthropic(conversation)
+    if cache_control:
+        _breakpoints(payload, conversation.stable)
+    return payload
+
+
+def _breakpoints(payload: dict[str, Any], stable: int) -> None:
+    marks: list[dict[str, Any]] = []
+    system = payload["system"]
+    if 0 < stable <= len(system):
+        marks.append(system[stable - 1])
+    if system and len(system) > stable:
+        marks.append(system[-1])
+    blocks = [block for message in payload["messages"] for block in message["content"]]
+    if blocks:
+        marks.append(blocks[-1])
+        if len(blocks) > LOOKBACK_BLOCKS:
+            marks.append(blocks[-1 - LOOKBACK_BLOCKS])
+    for block in marks[:MAX_BREAKPOINTS]:
+        block["cache_control"] = dict(EPHEMERAL)
+
+
+def _anthropic(conversation: Conversation) -> dict[str, Any]:
     system = [{"type": "text", "text": text} for text in conversation.system]
     messages: list[dict[str, Any]] = []
     for turn in conversation.turns:

@@ -31,6 +31,7 @@ from . import _crashpoints
 from . import faults as fault_log
 from . import schema as t
 from .assembler import Assembler, Assembly, Weights
+from .cache import CachePricing
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import Entry, PreparedUpdate, Update, WritebackResult, check_key, row_to_entry
 from .mediator import EFFECTS, ToolCallRecord, ToolMediator, ToolResult
@@ -550,12 +551,30 @@ class Session:
         return page
 
     def configure_assembly(
-        self, *, weights: Weights | None = None, hysteresis: bool = True, pins: bool = True
+        self,
+        *,
+        weights: Weights | None = None,
+        hysteresis: bool = True,
+        pins: bool = True,
+        cache: str | CachePricing | None = None,
     ) -> None:
         """Assemble with other utility weights, without hysteresis, or (an ablation for the
-        evaluation only) without the floor for pinned and bootstrap/constraint pages."""
+        evaluation only) without the floor for pinned and bootstrap/constraint pages.
+
+        ``cache`` makes assembly play to a provider's prompt cache: ``"anthropic"``,
+        ``"openai"`` (presets of :data:`clawvm_store.cache.CACHE_PRESETS`), a
+        :class:`~clawvm_store.cache.CachePricing`, or ``"none"`` (the default: as before).
+        Prompts then stay append-only between compaction-like steps; floors, pins and demanded
+        pages are never traded for cache hits.
+        """
         self._assembler = Assembler(
-            self.store, self.project, self.id, weights=weights, hysteresis=hysteresis, pins=pins
+            self.store,
+            self.project,
+            self.id,
+            weights=weights,
+            hysteresis=hysteresis,
+            pins=pins,
+            cache=cache,
         )
 
     def _resident_fidelity(self, key: str | None, version: int | None = None) -> Fidelity | None:

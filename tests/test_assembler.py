@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import clawvm_store as cvm
 from clawvm_store.assembler import (
-    SECTION_ORDER,
+    REGION,
     Assembler,
     Assembly,
     Candidate,
@@ -101,8 +101,9 @@ def items_by_key(asm: Assembly) -> dict[str, cvm.Fidelity]:
     return {item.key: item.fidelity for item in asm.items}
 
 
-def section_ranks(asm: Assembly) -> list[int]:
-    return [SECTION_ORDER[item.type] for item in asm.items]
+def region_ranks(asm: Assembly) -> list[int]:
+    """Bootstrap, then constraints, then every other page (the layout by stability)."""
+    return [REGION[item.type] for item in asm.items]
 
 
 def sql(store: cvm.Store, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -269,7 +270,7 @@ def check_assembly(
     assert asm.missing == sorted(set(demand) - set(types))
     assert set(present) <= set(types)
     assert len(present) == len(asm.items)
-    assert section_ranks(asm) == sorted(section_ranks(asm))
+    assert region_ranks(asm) == sorted(region_ranks(asm))
     for item in asm.items:
         assert item.type is types[item.key]
         assert POLICIES[item.type].allows(item.fidelity)
@@ -480,11 +481,13 @@ def test_a_session_assembler_sees_every_later_write(store: cvm.Store) -> None:
     write(other, [Spec("pref/a", PageType.PREFERENCE, "Green tea.", expected_version=1)])
     write(other, [Spec("pref/b", PageType.PREFERENCE, "Coffee after lunch.")])
     asm = sess.assemble(1000)
+    # The layout by stability: bootstrap first; ev/x kept its place; the changed pref/a and
+    # the new pref/b come after it.
     assert [(i.key, i.version, i.text) for i in asm.items] == [
         ("boot/late", 1, "Always be kind."),
+        ("ev/x", 1, "alpha output"),
         ("pref/a", 2, "Green tea."),
         ("pref/b", 1, "Coffee after lunch."),
-        ("ev/x", 1, "alpha output"),
     ]
     # The session's own page shadows the project page of the same key, for this session only.
     sess.stage("pref/b", type="preference", content="Decaf only.", scope="session")

@@ -273,11 +273,11 @@ def test_projection_matches_the_importer_on_the_same_entries(tmp_path: Path) -> 
     with ClawVMSessionStore(tmp_path / "p.db") as mirror:
         for batch in batches:
             append(mirror, KEY, batch)
-        trace = mirrored_trace(mirror.store, SID)
+        trace = mirrored_trace(mirror.store, SID, split="prompt")
         projected = tool_calls(mirror.store)
     lines = tmp_path / "t.jsonl"
     lines.write_text("".join(json.dumps(e) + "\n" for b in batches for e in b), encoding="utf-8")
-    imported = import_transcript(lines, kind="claude-code")
+    imported = import_transcript(lines, kind="claude-code", split="prompt")
     assert trace.turns == imported.turns
     # Every call of the projected turns (all but the open last one) in order; the repeat read
     # of turn 3 (index 2) was served by the mediator, so the ledger has no second row for it.
@@ -387,7 +387,7 @@ def test_clawvm_replay_of_the_mirrored_session(mirrored: Path, tmp_path: Path) -
     result = cli(mirrored, "--json", "replay", "--claude-session", SID, "--budget", 400)
     assert result.exit_code == 0, result.output
     replayed = json.loads(result.output)
-    assert replayed["turns"] == 4
+    assert replayed["turns"] == 6  # one per model response (4 prompts with --split prompt)
     assert replayed["policy"] == "clawvm"
     # The same as replaying the transcript file itself.
     lines = tmp_path / "t.jsonl"
@@ -397,6 +397,10 @@ def test_clawvm_replay_of_the_mirrored_session(mirrored: Path, tmp_path: Path) -
     assert {k: v for k, v in json.loads(from_file.output).items() if k != "family"} == {
         k: v for k, v in replayed.items() if k != "family"
     }
+    by_prompt = cli(
+        mirrored, "--json", "replay", "--claude-session", SID, "--budget", 400, "--split", "prompt"
+    )
+    assert json.loads(by_prompt.output)["turns"] == 4
 
 
 def test_clawvm_replay_refuses_an_unknown_session_in_one_line(mirrored: Path) -> None:

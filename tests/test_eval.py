@@ -21,7 +21,7 @@ from clawvm_store.replay.trace import Trace
 from clawvm_store.replay.workloads import FAMILIES, build
 
 SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
-ENGINE_POLICIES = ("lru", "clawvm", "oracle")
+ENGINE_POLICIES = ("lru", "clawvm", "clawvm_cache", "oracle")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_workloads_exercise_every_lifecycle_event() -> None:
 
 def test_engine_policies_have_zero_faults_wherever_the_floor_fits(grid: list) -> None:  # type: ignore[type-arg]
     engine = [r for r in grid if r.policy in ENGINE_POLICIES and r.feasible]
-    assert len(engine) == 3 * sum(1 for r in grid if r.policy == "clawvm" and r.feasible)
+    assert len(engine) == 4 * sum(1 for r in grid if r.policy == "clawvm" and r.feasible)
     assert engine, "no feasible configuration: the grid is vacuous"
     for result in engine:
         assert result.total_faults == 0, result
@@ -81,11 +81,19 @@ def test_json_has_the_contract_shape(grid: list) -> None:  # type: ignore[type-a
         "thrash",
         "tokens_used",
         "turns",
+        "prefix_reuse",
+        "input_cost",
+        "cached_input_cost",
     }
     assert list(config["faults"]) == REPORTED_KINDS
     assert set(payload["summary"]) == set(POLICIES)
     for figures in payload["summary"].values():
-        assert {"mean_faults", "mean_thrash"} <= set(figures)
+        assert {"mean_faults", "mean_thrash", "median_prefix_reuse", "cached_cost_ratio"} <= set(
+            figures
+        )
+    for config in payload["configs"]:
+        assert 0.0 <= config["prefix_reuse"] <= 1.0
+        assert 0 < config["cached_input_cost"] <= config["input_cost"] * 1.25
     assert len(payload["configs"]) == len(FAMILIES) * 2 * len(POLICIES)
 
 

@@ -181,7 +181,7 @@ CLAUDE_TURNS = [
 
 def test_claude_code_mapping(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "cc.jsonl", CLAUDE_LINES)
-    trace = import_transcript(path, kind="claude-code")
+    trace = import_transcript(path, kind="claude-code", split="prompt")
     assert shape(trace) == CLAUDE_TURNS
     assert (trace.name, trace.source, trace.project) == ("cc", "claude-code", "trace")
     assert all(turn.demand == [] and turn.stage == [] for turn in trace.turns)
@@ -190,13 +190,74 @@ def test_claude_code_mapping(tmp_path: Path) -> None:
     assert trace.warnings[1] == "line 17: user record without a message content; skipped"
 
 
+RESPONSE_LINES: list[Any] = [
+    cc("user", "Fix a.py"),
+    cc(
+        "assistant",
+        [{"type": "text", "text": "Reading."}, tool_use("t1", "Read", {"file_path": "a.py"})],
+    ),
+    cc("user", [tool_result("t1", "A = 1")]),
+    cc(
+        "assistant",
+        [
+            tool_use("t2", "Edit", {"file_path": "a.py", "old_string": "1", "new_string": "2"}),
+            tool_use("t3", "Bash", {"command": "git status"}),
+        ],
+    ),
+    cc("user", [tool_result("t2", "edited")]),
+    cc("user", [tool_result("t3", "clean")]),
+    cc("assistant", [{"type": "text", "text": "Done."}]),
+    cc("user", "Thanks"),
+    cc("assistant", [{"type": "text", "text": "Welcome."}]),
+]
+
+
+def test_turns_start_at_every_model_response_by_default(tmp_path: Path) -> None:
+    """Each request the harness sent is a turn: a response after results starts one; calls
+    made together in one response stay together, answered across records."""
+    path = write_jsonl(tmp_path / "responses.jsonl", RESPONSE_LINES)
+    edit = {"path": "a.py", "old_string": "1", "new_string": "2"}
+    by_response = [
+        ("Fix a.py", "Reading.", [("Read", "A = 1")]),
+        (None, None, [("Edit", "edited"), ("Bash", "clean")]),
+        (None, "Done.", []),
+        ("Thanks", "Welcome.", []),
+    ]
+    trace = import_transcript(path)
+    assert [
+        (turn.user, turn.assistant, [(step.name, step.output) for step in turn.tools])
+        for turn in trace.turns
+    ] == by_response
+    assert trace.turns[1].tools[0].args == edit
+    assert trace.warnings == []
+    by_prompt = import_transcript(path, split="prompt")
+    assert [
+        (turn.user, turn.assistant, [(step.name, step.output) for step in turn.tools])
+        for turn in by_prompt.turns
+    ] == [
+        (
+            "Fix a.py",
+            "Reading.\n\nDone.",
+            [("Read", "A = 1"), ("Edit", "edited"), ("Bash", "clean")],
+        ),
+        ("Thanks", "Welcome.", []),
+    ]
+    with pytest.raises(
+        InvalidInput, match="unknown split 'turn'; expected one of response, prompt"
+    ):
+        import_transcript(path, split="turn")
+
+
 def test_claude_code_session_selection(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "cc.jsonl", CLAUDE_LINES)
-    second = import_transcript(path, session="sess-b")
+    second = import_transcript(path, session="sess-b", split="prompt")
     assert shape(second) == [{**CLAUDE_TURNS[3], "session": "s-1"}]
-    first = import_transcript(path, session="sess-a")
+    first = import_transcript(path, session="sess-a", split="prompt")
     assert [turn.user for turn in first.turns] == [turn["user"] for turn in CLAUDE_TURNS[:3]]
-    assert import_transcript(path, session="sess-b").model_dump_json() == second.model_dump_json()
+    assert (
+        import_transcript(path, session="sess-b", split="prompt").model_dump_json()
+        == second.model_dump_json()
+    )
     with pytest.raises(InvalidInput, match="no session 'nope'"):
         import_transcript(path, session="nope")
 
@@ -270,7 +331,7 @@ def test_claude_engram_capture(tmp_path: Path) -> None:
     ]
     path = write_jsonl(tmp_path / "engram.jsonl", lines)
     assert detect_kind(path) == "claude-code"
-    trace = import_transcript(path)
+    trace = import_transcript(path, split="prompt")
     assert shape(trace) == [
         {
             "session": "s-1",
@@ -390,7 +451,9 @@ CODEX_LINES: list[Any] = [
 
 
 def test_codex_mapping(tmp_path: Path) -> None:
-    trace = import_transcript(write_jsonl(tmp_path / "rollout.jsonl", CODEX_LINES), kind="codex")
+    trace = import_transcript(
+        write_jsonl(tmp_path / "rollout.jsonl", CODEX_LINES), kind="codex", split="prompt"
+    )
     assert trace.source == "codex"
     assert shape(trace) == [
         {
@@ -551,7 +614,7 @@ COPILOT_LINES: list[Any] = [
 
 def test_copilot_mapping(tmp_path: Path) -> None:
     trace = import_transcript(
-        write_jsonl(tmp_path / "copilot.jsonl", COPILOT_LINES), kind="copilot"
+        write_jsonl(tmp_path / "copilot.jsonl", COPILOT_LINES), kind="copilot", split="prompt"
     )
     assert shape(trace) == [
         {
@@ -679,7 +742,7 @@ GEMINI_LINES: list[Any] = [
 
 def test_gemini_cli_mapping(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "gemini.jsonl", GEMINI_LINES)
-    trace = import_transcript(path, kind="gemini-cli")
+    trace = import_transcript(path, kind="gemini-cli", split="prompt")
     assert shape(trace) == [
         {
             "session": "s-1",
@@ -716,7 +779,7 @@ def test_gemini_cli_mapping(tmp_path: Path) -> None:
     assert trace.warnings[0] == "line 10: record without a type; skipped"
     assert trace.warnings[1].startswith("line 16: not JSON")
     assert len(trace.warnings) == 2
-    only = import_transcript(path, session="gem-2")
+    only = import_transcript(path, session="gem-2", split="prompt")
     assert [turn.user for turn in only.turns] == ["Second run."]
 
 
@@ -771,7 +834,7 @@ ANTIGRAVITY_LINES: list[Any] = [
 
 def test_antigravity_mapping(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "trajectory.jsonl", ANTIGRAVITY_LINES)
-    trace = import_transcript(path, kind="antigravity")
+    trace = import_transcript(path, kind="antigravity", split="prompt")
     assert shape(trace) == [
         {
             "session": "s-1",
@@ -1183,7 +1246,7 @@ def test_byte_order_mark_and_crlf_are_tolerated(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     body = "\r\n".join(json.dumps(line) for line in CLAUDE_LINES if not isinstance(line, str))
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
-    trace = import_transcript(path)
+    trace = import_transcript(path, split="prompt")
     assert shape(trace) == CLAUDE_TURNS
     assert trace.warnings == ["line 16: user record without a message content; skipped"]
 

@@ -176,8 +176,11 @@ def test_a_session_renders_exactly_for_each_provider(tmp_path: Path) -> None:
             {"role": "assistant", "content": "It prints 42."},
             {"role": "user", "content": "Thanks!"},
         ]
+        # Breakpoints: the stable region ends with the bootstrap page (which is the whole
+        # system part here), and the conversation's last block.
+        cached = {"type": "ephemeral"}
         assert asm.to_anthropic() == {
-            "system": [{"type": "text", "text": system}],
+            "system": [{"type": "text", "text": system, "cache_control": cached}],
             "messages": [
                 {"role": "user", "content": [{"type": "text", "text": "What does a.py print?"}]},
                 {
@@ -199,9 +202,15 @@ def test_a_session_renders_exactly_for_each_provider(tmp_path: Path) -> None:
                     ],
                 },
                 {"role": "assistant", "content": [{"type": "text", "text": "It prints 42."}]},
-                {"role": "user", "content": [{"type": "text", "text": "Thanks!"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Thanks!", "cache_control": cached}],
+                },
             ],
         }
+        plain = asm.to_anthropic(cache_control=False)
+        assert "cache_control" not in json.dumps(plain)
+        assert plain["system"] == [{"type": "text", "text": system}]
         check_all(asm)
 
 
@@ -383,7 +392,7 @@ def test_anthropic_merges_consecutive_turns_and_keeps_results_first() -> None:
         message(4, "tool", "a b", tool_call_id="c.1"),
         message(5, "user", "three"),
     ]
-    payload = to_anthropic(build_conversation("", blocks))
+    payload = to_anthropic(build_conversation("", blocks), cache_control=False)
     assert payload["messages"] == [
         {
             "role": "user",

@@ -423,10 +423,13 @@ def _mediated(sess: Session, step: ToolStep) -> str:
     return sess.tool_call(step.name, step.args, run=run, effect=step.effect).key
 
 
-def mirrored_trace(store: Store, session_id: str, *, project_key: str | None = None) -> Trace:
+def mirrored_trace(
+    store: Store, session_id: str, *, project_key: str | None = None, split: str = "response"
+) -> Trace:
     """A mirrored main transcript as a replayable trace (the importer's Claude Code rules).
 
-    ``project_key`` is needed only when the same session id is mirrored under several projects.
+    ``project_key`` is needed only when the same session id is mirrored under several projects;
+    ``split`` is the importer's (turns at model responses, or at user prompts only).
     """
     tr, e = t.claude_transcripts, t.claude_entries
     where = [tr.c.session_id == session_id, tr.c.subpath == _MAIN]
@@ -449,4 +452,4 @@ def mirrored_trace(store: Store, session_id: str, *, project_key: str | None = N
     with tempfile.TemporaryDirectory(prefix="clawvm-claude-") as tmp:
         path = Path(tmp) / f"{session_id}.jsonl"
         path.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        return import_transcript(path, kind="claude-code")
+        return import_transcript(path, kind="claude-code", split=split)

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cache import CacheMeter, PromptBlock
 from ..errors import InvalidInput
 from ..faults import POLICY_FAULTS
 from ..pages import FaultKind
 from ..store import Store
+from ..tokens import TokenCounter
 from .policies import POLICIES, conversation_key, floor_fits, make
 from .trace import Trace
 from .workloads import FAMILIES, build
@@ -56,6 +58,12 @@ class ConfigResult:
     turns: int
     policy_us_per_turn: float = 0.0
     trace: str = ""  # the trace's name (several imported traces share a family)
+    # Provider prompt caching (clawvm_store.cache): the median share of each prompt's tokens
+    # that is a prefix of the previous prompt of its session, and the input cost (in uncached
+    # tokens) without and with caching at Anthropic's prices.
+    prefix_reuse: float = 0.0
+    input_cost: float = 0.0
+    cached_input_cost: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         """The contract shape, in a fixed key order."""
@@ -70,6 +78,9 @@ class ConfigResult:
             "thrash": round(self.thrash, 6),
             "tokens_used": round(self.tokens_used, 3),
             "turns": self.turns,
+            "prefix_reuse": round(self.prefix_reuse, 6),
+            "input_cost": round(self.input_cost, 3),
+            "cached_input_cost": round(self.cached_input_cost, 3),
         }
 
     @property
@@ -155,6 +166,7 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
         )
     policy = make(policy_name, store, project, trace.turns)
     sessions: dict[str, Any] = {}
+    meters: dict[str, CacheMeter] = {}
     feasible = True
     tokens: list[int] = []
     policy_seconds = 0.0
@@ -188,10 +200,13 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
         start = time.perf_counter()
         tokens.append(policy.prompt(sess, index, demand, budget, fits))
         policy_seconds += time.perf_counter() - start
+        if policy.blocks:
+            meters.setdefault(turn.session, CacheMeter()).add(policy.blocks)
     for sess in sessions.values():
         if not sess._closed:
             sess.close()
     report = store.faults(project=project)
+    reuse = [share for meter in meters.values() for share in meter.reuse]
     return ConfigResult(
         family=trace.family,
         budget=budget,
@@ -205,7 +220,73 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
         turns=len(trace.turns),
         policy_us_per_turn=policy_seconds / max(len(tokens), 1) * 1e6,
         trace=trace.name,
+        prefix_reuse=statistics.median(reuse) if reuse else 0.0,
+        input_cost=sum(meter.uncached_cost for meter in meters.values()),
+        cached_input_cost=sum(meter.cached_cost for meter in meters.values()),
     )
+
+
+def transcript_baseline(
+    trace: Trace, counter: TokenCounter, budget: int | None = None
+) -> dict[str, float]:
+    """The prompt cache figures of the transcript's own harness, replayed as it sends prompts.
+
+    Such a harness (Claude Code, Codex, ...) appends to the transcript between compactions:
+    each prompt is the setup pages, then every turn's user text, assistant text and tool
+    outputs so far, in order; a compaction or reset replaces the history (the prefix breaks
+    after the setup), and a new session starts afresh. Counted per block like the policies'
+    prompts (:mod:`clawvm_store.cache`). With no ``budget`` it sends what it holds; with one
+    it is an append-only policy under that budget: when a prompt would exceed it, the harness
+    compacts first (the history is dropped, as a summary would replace it) and the turn's own
+    blocks start the new history (those that fit). Returns
+    ``prefix_reuse`` (the median), ``tokens_used`` (mean tokens per prompt), ``input_cost``
+    and ``cached_input_cost``.
+    """
+    setup = [
+        (("setup", index), counter.count(step.content)) for index, step in enumerate(trace.setup)
+    ]
+    meters: dict[str, CacheMeter] = {}
+    history: dict[str, list[PromptBlock]] = {}
+    sizes: list[int] = []
+    for index, turn in enumerate(trace.turns):
+        blocks = history.setdefault(turn.session, [])
+        texts = [turn.user or "", turn.assistant or ""]
+        texts += [
+            f"{step.name} {json.dumps(step.args, sort_keys=True)}\n{step.output}"
+            for step in turn.tools
+        ]
+        fresh = [
+            ((turn.session, index, part), counter.count(text))
+            for part, text in enumerate(texts)
+            if text
+        ]
+        blocks.extend(fresh)
+        if budget is not None and _size(setup) + _size(blocks) > budget:
+            blocks[:] = []
+            room = budget - _size(setup)
+            for block in fresh:
+                if block[1] <= room:
+                    blocks.append(block)
+                    room -= block[1]
+        prompt = setup + blocks
+        meters.setdefault(turn.session, CacheMeter()).add(prompt)
+        sizes.append(_size(prompt))
+        if turn.event in ("compaction", "reset"):
+            blocks.clear()
+        elif turn.event == "session_end":
+            history.pop(turn.session, None)
+            meters.setdefault(turn.session, CacheMeter()).reset()
+    reuse = [share for meter in meters.values() for share in meter.reuse]
+    return {
+        "prefix_reuse": statistics.median(reuse) if reuse else 0.0,
+        "tokens_used": statistics.fmean(sizes) if sizes else 0.0,
+        "input_cost": sum(meter.uncached_cost for meter in meters.values()),
+        "cached_input_cost": sum(meter.cached_cost for meter in meters.values()),
+    }
+
+
+def _size(blocks: Sequence[PromptBlock]) -> int:
+    return sum(tokens for _, tokens in blocks)
 
 
 def _run_one(args: tuple[Trace, int, str, str, str]) -> ConfigResult:
@@ -261,6 +342,10 @@ def summarize(results: Sequence[ConfigResult]) -> dict[str, dict[str, float]]:
             if feasible
             else 0.0,
             "mean_tokens_used": round(statistics.fmean(r.tokens_used for r in mine), 2),
+            "median_prefix_reuse": round(statistics.median(r.prefix_reuse for r in mine), 4),
+            "cached_cost_ratio": round(sum(r.cached_input_cost for r in mine) / total, 4)
+            if (total := sum(r.input_cost for r in mine))
+            else 1.0,
         }
     return summary
 

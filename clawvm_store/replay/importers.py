@@ -9,7 +9,10 @@ them, such as a background-task notification) sent. Tool results, meta/caveat re
 markers (``[Request interrupted …]``), local command output and compaction summaries never start a
 turn. User messages that follow each other with no agent work between them are merged into one
 turn (the model sees them together). Agent work that comes before any user message, or after a
-compaction, goes to a *continuation* turn whose ``user`` is ``None``. User and assistant text are
+compaction, goes to a *continuation* turn whose ``user`` is ``None``. By default
+(``split="response"``) a turn also starts at every model response that follows tool results:
+the model saw the results and answered, which is one more request to it, so each turn is one
+request as the paper cuts them (``split="prompt"``: a turn is all the work one prompt led to). User and assistant text are
 capped at :data:`TEXT_CAP` characters (assistant text blocks are joined with blank lines; streamed
 deltas are joined as they are); thinking/reasoning is not kept. ``Turn.demand`` is left empty: the
 harness demands each turn's own tool results.
@@ -101,19 +104,37 @@ SNIFF_RECORDS = 50
 # --------------------------------------------------------------------------------------------
 
 
-def import_transcript(path: str | Path, *, kind: str = "auto", session: str | None = None) -> Trace:
-    """Read one agent transcript and return it as a trace (see the module docstring)."""
+SPLITS = ("response", "prompt")
+"""Where :func:`import_transcript` starts turns: at every model response, or at user prompts."""
+
+
+def import_transcript(
+    path: str | Path,
+    *,
+    kind: str = "auto",
+    session: str | None = None,
+    split: str = "response",
+) -> Trace:
+    """Read one agent transcript and return it as a trace (see the module docstring).
+
+    ``split="response"`` (the default) starts a turn at every model response as well as at
+    every user prompt: each request the harness sent is a turn, the cut the paper's experiment
+    makes. ``split="prompt"`` starts turns at user prompts only (all the work a prompt led to
+    is one turn).
+    """
     file = Path(path)
     if kind != "auto" and kind not in KINDS:
         raise InvalidInput(
             f"unknown transcript kind {kind!r}; expected auto or one of {', '.join(KINDS)}"
         )
+    if split not in SPLITS:
+        raise InvalidInput(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if not file.is_file():
         raise InvalidInput(f"no transcript file at {str(path)!r}")
     text = _read_text(file)
     if not text.strip():
         raise InvalidInput(f"{file.name} is empty")
-    builder = _Builder()
+    builder = _Builder(split_responses=split == "response")
     records: list[tuple[int, dict[str, Any]]] = []
     if kind == "auto":
         kind = _detect(file, text)
@@ -135,8 +156,8 @@ def import_transcript(path: str | Path, *, kind: str = "auto", session: str | No
 def claude_code_turns(records: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[int, Turn]]:
     """Numbered Claude Code records as turns, each with the number of the record that opened it.
 
-    The same rules as ``import_transcript(kind="claude-code")`` (a fresh builder over just these
-    records); the Claude Agent SDK mirror uses it to project only the entries since the turn that
+    The same rules as ``import_transcript(kind="claude-code", split="prompt")`` (a fresh
+    builder over just these records: a mirrored session's pages follow its prompts); the Claude Agent SDK mirror uses it to project only the entries since the turn that
     is still open, so projecting costs the new entries, not the whole transcript.
     """
     builder = _Builder()
@@ -300,7 +321,9 @@ def _lost_or_failed(output: str | None) -> bool:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, *, split_responses: bool = False) -> None:
+        self.split_responses = split_responses
+        self.answered = False  # a result came back since the model last spoke
         self.turns: list[_Draft] = []
         self.current: _Draft | None = None
         self.session: str | None = None
@@ -372,12 +395,23 @@ class _Builder:
             current.user = _cap(f"{current.user}\n\n{text}", TEXT_CAP)
             return
         self._drop_pending()
+        self.answered = False
         self.current = _Draft(session=self.session, user=_cap(text, TEXT_CAP))
         self.turns.append(self.current)
+
+    def _respond(self) -> None:
+        """The model speaks. Having seen results since it last spoke, this is a new response:
+        with ``split_responses`` it opens a continuation turn (its calls stay pending)."""
+        if self.split_responses and self.answered and self.current is not None:
+            if self.current.tools and self.current.event is None:
+                self.current = _Draft(session=self.session)
+                self.turns.append(self.current)
+        self.answered = False
 
     def assistant(self, text: str, sep: str = "\n\n") -> None:
         if not text or (sep != "" and not text.strip()):
             return
+        self._respond()
         turn = self._open()
         if len(turn.assistant) > TEXT_CAP:
             return
@@ -397,6 +431,7 @@ class _Builder:
         name = name.strip() or "tool"
         auto_effect, args = classify(name, args)
         step = _Call(name, args, effect or auto_effect, call_id, line)
+        self._respond()
         self._open().tools.append(step)
         early = self.early.get(call_id) if call_id else None
         if early:
@@ -420,6 +455,7 @@ class _Builder:
             return
         step = queue.popleft()
         step.output = self._capped(output, step.name, line)
+        self.answered = True
 
     def compaction(self, line: int) -> None:
         self._boundary("compaction", line)

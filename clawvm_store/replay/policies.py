@@ -14,6 +14,8 @@ where the paper says they differ:
   (compaction, reset and session end discard staged state); a repeated tool call is looked up by
   search, and run again when the search misses it.
 * ``retrieval_cache``: ``retrieval`` plus a small LRU cache (4 results) of recent tool results.
+* ``clawvm_cache``: ``clawvm`` playing to Anthropic's prompt cache (``configure_assembly(
+  cache="anthropic")``): prompts stay append-only between compaction-like steps.
 * ``compaction_hybrid``: the practitioner baseline: a FIFO of recent items under a token
   threshold, summarized at compaction; retrieval for the rest; a memory flush before compaction
   when it notices the threshold in time (not when one huge tool output jumps past it); no flush at
@@ -31,6 +33,7 @@ from sqlalchemy import select
 from .. import faults as fault_log
 from .. import schema as t
 from ..assembler import Candidate, Weights, choose
+from ..cache import PromptBlock
 from ..errors import NotFound
 from ..mediator import render_output, result_key, signature_of
 from ..pages import FaultKind, Fidelity
@@ -38,7 +41,15 @@ from ..session import Session
 from ..store import Store
 from .trace import StageStep, ToolStep, Turn
 
-POLICIES = ("retrieval", "retrieval_cache", "compaction_hybrid", "lru", "clawvm", "oracle")
+POLICIES = (
+    "retrieval",
+    "retrieval_cache",
+    "compaction_hybrid",
+    "lru",
+    "clawvm",
+    "clawvm_cache",
+    "oracle",
+)
 LRU_WEIGHTS = Weights(
     hard_pin=0.0,
     soft_pin=0.0,
@@ -73,20 +84,37 @@ def cost(candidate: Candidate, fidelity: Fidelity) -> int:
     return candidate.costs[candidate.rung_of[fidelity]]
 
 
+def blocks_of(
+    table: Mapping[str, Candidate], resident: Mapping[str, Fidelity], order: Sequence[str]
+) -> tuple[PromptBlock, ...]:
+    """A harness-built prompt's blocks, in the order it renders them (see clawvm_store.cache)."""
+    return tuple(
+        ((key, table[key].version, resident[key]), cost(table[key], resident[key]))
+        for key in dict.fromkeys(order)
+        if key in resident
+    )
+
+
 class Policy:
     """The clawvm engine: stage, mediate, write back at every boundary, assemble."""
 
     name = "clawvm"
     writeback = True
+    cache_preset: str | None = None  # Session.configure_assembly(cache=...)
 
     def __init__(self, store: Store, project: str, turns: Sequence[Turn]) -> None:
         self.store = store
         self.project = project
         self.turns = turns
+        # The blocks of the last prompt built (what a provider's prefix cache compares).
+        self.blocks: tuple[PromptBlock, ...] = ()
 
     def open_session(self, session_id: str) -> Session:
         """Start (or resume) a session of the trace."""
-        return self.store.session(session_id, project=self.project)
+        sess = self.store.session(session_id, project=self.project)
+        if self.cache_preset is not None:
+            sess.configure_assembly(cache=self.cache_preset)
+        return sess
 
     def stage(self, sess: Session, step: StageStep) -> None:
         """Stage one of the agent's writes (a set names the version it read)."""
@@ -136,7 +164,15 @@ class Policy:
     ) -> int:
         """Build this turn's prompt; return its tokens."""
         result = sess.assemble(budget, demand=list(demand), on_insufficient="report")
+        self.blocks = result.prompt_blocks if result.feasible else ()
         return result.tokens if result.feasible else 0
+
+
+class CachePolicy(Policy):
+    """The engine playing to Anthropic's prompt cache (append-only between compactions)."""
+
+    name = "clawvm_cache"
+    cache_preset = "anthropic"
 
 
 class LruPolicy(Policy):
@@ -165,6 +201,7 @@ class OraclePolicy(Policy):
         result = sess.assemble(
             budget, demand=list(demand), on_insufficient="report", boost=upcoming
         )
+        self.blocks = result.prompt_blocks if result.feasible else ()
         return result.tokens if result.feasible else 0
 
 
@@ -280,6 +317,7 @@ class RetrievalPolicy(Policy):
                     wanted.append(key)
         resident, used = fill(table, wanted, budget, {})
         sess.observe_prompt(resident, record=True, budget=budget, floor_fits=fits)
+        self.blocks = blocks_of(table, resident, wanted)  # rebuilt by relevance every turn
         return used
 
 
@@ -365,6 +403,8 @@ class CompactionHybridPolicy(RetrievalPolicy):
         }
         resident, used = fill(table, wanted, int(budget * 0.9), summary)
         sess.observe_prompt(resident, record=True, budget=budget, floor_fits=fits)
+        # Rendered as a transcript: the system pages, then the window oldest first.
+        self.blocks = blocks_of(table, resident, [*system, *self.fifo])
         return used
 
 
@@ -464,6 +504,7 @@ POLICY_CLASSES: dict[str, type[Policy]] = {
     "compaction_hybrid": CompactionHybridPolicy,
     "lru": LruPolicy,
     "clawvm": Policy,
+    "clawvm_cache": CachePolicy,
     "oracle": OraclePolicy,
 }
 

@@ -23,7 +23,7 @@ def results_table(results: Sequence[ConfigResult]) -> Table:
     table.add_column("policy")
     for budget in budgets:
         table.add_column(str(budget), justify="right")
-    for name in ("faults", "feasible-only", "thrash", "tokens", "oracle gap"):
+    for name in ("faults", "feasible-only", "thrash", "tokens", "oracle gap", "reuse", "cost"):
         table.add_column(name, justify="right")
     for policy in policies:
         cells = []
@@ -38,7 +38,13 @@ def results_table(results: Sequence[ConfigResult]) -> Table:
             f"{summary[policy]['mean_thrash']:.3f}",
             f"{summary[policy]['mean_tokens_used']:.0f}",
             f"{gaps.get(policy, 0.0):.2f}",
+            f"{summary[policy]['median_prefix_reuse']:.0%}",
+            f"{summary[policy]['cached_cost_ratio']:.2f}x",
         )
+    table.caption = (
+        "reuse: median share of each prompt's tokens that is a prefix of the previous prompt; "
+        "cost: input cost with Anthropic's prompt cache (reads 0.1x, writes 1.25x) over without"
+    )
     return table
 
 
@@ -83,16 +89,25 @@ def plot(results: Sequence[ConfigResult], path: str | Path) -> None:
         raise InvalidInput("--plot needs matplotlib: pip install 'clawvm-store[plot]'") from None
     budgets = sorted({result.budget for result in results})
     policies = list(dict.fromkeys(result.policy for result in results))
-    figure, (faults_axis, thrash_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (faults_axis, thrash_axis, reuse_axis) = plt.subplots(1, 3, figsize=(15, 4.2))
     for policy in policies:
         faults = []
         thrash = []
+        reuse = []
         for budget in budgets:
             mine = [r for r in results if r.policy == policy and r.budget == budget]
             faults.append(statistics.fmean(r.total_faults for r in mine))
             thrash.append(statistics.fmean(r.thrash for r in mine))
+            reuse.append(100 * statistics.median(r.prefix_reuse for r in mine))
         faults_axis.plot(budgets, faults, marker="o", label=policy)
         thrash_axis.plot(budgets, thrash, marker="o", label=policy)
+        reuse_axis.plot(budgets, reuse, marker="o", label=policy)
+    reuse_axis.set(
+        title="prefix reuse (median)",
+        xlabel="budget (tokens)",
+        ylabel="% of prompt tokens cached from the last prompt",
+    )
+    reuse_axis.set_ylim(0, 100)
     faults_axis.set(
         title="faults per configuration", xlabel="budget (tokens)", ylabel="mean faults"
     )
