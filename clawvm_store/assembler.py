@@ -22,6 +22,14 @@ Token costs per page come from the counts stored at write time plus a per-page h
 rendered text is then counted as one string, and upgrades are undone (last first) until it fits,
 so **the text never exceeds the budget**. Same inputs give byte-identical output.
 
+**Layout by stability, and provider prompt caches** (issue 16). The prompt renders the fixed
+region, bootstrap, constraints, then every other page in the order it became resident: a page
+that stays keeps its place and new or changed pages go after, so a change breaks a provider's
+cached prefix only from its own block (:meth:`Assembler._layout`). The same inputs over the same
+pages give the same prompt, byte for byte (the last selection is reused). With a cache preset
+(:mod:`clawvm_store.cache`), prompts stay append-only between compaction-like steps that leave
+headroom (:meth:`Assembler._select`).
+
 **Per-turn cost follows the change, not the history** (issue 14). The :class:`PageTable` is kept
 incrementally from what each boundary applied, and selection runs over a bounded
 :meth:`PageTable.pool` (required, demanded, previously resident and changed pages, plus a reserve

@@ -1412,6 +1412,12 @@ def import_jsonl_command(obj: Context, file: str) -> None:
     help="For a transcript imported on the fly or a mirrored session: start turns at model "
     "responses or only at user prompts.",
 )
+@click.option(
+    "--fixed-region",
+    is_flag=True,
+    help="Charge the real prompt's system prompt and tools first (their size, from the "
+    "transcript's usage records), as the real harness did.",
+)
 @common_options
 @pass_context
 def replay(
@@ -1423,6 +1429,7 @@ def replay(
     project_key: str | None,
     keep: str | None,
     split: str,
+    fixed_region: bool,
 ) -> None:
     """Replay a trace (from `clawvm import`, or a transcript, imported on the fly).
 
@@ -1468,13 +1475,27 @@ def replay(
     with Progress(console=Console(stderr=True), transient=True, disable=obj.as_json) as progress:
         progress.add_task(f"replaying {len(trace.turns)} turns", total=None)
         if keep is not None:
-            result, stale = replay_into(trace, budget, policy, Path(keep))
+            result, stale = replay_into(
+                trace, budget, policy, Path(keep), fixed_region=fixed_region
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="clawvm-replay-") as scratch:
-                result, stale = replay_into(trace, budget, policy, Path(scratch) / "replay.db")
-    harness = transcript_baseline(trace, TokenCounter())
+                result, stale = replay_into(
+                    trace, budget, policy, Path(scratch) / "replay.db", fixed_region=fixed_region
+                )
+    fixed = trace.fixed_tokens if fixed_region else 0
+    harness = transcript_baseline(trace, TokenCounter(), fixed=fixed)
+    real = harness["reported_prompt_tokens"]
     if obj.as_json:
-        emit_json({**result.as_json(), "stale_serve_cases": stale, "transcript_harness": harness})
+        emit_json(
+            {
+                **result.as_json(),
+                "stale_serve_cases": stale,
+                "fixed_tokens": fixed,
+                "transcript_harness": harness,
+                "real_prompt_carried": result.tokens_used / real if real else None,
+            }
+        )
         return
     rows: list[tuple[str, Any]] = [(kind, count) for kind, count in result.faults.items()]
     rows += [
@@ -1484,7 +1505,17 @@ def replay(
         ("(tokens used per turn)", f"{result.tokens_used:.0f}"),
         ("(turns)", result.turns),
         ("(floor fit every turn)", "yes" if result.feasible else "no"),
+        ("(fixed region)", f"{fixed} tokens" if fixed_region else "off (--fixed-region)"),
     ]
+    if real:
+        rows.append(
+            (
+                "(real prompt, as the provider counted it)",
+                f"{real:.0f} tokens per request on average over "
+                f"{harness['reported_prompts']:.0f} turns; the replay's prompts carry "
+                f"{result.tokens_used / real:.1%} of it",
+            )
+        )
     if keep is not None:
         rows.append(("(kept)", keep))
     emit_table(f"{trace.name} at {budget} tokens under {policy}", ["what", "value"], rows)
@@ -1507,6 +1538,11 @@ def replay(
             )
         ],
     )
+    if real:
+        click.echo(
+            f"the real harness's own requests read {harness['reported_cache_reuse']:.1%} of "
+            "their prompt from the provider's cache (median, from the transcript's usage)"
+        )
     if stale:
         emit_table(
             "stale serves: served from the ledger, but the real tool returned something else",

@@ -23,7 +23,8 @@ How the budget holds for a rendered form (``Session.assemble(..., form=...)``): 
 receives, role, keys, ids and arguments included, each one tokenized on its own; the sum is
 what the assembler keeps under the budget, undoing upgrades until it fits. Chat templates
 replace that JSON with a few special tokens per message, so the count is a close upper bound
-of what the provider bills, never an underestimate of the content.
+of what the provider bills, never an underestimate of the content. Anthropic's ``cache_control``
+breakpoints (:func:`to_anthropic`) are part of what is sent, so they are counted too.
 """
 
 from __future__ import annotations

@@ -481,13 +481,13 @@ def test_a_session_assembler_sees_every_later_write(store: cvm.Store) -> None:
     write(other, [Spec("pref/a", PageType.PREFERENCE, "Green tea.", expected_version=1)])
     write(other, [Spec("pref/b", PageType.PREFERENCE, "Coffee after lunch.")])
     asm = sess.assemble(1000)
-    # The layout by stability: bootstrap first; ev/x kept its place; the changed pref/a and
-    # the new pref/b come after it.
+    # The layout by stability: bootstrap first; ev/x kept its place; then the new pref/b, and
+    # the changed pref/a last.
     assert [(i.key, i.version, i.text) for i in asm.items] == [
         ("boot/late", 1, "Always be kind."),
         ("ev/x", 1, "alpha output"),
-        ("pref/a", 2, "Green tea."),
         ("pref/b", 1, "Coffee after lunch."),
+        ("pref/a", 2, "Green tea."),
     ]
     # The session's own page shadows the project page of the same key, for this session only.
     sess.stage("pref/b", type="preference", content="Decaf only.", scope="session")

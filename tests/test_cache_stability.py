@@ -138,6 +138,71 @@ def test_the_first_repeat_no_longer_moves_pages(store: cvm.Store) -> None:
     assert [d for d in again.decisions if d.fidelity is None] == []  # nothing left it
 
 
+_addition = st.one_of(
+    st.tuples(
+        st.just("page"), st.sampled_from(["plan", "preference", "evidence"]), st.integers(1, 12)
+    ),
+    st.tuples(st.just("message"), st.sampled_from(["user", "assistant"]), st.integers(1, 12)),
+    st.tuples(st.just("call"), st.just("assistant"), st.integers(1, 12)),
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(turns=st.lists(st.lists(_addition, min_size=1, max_size=3), min_size=2, max_size=8))
+def test_an_append_only_session_extends_its_previous_prompt(
+    tmp_path_factory: pytest.TempPathFactory, turns: list[list[tuple[str, str, int]]]
+) -> None:
+    """Nothing changes, things only arrive: each prompt starts with the previous one, in the
+    text form; with messages only, in each provider form too (the system part is stable)."""
+    path = tmp_path_factory.mktemp("append") / "a.db"
+    with cvm.Store.open(path) as store:
+        sess = store.session("s", project="p")
+        sess.stage("bootstrap/rules", type="bootstrap", content="Be brief.")
+        sess.stage("constraint/safe", type="constraint", content="Never delete data.")
+        previous: cvm.Assembly | None = None
+        messages_only = True
+        for turn, additions in enumerate(turns):
+            for index, (kind, what, lines) in enumerate(additions):
+                tag = f"{turn}-{index}"
+                if kind == "page":
+                    messages_only = False
+                    content = evidence(tag, lines)
+                    if what == "plan":
+                        content = f"Goal: {tag}\n- [ ] step\n{content}"
+                    provenance = URI if what == "evidence" else None
+                    sess.stage(f"{what}/{tag}", type=what, content=content, provenance=provenance)
+                elif kind == "message":
+                    sess.append_message(what, evidence(tag, lines))
+                else:
+                    call = {"id": f"c{tag}", "name": "read_file", "arguments": {"n": tag}}
+                    sess.append_message("assistant", None, tool_calls=[call])
+                    sess.append_message("tool", evidence(tag, lines), tool_call_id=f"c{tag}")
+            sess.end_turn()
+            asm = sess.assemble(100_000, fixed="SYSTEM")
+            if previous is not None:
+                assert asm.text.startswith(previous.text)
+                if messages_only:
+                    before, now = previous.to_openai_chat(), asm.to_openai_chat()
+                    assert now[: len(before)] == before
+                    before_items = previous.to_openai_responses()
+                    assert asm.to_openai_responses()[: len(before_items)] == before_items
+                    old = previous.to_anthropic(cache_control=False)
+                    new = asm.to_anthropic(cache_control=False)
+                    assert new["system"] == old["system"]
+                    # The last message may be continued (a role's turns merge): compare the
+                    # blocks in order.
+                    flat = [b for m in new["messages"] for b in m["content"]]
+                    assert flat[: sum(len(m["content"]) for m in old["messages"])] == [
+                        b for m in old["messages"] for b in m["content"]
+                    ]
+            previous = asm
+
+
+# -- the layout by stability --------------------------------------------------------------------
 # -- the layout by stability --------------------------------------------------------------------
 
 
@@ -444,3 +509,22 @@ def test_the_command_line_lists_what_the_library_has() -> None:
 
     assert POLICY_NAMES == POLICIES
     assert SPLIT_NAMES == SPLITS
+
+
+def test_a_fixed_region_is_charged_first_in_every_replayed_prompt(tmp_path: Path) -> None:
+    from clawvm_store.replay.harness import replay_into
+    from clawvm_store.replay.workloads import build
+
+    trace = build("coding", 0).model_copy(update={"fixed_tokens": 150})
+    plain, _ = replay_into(trace, 400, "clawvm", tmp_path / "plain.db")
+    fixed, _ = replay_into(trace, 400, "clawvm", tmp_path / "fixed.db", fixed_region=True)
+    # The pages get 250 tokens: fewer of them fit, and every prompt carries the 150.
+    assert plain.tokens_used <= 400
+    assert 150 < fixed.tokens_used <= 400
+    assert fixed.tokens_used - 150 < plain.tokens_used
+    assert fixed.total_faults == 0
+    # The fixed region is one cached block at the head of every prompt.
+    assert fixed.prefix_reuse > plain.prefix_reuse
+    with pytest.raises(cvm.InvalidInput, match="fixed region \\(150 tokens of system prompt"):
+        replay_into(trace, 150, "clawvm", tmp_path / "none.db", fixed_region=True)
+    assert not (tmp_path / "none.db").exists()

@@ -240,3 +240,24 @@ def test_every_shared_transcript_replays_with_zero_engine_faults() -> None:
         assert result.feasible, trace.name
         assert result.total_faults == 0, (trace.name, result.faults)
         assert result.hits > 0, trace.name
+
+
+@pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="../shared/traces is not present")
+def test_shared_transcripts_keep_the_prompt_cache_warm_at_32k() -> None:
+    """Issue 16's goals on the real sessions: zero faults, most of each prompt cached."""
+    files = sorted(
+        path
+        for path in SHARED_TRACES.iterdir()
+        if path.suffix == ".jsonl" or path.name.endswith(".chat.history.md")
+    )
+    traces = [import_transcript(path) for path in files]
+    results = run_eval(traces=traces, budgets=[32_000], policies=["clawvm_cache"], workers=2)
+    reuse = sorted(result.prefix_reuse for result in results)
+    ratios = [result.cached_input_cost / result.input_cost for result in results]
+    for trace, result in zip(traces, results, strict=True):
+        print(trace.name, result.turns, f"{result.prefix_reuse:.3f}", result.faults)
+        assert result.total_faults == 0, (trace.name, result.faults)
+    assert len(results) == 12
+    assert reuse[0] > 0.84  # the aider session, whose file reads change under it
+    assert sum(share >= 0.9 for share in reuse) == 11
+    assert sum(ratio <= 0.3 for ratio in ratios) == 11

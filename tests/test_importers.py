@@ -24,6 +24,7 @@ from clawvm_store.replay.importers import (
     shell_analysis,
 )
 from clawvm_store.replay.trace import Trace
+from clawvm_store.tokens import TokenCounter
 
 SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
@@ -246,6 +247,78 @@ def test_turns_start_at_every_model_response_by_default(tmp_path: Path) -> None:
         InvalidInput, match="unknown split 'turn'; expected one of response, prompt"
     ):
         import_transcript(path, split="turn")
+
+
+def test_real_prompt_sizes_come_from_the_usage_records(tmp_path: Path) -> None:
+    """Claude Code's message usage and Codex token_count events: each turn keeps the count of
+    the request that opened it; the fixed region is the first one less its user text."""
+    usage = {"input_tokens": 3, "cache_creation_input_tokens": 900, "cache_read_input_tokens": 0}
+    later = {"input_tokens": 2, "cache_creation_input_tokens": 40, "cache_read_input_tokens": 950}
+    lines = [
+        cc("user", "Fix a.py"),
+        {
+            **cc("assistant", [tool_use("t1", "Read", {"file_path": "a.py"})]),
+            "message": {
+                "role": "assistant",
+                "content": [tool_use("t1", "Read", {"file_path": "a.py"})],
+                "usage": usage,
+            },
+        },
+        cc("user", [tool_result("t1", "A = 1")]),
+        {
+            **cc("assistant", []),
+            "message": {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "Done."}],
+                "usage": later,
+            },
+        },
+    ]
+    trace = import_transcript(write_jsonl(tmp_path / "usage.jsonl", lines))
+    assert [(t.prompt_tokens, t.cached_tokens) for t in trace.turns] == [(903, 0), (992, 950)]
+    assert trace.fixed_tokens == 903 - TokenCounter().count("Fix a.py")
+    # One turn per prompt: the first request's count is the turn's.
+    whole = import_transcript(write_jsonl(tmp_path / "usage.jsonl", lines), split="prompt")
+    assert [(t.prompt_tokens, t.cached_tokens) for t in whole.turns] == [(903, 0)]
+    codex = [
+        cx("session_meta", {"id": "c-1"}),
+        cx("event_msg", {"type": "user_message", "message": "List files."}),
+        cx(
+            "response_item",
+            {
+                "type": "function_call",
+                "name": "shell",
+                "call_id": "k1",
+                "arguments": json.dumps({"command": "ls"}),
+            },
+        ),
+        cx(
+            "event_msg",
+            {
+                "type": "token_count",
+                "info": {"last_token_usage": {"input_tokens": 5000, "cached_input_tokens": 4000}},
+            },
+        ),
+        cx("response_item", {"type": "function_call_output", "call_id": "k1", "output": "a b"}),
+        cx(
+            "response_item",
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "a and b."}],
+            },
+        ),
+        cx("event_msg", {"type": "token_count", "info": None}),
+    ]
+    codex_trace = import_transcript(write_jsonl(tmp_path / "rollout.jsonl", codex), kind="codex")
+    assert [(t.prompt_tokens, t.cached_tokens) for t in codex_trace.turns] == [
+        (5000, 4000),
+        (None, None),
+    ]
+    # No usage at all: nothing is made up.
+    plain = import_transcript(write_jsonl(tmp_path / "cc.jsonl", CLAUDE_LINES), split="prompt")
+    assert {(t.prompt_tokens, t.cached_tokens) for t in plain.turns} == {(None, None)}
+    assert plain.fixed_tokens == 0
 
 
 def test_claude_code_session_selection(tmp_path: Path) -> None:

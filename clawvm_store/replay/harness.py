@@ -126,9 +126,13 @@ def run_config(
 
 
 def replay_into(
-    trace: Trace, budget: int, policy_name: str, path: Path
+    trace: Trace, budget: int, policy_name: str, path: Path, *, fixed_region: bool = False
 ) -> tuple[ConfigResult, list[dict[str, Any]]]:
     """Replay ``trace`` into a new database at ``path`` (left there for inspection).
+
+    With ``fixed_region``, the trace's :attr:`~Trace.fixed_tokens` (the real prompt's system
+    prompt and tool definitions, from the transcript's usage) are charged first in every
+    prompt, as the real harness charged them: the pages get the rest of the budget.
 
     Returns the result and every ``stale_serve`` case, oldest first: the turn, the tool, its
     arguments, the sizes of the served and the real output and the first character where they
@@ -137,11 +141,17 @@ def replay_into(
     """
     if path.exists():
         raise InvalidInput(f"{path} exists: --keep writes a new database and never reuses one")
+    fixed = trace.fixed_tokens if fixed_region else 0
+    if fixed >= budget:
+        raise InvalidInput(
+            f"{trace.name}'s fixed region ({fixed} tokens of system prompt and tools) leaves "
+            f"no room in a budget of {budget}"
+        )
     with tempfile.TemporaryDirectory(prefix="clawvm-replay-") as tmp:
         template = template_database(Path(tmp))
         shutil.copyfile(template, path)
     with Store.open(path, clock=fixed_clock()) as store:
-        result = _replay(store, trace, budget, policy_name)
+        result = _replay(store, trace, budget, policy_name, fixed)
         rows = store.query(
             "SELECT session_id, turn, key, detail FROM faults WHERE kind = ? ORDER BY id",
             [FaultKind.STALE_SERVE.value],
@@ -154,8 +164,14 @@ def replay_into(
     return result, cases
 
 
-def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> ConfigResult:
+def _replay(
+    store: Store, trace: Trace, budget: int, policy_name: str, fixed: int = 0
+) -> ConfigResult:
     project = trace.project
+    # A fixed region is charged first in every prompt and never changes: the pages get the
+    # rest, and every prompt starts with it (a cached block).
+    room = budget - fixed
+    head: tuple[PromptBlock, ...] = ((("fixed", fixed), fixed),) if fixed else ()
     for step in trace.setup:
         store.put(
             step.key,
@@ -195,13 +211,13 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
             continue
         sess.end_turn()
         demand = list(dict.fromkeys([*turn.demand, *results]))
-        fits = floor_fits(sess, demand, budget)
+        fits = floor_fits(sess, demand, room)
         feasible = feasible and fits
         start = time.perf_counter()
-        tokens.append(policy.prompt(sess, index, demand, budget, fits))
+        tokens.append(policy.prompt(sess, index, demand, room, fits) + fixed)
         policy_seconds += time.perf_counter() - start
         if policy.blocks:
-            meters.setdefault(turn.session, CacheMeter()).add(policy.blocks)
+            meters.setdefault(turn.session, CacheMeter()).add(head + policy.blocks)
     for sess in sessions.values():
         if not sess._closed:
             sess.close()
@@ -227,7 +243,7 @@ def _replay(store: Store, trace: Trace, budget: int, policy_name: str) -> Config
 
 
 def transcript_baseline(
-    trace: Trace, counter: TokenCounter, budget: int | None = None
+    trace: Trace, counter: TokenCounter, budget: int | None = None, *, fixed: int = 0
 ) -> dict[str, float]:
     """The prompt cache figures of the transcript's own harness, replayed as it sends prompts.
 
@@ -235,14 +251,18 @@ def transcript_baseline(
     each prompt is the setup pages, then every turn's user text, assistant text and tool
     outputs so far, in order; a compaction or reset replaces the history (the prefix breaks
     after the setup), and a new session starts afresh. Counted per block like the policies'
-    prompts (:mod:`clawvm_store.cache`). With no ``budget`` it sends what it holds; with one
+    prompts (:mod:`clawvm_store.cache`); ``fixed`` tokens (the system prompt and tools no
+    transcript holds) come first when given. With no ``budget`` it sends what it holds; with one
     it is an append-only policy under that budget: when a prompt would exceed it, the harness
     compacts first (the history is dropped, as a summary would replace it) and the turn's own
-    blocks start the new history (those that fit). Returns
-    ``prefix_reuse`` (the median), ``tokens_used`` (mean tokens per prompt), ``input_cost``
-    and ``cached_input_cost``.
+    blocks start the new history (those that fit). Returns ``prefix_reuse`` (the median),
+    ``tokens_used`` (mean tokens per prompt), ``input_cost`` and ``cached_input_cost``; and,
+    from the transcript's own usage records where it has them, ``reported_prompts`` (how many
+    turns report one), ``reported_prompt_tokens`` (the real prompts' mean size) and
+    ``reported_cache_reuse`` (the median share the provider read from its cache).
     """
-    setup = [
+    setup: list[PromptBlock] = [(("fixed", fixed), fixed)] if fixed else []
+    setup += [
         (("setup", index), counter.count(step.content)) for index, step in enumerate(trace.setup)
     ]
     meters: dict[str, CacheMeter] = {}
@@ -277,11 +297,22 @@ def transcript_baseline(
             history.pop(turn.session, None)
             meters.setdefault(turn.session, CacheMeter()).reset()
     reuse = [share for meter in meters.values() for share in meter.reuse]
+    # What the transcript itself says the provider counted, where it reports usage.
+    real = [turn for turn in trace.turns if turn.prompt_tokens]
     return {
         "prefix_reuse": statistics.median(reuse) if reuse else 0.0,
         "tokens_used": statistics.fmean(sizes) if sizes else 0.0,
         "input_cost": sum(meter.uncached_cost for meter in meters.values()),
         "cached_input_cost": sum(meter.cached_cost for meter in meters.values()),
+        "reported_prompts": len(real),
+        "reported_prompt_tokens": statistics.fmean(t.prompt_tokens or 0 for t in real)
+        if real
+        else 0.0,
+        "reported_cache_reuse": statistics.median(
+            (t.cached_tokens or 0) / (t.prompt_tokens or 1) for t in real
+        )
+        if real
+        else 0.0,
     }
 
 

@@ -60,6 +60,13 @@ Claude Code ``system``/``compact_boundary`` records, ``isCompactSummary`` user m
 ``CHECKPOINT`` steps. A boundary followed by its summary with nothing between counts once. aider's
 ``/clear`` and ``/reset`` commands give ``event="reset"``.
 
+**Real prompt sizes.** Where the transcript reports usage (Claude Code's ``message.usage``:
+input, cache-creation and cache-read tokens; Codex ``token_count`` events: input and cached
+input tokens), each turn keeps the provider's count of the request that opened it
+(``Turn.prompt_tokens``, ``Turn.cached_tokens``), and ``Trace.fixed_tokens`` estimates the part
+of the real prompt no turn holds (system prompt, tool definitions): the first request's size
+less its user text. A replay can charge it as a fixed region.
+
 **Sessions.** Turns keep the session they belong to (Claude ``sessionId``, Codex ``session_meta``,
 Copilot ``session.start``, Gemini ``init``, aider ``# aider chat started at``), numbered ``s-1``,
 ``s-2``, … in order of appearance. By default every session in the file is imported, in file
@@ -150,7 +157,20 @@ def import_transcript(
         project="trace",
         turns=turns,
         warnings=builder.sorted_warnings(),
+        fixed_tokens=fixed_region(turns),
     )
+
+
+def fixed_region(turns: Sequence[Turn]) -> int:
+    """Tokens of the real prompt the transcript does not hold: the first reported request's
+    size less the text of its turn (counted with this engine's tokenizer, so an estimate when
+    the provider's differs)."""
+    from ..tokens import TokenCounter
+
+    first = next((turn for turn in turns if turn.prompt_tokens), None)
+    if first is None or first.prompt_tokens is None:
+        return 0
+    return max(0, first.prompt_tokens - TokenCounter().count(first.user or ""))
 
 
 def claude_code_turns(records: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[int, Turn]]:
@@ -310,6 +330,8 @@ class _Draft:
     assistant: str = ""
     tools: list[_Call] = field(default_factory=list)
     event: Literal["compaction", "reset"] | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
     def bare(self) -> bool:
         return not self.tools and not self.assistant and self.event is None
@@ -457,6 +479,15 @@ class _Builder:
         step.output = self._capped(output, step.name, line)
         self.answered = True
 
+    def usage(self, prompt: Any, cached: Any) -> None:
+        """The provider's count of the request that opened the current turn (the first one
+        reported in a turn is kept: later responses of an unsplit turn made larger ones)."""
+        turn = self.current
+        if turn is None or turn.prompt_tokens is not None:
+            return
+        if isinstance(prompt, int) and isinstance(cached, int) and 0 <= cached <= prompt:
+            turn.prompt_tokens, turn.cached_tokens = prompt, cached
+
     def compaction(self, line: int) -> None:
         self._boundary("compaction", line)
 
@@ -525,6 +556,8 @@ class _Builder:
                         for call in draft.tools
                     ],
                     event=draft.event,
+                    prompt_tokens=draft.prompt_tokens,
+                    cached_tokens=draft.cached_tokens,
                 )
             )
         return turns
@@ -1087,6 +1120,18 @@ def _parse_claude(text: str, records: list[tuple[int, dict[str, Any]]], b: _Buil
                 b.set_session(session)
             if kind == "assistant":
                 _claude_assistant(message["content"], line, b)
+                usage = message.get("usage")
+                if isinstance(usage, dict):
+                    counts = [
+                        usage.get(name, 0)
+                        for name in (
+                            "input_tokens",
+                            "cache_creation_input_tokens",
+                            "cache_read_input_tokens",
+                        )
+                    ]
+                    if all(isinstance(count, int) for count in counts):
+                        b.usage(sum(counts), counts[2])
             else:
                 _claude_user(record, message["content"], line, b)
         elif kind == "system":
@@ -1216,6 +1261,11 @@ def _parse_codex(text: str, records: list[tuple[int, dict[str, Any]]], b: _Build
                 b.user(_str(payload.get("message")))
             elif item == "context_compacted":
                 b.compaction(line)
+            elif item == "token_count":
+                info = payload.get("info")
+                last = info.get("last_token_usage") if isinstance(info, dict) else None
+                if isinstance(last, dict):
+                    b.usage(last.get("input_tokens"), last.get("cached_input_tokens"))
         elif kind == "response_item":
             _codex_item(payload, item, line, b, user_events)
 

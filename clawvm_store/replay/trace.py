@@ -57,6 +57,10 @@ class Turn(_Model):
     stage: list[StageStep] = Field(default_factory=list)
     demand: list[str] = Field(default_factory=list)
     event: Literal["compaction", "reset", "session_end"] | None = None
+    # The real request that opened the turn, as the provider counted it (from the transcript's
+    # usage records, where it has them): its whole prompt, and the part read from the cache.
+    prompt_tokens: int | None = Field(default=None, ge=0)
+    cached_tokens: int | None = Field(default=None, ge=0)
 
 
 class Trace(_Model):
@@ -71,6 +75,10 @@ class Trace(_Model):
     setup: list[StageStep] = Field(default_factory=list)
     turns: list[Turn] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    # Tokens of the real prompt that the turns do not hold (system prompt, tool definitions,
+    # injected context): the first real request's size less its own user text. A replay with
+    # ``fixed_region`` charges them first, as the real harness did.
+    fixed_tokens: int = Field(default=0, ge=0)
 
     def dump(self, path: str | Path) -> None:
         """Write the trace as JSON."""
