@@ -203,13 +203,19 @@ class AssembledPage:
 
 @dataclass(frozen=True)
 class Decision:
-    """Why a page is in the prompt at its fidelity, or why it left it."""
+    """Why a page is in the prompt at its fidelity, or why it left it.
+
+    An evicted page (``reason="evicted-for-budget"``) names in ``won_by`` the page that won
+    the space: the one that gained the most tokens in this assembly (it entered, or rose in
+    fidelity); ``None`` when nothing gained (the budget itself shrank).
+    """
 
     key: str
     type: PageType
     fidelity: Fidelity | None
     tokens: int
     reason: Reason
+    won_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1114,9 +1120,11 @@ def item_records(
     evicted: Sequence[Candidate],
     *,
     snapshot: bool,
+    winner: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ``assembly_items`` rows of one assembly: every resident page for a snapshot, only the
-    changes for a delta; the evicted pages either way, as the full record listed them."""
+    changes for a delta; the evicted pages either way, as the full record listed them, each
+    naming the page that won the space (``won_by``)."""
     rows: list[dict[str, Any]] = []
     for page_id, row in now.items():
         old = before.get(page_id)
@@ -1127,7 +1135,7 @@ def item_records(
     for candidate in evicted:
         left.add(candidate.page_id)
         row = (candidate.key, candidate.version, None, 0, "evicted-for-budget", 0, 0)
-        rows.append(_item(assembly_id, candidate.page_id, row, "left"))
+        rows.append(_item(assembly_id, candidate.page_id, row, "left", winner))
     if not snapshot:
         # Resident last time, neither resident nor evicted now: deleted, or shadowed by a
         # session page of its key. The full record had no row for it; the delta must still end
@@ -1139,7 +1147,9 @@ def item_records(
     return rows
 
 
-def _item(assembly_id: int, page_id: int, row: RecordRow, change: str) -> dict[str, Any]:
+def _item(
+    assembly_id: int, page_id: int, row: RecordRow, change: str, won_by: str | None = None
+) -> dict[str, Any]:
     key, version, fidelity, tokens, reason, section, lsn = row
     return {
         "assembly_id": assembly_id,
@@ -1152,6 +1162,7 @@ def _item(assembly_id: int, page_id: int, row: RecordRow, change: str) -> dict[s
         "change": change,
         "sort_section": section,
         "sort_lsn": lsn,
+        "won_by": won_by,
     }
 
 
@@ -1418,7 +1429,10 @@ class Assembler:
             for page_id in sorted(self._previous or {})
             if page_id in by_id and page_id not in chosen_ids
         ]
-        decisions.extend(Decision(c.key, c.type, None, 0, "evicted-for-budget") for c in evicted)
+        winner = self._winner(items) if evicted else None
+        decisions.extend(
+            Decision(c.key, c.type, None, 0, "evicted-for-budget", winner) for c in evicted
+        )
         assembly = Assembly(
             items=[
                 AssembledPage(
@@ -1449,7 +1463,9 @@ class Assembler:
         )
         if record:
             extra = observe(items, feasible) if observe is not None else []
-            assembly = self._record(assembly, items, evicted, turn, extra, slots=slots)
+            assembly = self._record(
+                assembly, items, evicted, turn, extra, slots=slots, winner=winner
+            )
             self._remember(items, slots)
             if self._memo is not None and self._memo[0] == inputs:
                 # Made after the prompt it just replaced: still this state's answer.
@@ -1695,6 +1711,19 @@ class Assembler:
                     chosen[page_id] = before
                     over -= tokens_now - by_id[page_id].tokens[before]
 
+    def _winner(self, items: Sequence[RenderItem]) -> str | None:
+        """The page that won the space this assembly: the most tokens gained against the last
+        prompt (it entered, rose in fidelity or grew; ties by key); None if nothing gained."""
+        rows = self._rows or {}
+        best: tuple[int, str] | None = None
+        for item in items:
+            row = rows.get(item.candidate.page_id)
+            gained = item.tokens - (row[3] if row is not None and row[2] else 0)
+            key = item.candidate.key
+            if gained > 0 and (best is None or (-gained, key) < (-best[0], best[1])):
+                best = (gained, key)
+        return best[1] if best is not None else None
+
     def _layout(self, items: Iterable[RenderItem]) -> tuple[list[RenderItem], dict[int, int]]:
         """The prompt's pages in the layout by stability, and each one's slot.
 
@@ -1745,6 +1774,7 @@ class Assembler:
         *,
         by_key: bool = False,
         slots: Mapping[int, int] | None = None,
+        winner: str | None = None,
     ) -> Assembly:
         """Write the assembly and the items that changed since the session's previous one.
 
@@ -1787,7 +1817,9 @@ class Assembler:
                 },
             )
             assembly_id = int(result.inserted_primary_key[0])
-            rows = item_records(assembly_id, now, self._rows, evicted, snapshot=snapshot)
+            rows = item_records(
+                assembly_id, now, self._rows, evicted, snapshot=snapshot, winner=winner
+            )
             if rows:
                 conn.execute(t.assembly_items.insert(), rows)
             if extra:

@@ -627,7 +627,13 @@ def assemble(
             + ("" if result.feasible else " (INFEASIBLE)"),
             ["key", "type", "fidelity", "tokens", "reason"],
             [
-                (d.key, d.type.value, d.fidelity.value if d.fidelity else "-", d.tokens, d.reason)
+                (
+                    d.key,
+                    d.type.value,
+                    d.fidelity.value if d.fidelity else "-",
+                    d.tokens,
+                    f"{d.reason} (the space went to {d.won_by})" if d.won_by else d.reason,
+                )
                 for d in result.decisions
             ]
             + [

@@ -244,9 +244,12 @@ assembly_items = Table(
     # full record, only the end of the page's residency).
     Column("change", String, nullable=False),
     # The page's place in the prompt: the view numbers resident pages by (sort_section,
-    # sort_lsn, key), which is the render order (DESIGN section order; conversation by LSN).
+    # sort_lsn, key), which is the render order (region, then the layout's slot).
     Column("sort_section", Integer, nullable=False),
     Column("sort_lsn", Integer, nullable=False),
+    # On a 'left' row: the key of the page that gained the most tokens in that assembly (it
+    # entered or rose in fidelity), i.e. what won the space; NULL when nothing gained.
+    Column("won_by", String, nullable=True),
     CheckConstraint(
         "reason IN ('floor', 'pin', 'demand', 'upgrade', 'evicted-for-budget', 'gone')",
         name="reason",

@@ -365,12 +365,77 @@ def test_revision_0007_converts_full_records_and_back(
         # versions, fidelities, tokens and reasons. (Old records were in the DESIGN section
         # order, which the conversion places exactly; this workload was recorded in the layout
         # by stability, which it places by position, so a page whose position moved reads as
-        # "changed" where the assembler wrote "kept": the last column is left out.)
+        # "changed" where the assembler wrote "kept"; and old records never named the page
+        # that won an eviction's space: the last two columns, change and won_by, are left out.)
         converted = sql(store, "SELECT * FROM resident_by_turn ORDER BY assembly_id, position")
-        assert [row[:-1] for row in converted] == [row[:-1] for row in view]
+        assert [row[:-2] for row in converted] == [row[:-2] for row in view]
         rows = sql(store, "SELECT COUNT(*) FROM assembly_items")[0][0]
         assert rows < len(oracle)
         # And the assembler carries on from the converted chain: its next record is a delta.
         sess = store.session("s", project="p")
         sess.assemble(800, fixed="SYSTEM")
         assert sql(store, "SELECT kind FROM assemblies ORDER BY id DESC LIMIT 1") == [("delta",)]
+
+
+def _contested(store: cvm.Store) -> cvm.Session:
+    """Two preferences in full, then a demanded result that needs their room."""
+    sess = store.session("s", project="p")
+    for name in ("a", "b"):
+        words = " ".join(f"{name}{i}" for i in range(40))
+        sess.stage(f"preference/{name}", type="preference", content=words)
+    sess.end_turn()
+    sess.assemble(200)
+    rows = "\n".join(f"row {i}: value {i * 3}" for i in range(30))
+    sess.stage("evidence/big", type="evidence", content=rows, provenance=URI)
+    sess.end_turn()
+    return sess
+
+
+def test_an_eviction_names_the_page_that_won_the_space(tmp_path: Path) -> None:
+    """Issue 19: not only 'evicted-for-budget', but what took the tokens."""
+    from click.testing import CliRunner
+
+    from clawvm_store.cli import app
+
+    with cvm.Store.open(tmp_path / "won.db") as store:
+        sess = _contested(store)
+        asm = sess.assemble(100, demand=["evidence/big"])
+        assert [(d.key, d.reason, d.won_by) for d in asm.decisions] == [
+            ("evidence/big", "demand", None),
+            ("preference/b", "upgrade", None),
+            ("preference/a", "evicted-for-budget", "evidence/big"),
+        ]
+        view = store.query(
+            "SELECT key, fidelity, change, won_by FROM resident_by_turn WHERE assembly_id = ? "
+            "ORDER BY position",
+            [asm.assembly_id],
+        )
+        assert [tuple(row.values()) for row in view] == [
+            ("evidence/big", "structured", "entered", None),
+            ("preference/b", "pointer", "changed", None),
+            ("preference/a", None, "left", "evidence/big"),
+        ]
+        # Nothing gained, nothing won: a repeat evicts nothing and names nobody.
+        again = sess.assemble(100, demand=["evidence/big"])
+        assert [d.won_by for d in again.decisions] == [None, None]
+    with cvm.Store.open(tmp_path / "cli.db") as store:
+        _contested(store).close()
+    explained = CliRunner().invoke(
+        app,
+        [
+            "--db",
+            str(tmp_path / "cli.db"),
+            "assemble",
+            "--session",
+            "s",
+            "--project",
+            "p",
+            "--budget",
+            "100",
+            "--demand",
+            "evidence/big",
+            "--explain",
+        ],
+    )
+    assert explained.exit_code == 0, explained.output
+    assert "evicted-for-budget (the space went to evidence/big)" in explained.output
