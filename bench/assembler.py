@@ -12,7 +12,9 @@ Prints, from one run:
   history, about 100 of them resident: ``Session.assemble`` per turn, and the 10,000/100 ratio;
 * what the assembly records cost: ``assembly_items`` rows per assembly against the rows the full
   records held (``resident_by_turn``), and the time of "what did the agent see at turn N";
-* paging stability: fidelity changes per resident page per turn, with and without hysteresis.
+* paging stability: fidelity changes per resident page per turn, with and without hysteresis;
+* prompt caches (issue 16): prefix reuse, tokens and input cost with Anthropic's cache on the
+  issue's 60-turn session, without a cache preset and with one, and the time it costs.
 
 Run: ``python bench/assembler.py [--sizes 100 1000 10000]``.
 """
@@ -31,7 +33,14 @@ from functools import partial
 from pathlib import Path
 
 import clawvm_store as cvm
-from clawvm_store.assembler import Assembler, Candidate, choose, item_cost, recency_ranks
+from clawvm_store.assembler import (
+    SECTION_ORDER,
+    Assembler,
+    Candidate,
+    choose,
+    item_cost,
+    recency_ranks,
+)
 
 WORDS = [
     *[
@@ -368,16 +377,81 @@ def bench_stability(root: Path) -> None:
             )
 
 
+def bench_cache(root: Path, turns: int = 60) -> None:
+    """The issue 16 figures: the issue's 60-turn session (bootstrap, one constraint, one
+    conversation page and a new evidence page per turn, budget 6,000, so pages get evicted),
+    assembled without a cache and with the Anthropic preset, in the same process."""
+    from clawvm_store.cache import CacheMeter
+
+    print(
+        f"\nprompt cache ({turns} turns, budget 6000, a new ~250-token result every turn):"
+        "\n  reuse = median share of each prompt that is a prefix of the previous one"
+    )
+    timings: dict[str, list[float]] = {}
+    for cache in ("none", "anthropic"):
+        with cvm.Store.open(root / f"cache-{cache}.db") as store:
+            session = store.session("cached", project="bench")
+            session.configure_assembly(cache=cache)
+            session.stage("bootstrap/agent", type="bootstrap", content="You are a careful agent.")
+            session.stage("constraint/safety", type="constraint", content="Never delete data.")
+            rng = random.Random(5)
+            meter = CacheMeter()
+            # The same prompts in the layout before issue 16 (DESIGN section order, keys
+            # sorted within): the baseline, measured on the very same selections.
+            old_layout = CacheMeter()
+            samples: list[float] = []
+            tokens: list[int] = []
+            for turn in range(turns):
+                session.stage(
+                    "conversation/main",
+                    type="conversation",
+                    content=f"user: step {turn}\nassistant: done {turn}\n",
+                    op="append",
+                )
+                session.stage(
+                    f"evidence/result-{turn}",
+                    type="evidence",
+                    content=text(rng, 12),
+                    provenance={"uri": f"file:///result/{turn}"},
+                )
+                session.end_turn()
+                start = time.perf_counter()
+                result = session.assemble(6000, demand=[f"evidence/result-{turn}"])
+                samples.append(time.perf_counter() - start)
+                meter.add(result.prompt_blocks)
+                pairs = sorted(
+                    zip(result.items, result.prompt_blocks, strict=True),
+                    key=lambda pair: (SECTION_ORDER[pair[0].type], pair[0].key),
+                )
+                old_layout.add([block for _, block in pairs])
+                tokens.append(result.tokens)
+            timings[cache] = samples
+            print(
+                f"  cache={cache:<10} reuse {meter.median_reuse:6.1%}   tokens/prompt "
+                f"{statistics.fmean(tokens):6.0f}   input cost with caching "
+                f"{meter.cost_ratio:.3f}x of without   assemble median "
+                f"{statistics.median(samples) * 1e3:.2f} ms   p95 "
+                f"{sorted(samples)[int(0.95 * len(samples))] * 1e3:.2f} ms"
+            )
+            if cache == "none":
+                print(
+                    f"  {'old layout':<16} reuse {old_layout.median_reuse:6.1%}   (the same "
+                    f"prompts in section and key order: {old_layout.cost_ratio:.3f}x)"
+                )
+    ratio = statistics.median(timings["anthropic"]) / statistics.median(timings["none"])
+    print(f"  assemble time, cache-aware / plain (median): {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--history", type=int, nargs="+", default=[100, 10000])
     parser.add_argument("--turns", type=int, default=60, help="turns of the long-lived agent")
     parser.add_argument(
-        "--only", choices=["policy", "full", "history", "stability"], action="append"
+        "--only", choices=["policy", "full", "history", "stability", "cache"], action="append"
     )
     args = parser.parse_args()
-    only = set(args.only or ["policy", "full", "history", "stability"])
+    only = set(args.only or ["policy", "full", "history", "stability", "cache"])
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         root = Path(tmp)
         if "policy" in only:
@@ -388,6 +462,8 @@ def main() -> None:
             bench_history(root, args.history, args.turns)
         if "stability" in only:
             bench_stability(root)
+        if "cache" in only:
+            bench_cache(root)
     print(
         "\npaper: policy median under 50 µs (18-44 µs), p95 under 60 µs, in pure Python;"
         "\ngoal (issue 14): selection <= 25 µs median at 10-50 pages"
