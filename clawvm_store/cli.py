@@ -1497,6 +1497,7 @@ def replay(
             {
                 **result.as_json(),
                 "stale_serve_cases": stale,
+                "served_calls": result.served_calls,
                 "fixed_tokens": fixed,
                 "transcript_harness": harness,
                 "real_prompt_carried": result.tokens_used / real if real else None,
@@ -1511,6 +1512,7 @@ def replay(
         ("(tokens used per turn)", f"{result.tokens_used:.0f}"),
         ("(turns)", result.turns),
         ("(floor fit every turn)", "yes" if result.feasible else "no"),
+        ("(tool calls served without running)", result.served_calls),
         ("(fixed region)", f"{fixed} tokens" if fixed_region else "off (--fixed-region)"),
     ]
     if real:

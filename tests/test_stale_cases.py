@@ -43,6 +43,7 @@ def replay(tmp_path: Path, lines: list[dict[str, Any]]) -> tuple[dict[str, int],
     with Store.open(tmp_path / "case.db") as store:
         executed = store.query("SELECT COUNT(*) AS n FROM tool_calls")[0]["n"]
     calls = [step for turn in trace.turns for step in turn.tools]
+    assert outcome.served_calls == len(calls) - executed  # the re-runs saved, as reported
     # The ledger has a row per execution: what it lacks was served.
     return outcome.faults, ["ran"] * executed + ["served"] * (len(calls) - executed)
 

@@ -64,6 +64,7 @@ class ConfigResult:
     prefix_reuse: float = 0.0
     input_cost: float = 0.0
     cached_input_cost: float = 0.0
+    served_calls: int = 0  # tool calls answered from the ledger or a page without running
 
     def as_json(self) -> dict[str, Any]:
         """The contract shape, in a fixed key order."""
@@ -239,6 +240,7 @@ def _replay(
         prefix_reuse=statistics.median(reuse) if reuse else 0.0,
         input_cost=sum(meter.uncached_cost for meter in meters.values()),
         cached_input_cost=sum(meter.cached_cost for meter in meters.values()),
+        served_calls=policy.served,
     )
 
 

@@ -108,6 +108,8 @@ class Policy:
         self.turns = turns
         # The blocks of the last prompt built (what a provider's prefix cache compares).
         self.blocks: tuple[PromptBlock, ...] = ()
+        # Tool calls the mediator answered without running them (the re-runs it saved).
+        self.served = 0
 
     def open_session(self, session_id: str) -> Session:
         """Start (or resume) a session of the trace."""
@@ -147,6 +149,7 @@ class Policy:
             resources=step.resources,
         )
         if result.source != "executed":
+            self.served += 1
             check_served(sess, step, result.content)
         return result.key
 
