@@ -225,15 +225,20 @@ def test_replay_of_a_missing_or_bad_trace_is_one_line(tmp_path: Path) -> None:
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
 
 
-@pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="../shared/traces is not present")
-def test_every_shared_transcript_replays_with_zero_engine_faults() -> None:
+def shared_traces() -> list[Trace]:
+    """The twelve shared transcripts, imported (turns at model responses)."""
     files = sorted(
         path
         for path in SHARED_TRACES.iterdir()
         if path.suffix == ".jsonl" or path.name.endswith(".chat.history.md")
     )
     assert len(files) == 12
-    traces = [import_transcript(path) for path in files]
+    return [import_transcript(path) for path in files]
+
+
+@pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="../shared/traces is not present")
+def test_every_shared_transcript_replays_with_zero_engine_faults() -> None:
+    traces = shared_traces()
     results = run_eval(traces=traces, budgets=[16_000], policies=["clawvm"], workers=2)
     for trace, result in zip(traces, results, strict=True):
         print(trace.name, result.turns, result.hits, result.alerts, result.faults)
@@ -245,12 +250,7 @@ def test_every_shared_transcript_replays_with_zero_engine_faults() -> None:
 @pytest.mark.skipif(not SHARED_TRACES.is_dir(), reason="../shared/traces is not present")
 def test_shared_transcripts_keep_the_prompt_cache_warm_at_32k() -> None:
     """Issue 16's goals on the real sessions: zero faults, most of each prompt cached."""
-    files = sorted(
-        path
-        for path in SHARED_TRACES.iterdir()
-        if path.suffix == ".jsonl" or path.name.endswith(".chat.history.md")
-    )
-    traces = [import_transcript(path) for path in files]
+    traces = shared_traces()
     results = run_eval(traces=traces, budgets=[32_000], policies=["clawvm_cache"], workers=2)
     reuse = sorted(result.prefix_reuse for result in results)
     ratios = [result.cached_input_cost / result.input_cost for result in results]
