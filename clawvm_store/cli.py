@@ -1329,6 +1329,8 @@ def _import(
         "tool_calls": tools,
         "writes": sum(1 for turn in trace.turns for step in turn.tools if step.effect == "write"),
         "compactions": sum(1 for turn in trace.turns if turn.event == "compaction"),
+        "turns_with_usage": sum(1 for turn in trace.turns if turn.prompt_tokens is not None),
+        "fixed_tokens": trace.fixed_tokens,
         "warnings": trace.warnings,
     }
     if as_json:
@@ -1337,6 +1339,12 @@ def _import(
     click.echo(
         f"{target}: {summary['turns']} turns, {tools} tool calls "
         f"({summary['writes']} writes), {summary['compactions']} compactions"
+        + (
+            f"; {summary['turns_with_usage']} turns report their prompt size, the fixed region "
+            f"is about {trace.fixed_tokens} tokens"
+            if summary["turns_with_usage"]
+            else ""
+        )
     )
     for warning in trace.warnings[:20]:
         click.echo(f"skipped {warning}", err=True)
