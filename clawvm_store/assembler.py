@@ -924,6 +924,16 @@ def _header(key: str, fidelity: Fidelity) -> str:
     return f"### {key}{_HEADER_SUFFIX[fidelity]}\n"
 
 
+# How many blocks a grown page may span before it is rendered whole again (each block costs a
+# header, and the page's text is read back in one piece when it is compacted).
+MAX_PIECES = 16
+
+
+def _continued(key: str) -> str:
+    """The header of the next block of a page that grew by an append."""
+    return f"### {key} (continued)\n"
+
+
 # -- rendering ----------------------------------------------------------------------------------
 
 
@@ -1298,6 +1308,10 @@ class Assembler:
         # by region, then slot); a page that enters or changes takes the next free slot.
         self._slots: dict[int, int] = {}
         self._next_slot = 0
+        # Page id -> its blocks in the last recorded prompt, (slot, text) each: more than one
+        # when an appended page kept its old text in place (see _layout).
+        self._pieces: dict[int, list[tuple[int, str]]] = {}
+        self._fitted: dict[int, list[tuple[int, str]]] = {}
         # Grows whenever the last prompt (``_previous``) is replaced, so a remembered selection
         # is reused only against the prompt it was made after.
         self._serial = 0
@@ -1466,7 +1480,7 @@ class Assembler:
             assembly = self._record(
                 assembly, items, evicted, turn, extra, slots=slots, winner=winner
             )
-            self._remember(items, slots)
+            self._remember(items, slots, self._fitted)
             if self._memo is not None and self._memo[0] == inputs:
                 # Made after the prompt it just replaced: still this state's answer.
                 self._memo = ((*inputs[:1], self._serial, *inputs[2:]), *self._memo[1:])
@@ -1666,7 +1680,7 @@ class Assembler:
         counter: TokenCounter = self.store.counter
         partners = self._partners(texts)
         while True:
-            items, slots = self._layout(
+            items, slots, layout, pieces = self._layout(
                 RenderItem(
                     candidate=by_id[page_id],
                     fidelity=fidelity,
@@ -1678,6 +1692,10 @@ class Assembler:
                 for page_id, fidelity in chosen.items()
             )
             text, messages, parts = _render(fixed, items)
+            if len(layout) > len(items):
+                # A grown page is in several blocks: the text is the blocks in layout order.
+                parts = _parts(fixed, [header + piece for _, _, header, piece in layout])
+                text = "".join(parts)
             conversation = build_conversation(fixed, [_block(item) for item in items], partners)
             if form == "text":
                 # Exact: the text tokenized as one string, from the blocks' cached counts.
@@ -1686,15 +1704,15 @@ class Assembler:
                 tokens = rendered_tokens(conversation, form, counter)
             if tokens <= budget or not undo:
                 identities: list[Hashable] = [("fixed", fixed)] if fixed else []
-                identities.extend(
-                    (item.candidate.page_id, item.candidate.version, item.fidelity)
-                    for item in items
-                )
+                # A block is what a provider cache compares: its bytes (the header names the
+                # page, so two pages' blocks never compare equal).
+                identities.extend(header + piece for _, _, header, piece in layout)
                 # Each part's own count (cached: the exact count above counted each on its own).
                 blocks = tuple(
                     (identity, counter.count(part))
                     for identity, part in zip(identities, parts, strict=True)
                 )
+                self._fitted = pieces  # what _remember keeps if this prompt is recorded
                 return items, text, messages, tokens, conversation, slots, blocks
             # The text form's count is cheap, so each undo is checked exactly. Rendering a
             # provider form costs a pass over the whole conversation, so undo as many upgrades
@@ -1724,8 +1742,15 @@ class Assembler:
                 best = (gained, key)
         return best[1] if best is not None else None
 
-    def _layout(self, items: Iterable[RenderItem]) -> tuple[list[RenderItem], dict[int, int]]:
-        """The prompt's pages in the layout by stability, and each one's slot.
+    def _layout(
+        self, items: Iterable[RenderItem]
+    ) -> tuple[
+        list[RenderItem],
+        dict[int, int],
+        list[tuple[int, int, str, str]],
+        dict[int, list[tuple[int, str]]],
+    ]:
+        """The prompt's pages in the layout by stability, each one's slot, and its blocks.
 
         Regions first (bootstrap, constraints, then every other page); within a region, the
         pages of the last prompt that stayed at the same version and fidelity keep their
@@ -1734,21 +1759,34 @@ class Assembler:
         changed ones, each in render order. A change breaks the cached prefix only from its own
         block on, and a page that changes every turn (the plan, the current conversation span)
         keeps moving to the end.
+
+        With a cache preset, a page that grew by an append (in full both times, its new text
+        starting with the old) keeps its old blocks where they were and its new segment becomes
+        one more block at the end, ``### key (continued)``, up to :data:`MAX_PIECES` blocks
+        (then it is rendered whole at the end again): an appended conversation stays
+        append-only in the prompt too. The blocks are ``(region, slot, header, text)`` in
+        prompt order; a page's slot is its first block's.
         """
         previous = self._previous or {}
         versions = self._previous_versions
         known = self._slots
+        before = self._pieces
         placed: list[tuple[int, int, RenderItem]] = []
         fresh: list[RenderItem] = []
+        grown: list[tuple[RenderItem, list[tuple[int, str]], str]] = []
         for item in render_order(items):
             page_id = item.candidate.page_id
             slot = known.get(page_id)
-            if (
-                slot is not None
-                and previous.get(page_id) is item.fidelity
+            if slot is None:
+                fresh.append(item)
+            elif (
+                previous.get(page_id) is item.fidelity
                 and versions.get(page_id) == item.candidate.version
             ):
                 placed.append((REGION[item.candidate.type], slot, item))
+            elif (old := self._grown_from(item, before.get(page_id))) is not None:
+                placed.append((REGION[item.candidate.type], slot, item))
+                grown.append((item, old, item.text[sum(len(text) for _, text in old) :]))
             else:
                 fresh.append(item)
         # Pages that were in the last prompt in another form changed, and what changed once
@@ -1760,9 +1798,53 @@ class Assembler:
             placed.append((REGION[item.candidate.type], slot, item))
             slot += 1
         placed.sort(key=lambda entry: (entry[0], entry[1]))
-        return [entry[2] for entry in placed], {
-            entry[2].candidate.page_id: entry[1] for entry in placed
-        }
+        blocks: list[tuple[int, int, str, str]] = []
+        pieces: dict[int, list[tuple[int, str]]] = {}
+        for _, first, item in placed:
+            page_id = item.candidate.page_id
+            kept = before.get(page_id) if item.fidelity is Fidelity.FULL else None
+            if (
+                kept is None
+                or versions.get(page_id) != item.candidate.version
+                or kept[0][0] != first
+            ):
+                kept = [(first, item.text)]
+            pieces[page_id] = list(kept)
+        for item, old, segment in grown:
+            pieces[item.candidate.page_id] = [*old, (slot, segment)]
+            slot += 1
+        for region, _, item in placed:
+            page_id = item.candidate.page_id
+            for index, (at, text) in enumerate(pieces[page_id]):
+                header = item.header if index == 0 else _continued(item.candidate.key)
+                blocks.append((region, at, header, text))
+        blocks.sort(key=lambda block: (block[0], block[1]))
+        return (
+            [entry[2] for entry in placed],
+            {entry[2].candidate.page_id: entry[1] for entry in placed},
+            blocks,
+            pieces,
+        )
+
+    def _grown_from(
+        self, item: RenderItem, old: list[tuple[int, str]] | None
+    ) -> list[tuple[int, str]] | None:
+        """The last prompt's blocks of a page that only grew since (see :meth:`_layout`)."""
+        if (
+            old is None
+            or not self.cache.enabled
+            or len(old) >= MAX_PIECES
+            or item.fidelity is not Fidelity.FULL
+            or (self._previous or {}).get(item.candidate.page_id) is not Fidelity.FULL
+            or (item.source or item.fidelity) is not Fidelity.FULL
+        ):
+            return None
+        offset = 0
+        for _, text in old:
+            if not item.text.startswith(text, offset):
+                return None
+            offset += len(text)
+        return old if len(item.text) > offset else None
 
     def _record(
         self,
@@ -1911,13 +1993,21 @@ class Assembler:
             slots = {entry[3]: slot for slot, entry in enumerate(resident)}
         self._slots = slots
         self._next_slot = max(slots.values(), default=-1) + 1
+        self._pieces = {}  # a reopened session renders a grown page whole once more
         self._serial += 1
 
-    def _remember(self, items: Sequence[RenderItem], slots: Mapping[int, int]) -> None:
+    def _remember(
+        self,
+        items: Sequence[RenderItem],
+        slots: Mapping[int, int],
+        pieces: Mapping[int, list[tuple[int, str]]] | None = None,
+    ) -> None:
+        self._pieces = dict(pieces or {})
         self._previous = {item.candidate.page_id: item.fidelity for item in items}
         self._previous_versions = {item.candidate.page_id: item.candidate.version for item in items}
         self._slots = dict(slots)
-        self._next_slot = max(self._next_slot, max(slots.values(), default=-1) + 1)
+        top = max((at for blocks in self._pieces.values() for at, _ in blocks), default=-1)
+        self._next_slot = max(self._next_slot, max(slots.values(), default=-1) + 1, top + 1)
         self._serial += 1
 
     def observe_usage(self, prompt_tokens: int) -> float:

@@ -528,3 +528,42 @@ def test_a_fixed_region_is_charged_first_in_every_replayed_prompt(tmp_path: Path
     with pytest.raises(cvm.InvalidInput, match="fixed region \\(150 tokens of system prompt"):
         replay_into(trace, 150, "clawvm", tmp_path / "none.db", fixed_region=True)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_an_appended_page_grows_in_place_with_a_cache(store: cvm.Store) -> None:
+    """With a cache, an append keeps the page's old text where it was and adds the segment at
+    the end: the prompt stays append-only; without one the page moves whole to the end."""
+    prompts: dict[str, list[cvm.Assembly]] = {}
+    for cache in ("none", "anthropic"):
+        sess = store.session(f"grow-{cache}", project="p")
+        sess.configure_assembly(cache=cache)
+        sess.stage("plan/main", type="plan", content="Goal: talk\n- [ ] listen")
+        runs = prompts.setdefault(cache, [])
+        for turn in range(20):
+            sess.stage(
+                "conversation/main",
+                type="conversation",
+                content=f"user: question {turn}\nassistant: answer {turn}\n",
+                op="append",
+            )
+            content = evidence(f"r{turn}", 2)
+            sess.stage(f"evidence/r{turn}", type="evidence", content=content, provenance=URI)
+            sess.end_turn()
+            runs.append(sess.assemble(100_000))
+    grown = prompts["anthropic"]
+    # The conversation's first text stays where it entered; each later exchange is a block.
+    at_most = grown[15]
+    assert at_most.text.count("### conversation/main (continued)\n") == 15  # 16 blocks
+    assert grown[16].text.count("### conversation/main (continued)\n") == 0  # whole again
+    last = grown[-1]
+    assert last.text.count("### conversation/main (continued)\n") == 3
+    full = {item.key: item.text for item in last.items}["conversation/main"]
+    assert full.count("user: question") == 20
+    assert last.tokens == store.counter.count(last.text) == sum(t for _, t in last.prompt_blocks)
+    # After 16 blocks the page is rendered whole once more, at the end: one break in 20 turns.
+    breaks = [
+        turn for turn in range(1, 20) if not grown[turn].text.startswith(grown[turn - 1].text)
+    ]
+    assert breaks == [16]
+    plain = prompts["none"]
+    assert all(not b.text.startswith(a.text) for a, b in zip(plain, plain[1:], strict=False))

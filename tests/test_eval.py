@@ -258,6 +258,5 @@ def test_shared_transcripts_keep_the_prompt_cache_warm_at_32k() -> None:
         print(trace.name, result.turns, f"{result.prefix_reuse:.3f}", result.faults)
         assert result.total_faults == 0, (trace.name, result.faults)
     assert len(results) == 12
-    assert reuse[0] > 0.84  # the aider session, whose file reads change under it
-    assert sum(share >= 0.9 for share in reuse) == 11
-    assert sum(ratio <= 0.3 for ratio in ratios) == 11
+    assert reuse[0] >= 0.9  # the lowest: the aider session, whose files change under re-reads
+    assert sum(ratio <= 0.3 for ratio in ratios) == 11  # the aider session: 0.37
