@@ -11,6 +11,7 @@ meter, its prices, and the transcript harness's own reuse as a baseline.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -566,4 +567,4 @@ def test_an_appended_page_grows_in_place_with_a_cache(store: cvm.Store) -> None:
     ]
     assert breaks == [16]
     plain = prompts["none"]
-    assert all(not b.text.startswith(a.text) for a, b in zip(plain, plain[1:], strict=False))
+    assert all(not b.text.startswith(a.text) for a, b in itertools.pairwise(plain))
