@@ -976,14 +976,13 @@ def render_order(items: Iterable[RenderItem]) -> list[RenderItem]:
     The order of a first prompt, and of the pages that enter a prompt together; a page that
     stays resident unchanged keeps its place (:meth:`Assembler._layout`).
     """
-    return sorted(
-        items,
-        key=lambda item: (
-            SECTION_ORDER[item.candidate.type],
-            item.candidate.lsn if item.candidate.type is PageType.CONVERSATION else 0,
-            item.candidate.key,
-        ),
-    )
+    return sorted(items, key=_render_key)
+
+
+def _render_key(item: RenderItem) -> tuple[int, int, str]:
+    candidate = item.candidate
+    lsn = candidate.lsn if candidate.type is PageType.CONVERSATION else 0
+    return SECTION_ORDER[candidate.type], lsn, candidate.key
 
 
 def render(fixed: str, items: Sequence[RenderItem]) -> tuple[str, list[dict[str, str]]]:
@@ -1312,6 +1311,11 @@ class Assembler:
         # when an appended page kept its old text in place (see _layout).
         self._pieces: dict[int, list[tuple[int, str]]] = {}
         self._fitted: dict[int, list[tuple[int, str]]] = {}
+        # Immutable results of the last prompt, reused for the pages that stay (see _results).
+        self._made_results: dict[tuple[int, int, Fidelity, str], tuple[AssembledPage, Decision]]
+        self._made_results = {}
+        self._made_blocks: dict[tuple[int, int, Fidelity, Fidelity | None], Block] = {}
+        self._made_items: dict[tuple[int, Fidelity, str], RenderItem] = {}
         # Grows whenever the last prompt (``_previous``) is replaced, so a remembered selection
         # is reused only against the prompt it was made after.
         self._serial = 0
@@ -1431,12 +1435,7 @@ class Assembler:
             ]
             shortfall = insufficiency(selection, effective, fixed_tokens, budget)
         present = self.table.visible
-        decisions = [
-            Decision(
-                item.candidate.key, item.candidate.type, item.fidelity, item.tokens, item.reason
-            )
-            for item in items
-        ]
+        pages, decisions = self._results(items)
         chosen_ids = {item.candidate.page_id for item in items}
         evicted = [
             by_id[page_id]
@@ -1448,18 +1447,7 @@ class Assembler:
             Decision(c.key, c.type, None, 0, "evicted-for-budget", winner) for c in evicted
         )
         assembly = Assembly(
-            items=[
-                AssembledPage(
-                    key=item.candidate.key,
-                    type=item.candidate.type,
-                    fidelity=item.fidelity,
-                    version=item.candidate.version,
-                    tokens=item.tokens,
-                    text=item.text,
-                    reason=item.reason,
-                )
-                for item in items
-            ],
+            items=pages,
             tokens=tokens,
             budget=budget,
             feasible=feasible,
@@ -1679,39 +1667,52 @@ class Assembler:
         undo = list(selection.upgrades)
         counter: TokenCounter = self.store.counter
         partners = self._partners(texts)
+        made = self._made_items
         while True:
-            items, slots, layout, pieces = self._layout(
-                RenderItem(
-                    candidate=by_id[page_id],
-                    fidelity=fidelity,
-                    text=texts[(page_id, fidelity)][0],
-                    tokens=by_id[page_id].tokens[fidelity],
-                    reason=selection.reasons.get(page_id, "upgrade"),
-                    source=texts[(page_id, fidelity)][1],
-                )
-                for page_id, fidelity in chosen.items()
-            )
+            now: dict[tuple[int, Fidelity, str], RenderItem] = {}
+            for page_id, fidelity in chosen.items():
+                reason = selection.reasons.get(page_id, "upgrade")
+                key = (page_id, fidelity, reason)
+                item = made.get(key)
+                candidate = by_id[page_id]
+                if item is None or item.candidate is not candidate:
+                    # Items are immutable: a page that stays as it was reuses last turn's.
+                    text, source = texts[(page_id, fidelity)]
+                    item = RenderItem(
+                        candidate=candidate,
+                        fidelity=fidelity,
+                        text=text,
+                        tokens=candidate.tokens[fidelity],
+                        reason=reason,
+                        source=source,
+                    )
+                now[key] = item
+            self._made_items = now
+            items, slots, layout, pieces = self._layout(now.values())
             text, messages, parts = _render(fixed, items)
             if len(layout) > len(items):
                 # A grown page is in several blocks: the text is the blocks in layout order.
                 parts = _parts(fixed, [header + piece for _, _, header, piece in layout])
                 text = "".join(parts)
-            conversation = build_conversation(fixed, [_block(item) for item in items], partners)
+            counts: list[int] | None = None
+            conversation: Conversation | None = None
             if form == "text":
                 # Exact: the text tokenized as one string, from the blocks' cached counts.
-                tokens = counter.count_joined(parts)
+                counts = counter.count_each(parts)
+                tokens = sum(counts)
             else:
+                conversation = build_conversation(fixed, self._blocks(items), partners)
                 tokens = rendered_tokens(conversation, form, counter)
             if tokens <= budget or not undo:
+                if conversation is None:
+                    conversation = build_conversation(fixed, self._blocks(items), partners)
+                if counts is None:
+                    counts = counter.count_each(parts)
                 identities: list[Hashable] = [("fixed", fixed)] if fixed else []
                 # A block is what a provider cache compares: its bytes (the header names the
                 # page, so two pages' blocks never compare equal).
-                identities.extend(header + piece for _, _, header, piece in layout)
-                # Each part's own count (cached: the exact count above counted each on its own).
-                blocks = tuple(
-                    (identity, counter.count(part))
-                    for identity, part in zip(identities, parts, strict=True)
-                )
+                identities.extend((header, piece) for _, _, header, piece in layout)
+                blocks = tuple(zip(identities, counts, strict=True))
                 self._fitted = pieces  # what _remember keeps if this prompt is recorded
                 return items, text, messages, tokens, conversation, slots, blocks
             # The text form's count is cheap, so each undo is checked exactly. Rendering a
@@ -1728,6 +1729,56 @@ class Assembler:
                 else:
                     chosen[page_id] = before
                     over -= tokens_now - by_id[page_id].tokens[before]
+
+    def _results(self, items: Sequence[RenderItem]) -> tuple[list[AssembledPage], list[Decision]]:
+        """Each item as an :class:`AssembledPage` and its :class:`Decision`. Both are
+        immutable, so a page that is in the prompt as it was last time reuses last time's."""
+        made = self._made_results
+        now: dict[tuple[int, int, Fidelity, str], tuple[AssembledPage, Decision]] = {}
+        pages, decisions = [], []
+        for item in items:
+            candidate = item.candidate
+            key = (candidate.page_id, candidate.version, item.fidelity, item.reason)
+            pair = made.get(key)
+            if pair is None:
+                pair = (
+                    AssembledPage(
+                        key=candidate.key,
+                        type=candidate.type,
+                        fidelity=item.fidelity,
+                        version=candidate.version,
+                        tokens=item.tokens,
+                        text=item.text,
+                        reason=item.reason,
+                    ),
+                    Decision(
+                        candidate.key, candidate.type, item.fidelity, item.tokens, item.reason
+                    ),
+                )
+            now[key] = pair
+            pages.append(pair[0])
+            decisions.append(pair[1])
+        self._made_results = now
+        return pages, decisions
+
+    def _blocks(self, items: Sequence[RenderItem]) -> list[Block]:
+        """The items as the conversation builder takes them; a page's block is built once per
+        version and fidelity (blocks are immutable, and most pages stay from turn to turn)."""
+        made = self._made_blocks
+        blocks = []
+        for item in items:
+            key = (item.candidate.page_id, item.candidate.version, item.fidelity, item.source)
+            block = made.get(key)
+            if block is None:
+                block = made[key] = _block(item)
+            blocks.append(block)
+        if len(made) > 4 * len(items) + 64:  # keep what this prompt uses, forget the rest
+            wanted = {
+                (item.candidate.page_id, item.candidate.version, item.fidelity, item.source)
+                for item in items
+            }
+            self._made_blocks = {key: made[key] for key in wanted}
+        return blocks
 
     def _winner(self, items: Sequence[RenderItem]) -> str | None:
         """The page that won the space this assembly: the most tokens gained against the last
@@ -1774,7 +1825,7 @@ class Assembler:
         placed: list[tuple[int, int, RenderItem]] = []
         fresh: list[RenderItem] = []
         grown: list[tuple[RenderItem, list[tuple[int, str]], str]] = []
-        for item in render_order(items):
+        for item in items:
             page_id = item.candidate.page_id
             slot = known.get(page_id)
             if slot is None:
@@ -1792,12 +1843,19 @@ class Assembler:
         # Pages that were in the last prompt in another form changed, and what changed once
         # tends to change again (the plan, the current span, a re-run's result): they go after
         # the pages that are new, so the next change breaks the prefix as late as it can.
+        # (Only what takes a new slot needs the render order; the rest sort by slot.)
+        fresh = render_order(fresh)
         fresh.sort(key=lambda item: item.candidate.page_id in previous)
         slot = self._next_slot
         for item in fresh:
             placed.append((REGION[item.candidate.type], slot, item))
             slot += 1
         placed.sort(key=lambda entry: (entry[0], entry[1]))
+        ordered = [entry[2] for entry in placed]
+        slots = {entry[2].candidate.page_id: entry[1] for entry in placed}
+        if not self.cache.enabled:
+            # One block per page: nothing grows in place without a cache preset.
+            return ordered, slots, [(r, at, i.header, i.text) for r, at, i in placed], {}
         blocks: list[tuple[int, int, str, str]] = []
         pieces: dict[int, list[tuple[int, str]]] = {}
         for _, first, item in placed:
@@ -1810,6 +1868,7 @@ class Assembler:
             ):
                 kept = [(first, item.text)]
             pieces[page_id] = list(kept)
+        grown.sort(key=lambda entry: _render_key(entry[0]))
         for item, old, segment in grown:
             pieces[item.candidate.page_id] = [*old, (slot, segment)]
             slot += 1
@@ -1819,12 +1878,7 @@ class Assembler:
                 header = item.header if index == 0 else _continued(item.candidate.key)
                 blocks.append((region, at, header, text))
         blocks.sort(key=lambda block: (block[0], block[1]))
-        return (
-            [entry[2] for entry in placed],
-            {entry[2].candidate.page_id: entry[1] for entry in placed},
-            blocks,
-            pieces,
-        )
+        return ordered, slots, blocks, pieces
 
     def _grown_from(
         self, item: RenderItem, old: list[tuple[int, str]] | None

@@ -149,6 +149,23 @@ class TokenCounter:
                 current += part
         return total + (self.count(current) if current else 0)
 
+    def count_each(self, parts: Sequence[str]) -> list[int]:
+        """:meth:`count_joined`, part by part: the tokens of each part, where a run of parts that
+        had to be counted together is credited to its first part (so they sum to the exact
+        count of ``"".join(parts)``)."""
+        counts = [0] * len(parts)
+        start = 0
+        current = ""
+        for index, part in enumerate(parts):
+            if current and part and current.endswith("\n") and _fresh(part[0]):
+                counts[start] = self.count(current)
+                start, current = index, part
+            else:
+                current += part
+        if current:
+            counts[start] = self.count(current)
+        return counts
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (ordinary, no special tokens); not cached."""
         result: list[int] = self._encode(text)
