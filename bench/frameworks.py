@@ -4,9 +4,10 @@ Both sessions write to a file in the same temporary directory. Measured per call
 p95, on the items one Agents SDK step saves (a function call and its output, then the assistant's
 message: the batch shapes ``Runner.run`` passes to ``add_items``):
 
-* ``add_items``: the batches of a growing conversation. SQLiteSession commits each batch at
-  SQLite's default ``synchronous=FULL``; ClawVMSession stages each item at NORMAL (it survives
-  ``kill -9`` at once) and ends the engine's turn, a FULL commit, on the batch that ends a turn;
+* ``add_items``: the batches of a growing conversation, per call and per turn (the three calls
+  together). SQLiteSession commits each batch at SQLite's default ``synchronous=FULL``;
+  ClawVMSession stages each item at NORMAL (it survives ``kill -9`` at once) and journals the
+  batch that ends a turn inside the turn's boundary, one FULL commit;
 * ``get_items()``: the whole history (SQLiteSession, ClawVMSession without a budget);
 * ``get_items()`` with ``budget=B``: the engine's assembly rendered as Responses items, against
   SQLiteSession's unbudgeted read (the goal: within 2x).
@@ -85,11 +86,15 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 async def measure(session: Any, turns: int) -> dict[str, list[float]]:
     """add_items over ``turns`` turns, then get_items() reads of the whole history."""
     adds: list[float] = []
+    whole_turns: list[float] = []
     for turn in range(turns):
+        spent = 0.0
         for batch in batches(turn):
             adds.append(await timed(lambda b=batch: session.add_items(b)))  # type: ignore[misc]
+            spent += adds[-1]
+        whole_turns.append(spent)
     reads = [await timed(session.get_items) for _ in range(max(5, turns // 4))]
-    return {"add_items": adds, "get_items": reads}
+    return {"add_items": adds, "turn": whole_turns, "get_items": reads}
 
 
 def line(name: str, samples: list[float], base: list[float] | None = None) -> str:
@@ -116,6 +121,7 @@ async def main(turns: int, budget: int) -> None:
         sdk.close()
         print("OpenAI Agents SDK")
         print(line("SQLiteSession.add_items", base["add_items"]))
+        print(line("SQLiteSession, a turn's 3 add_items", base["turn"]))
         print(line("SQLiteSession.get_items()", base["get_items"]))
         from clawvm_store.integrations.openai_agents import ClawVMSession
 
@@ -124,6 +130,7 @@ async def main(turns: int, budget: int) -> None:
             got = await measure(ours, turns)
             ours.close()
             print(line("ClawVMSession.add_items", got["add_items"], base["add_items"]))
+            print(line("ClawVMSession, a turn's 3 add_items", got["turn"], base["turn"]))
             print(line("ClawVMSession.get_items()", got["get_items"], base["get_items"]))
             budgeted = ClawVMSession("bench", store, budget=budget)
             reads = [await timed(budgeted.get_items) for _ in range(max(5, turns // 4))]

@@ -33,7 +33,7 @@ from .errors import (
     VersionConflict,
 )
 from .faults import FaultReport
-from .journal import WritebackResult
+from .journal import StagedUpdate, WritebackResult
 from .mediator import ToolCallRecord, ToolResult
 from .messages import Message
 from .pages import (
@@ -52,7 +52,7 @@ from .pages import (
 )
 from .recall import Recall, RecallBackend, RecallHits
 from .representations import Compressor, ExtractiveCompressor
-from .session import Session, StagedUpdate
+from .session import Session
 from .store import (
     CheckReport,
     Finding,

@@ -418,6 +418,18 @@ class Verdict:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class StagedUpdate:
+    """The receipt of ``Session.stage``: the entry's LSN and key.
+
+    ``duplicate`` is True when an idempotency key matched an earlier entry, whose LSN this is.
+    """
+
+    lsn: int
+    key: str
+    duplicate: bool = False
+
+
 @dataclass
 class WritebackResult:
     """What one lifecycle boundary did: the LSNs it committed and (LSN, reason) it rejected."""
@@ -431,6 +443,8 @@ class WritebackResult:
     # Staged updates a boundary threw away without validating them (writeback=False): each one
     # is a flush_miss. Only harness tests do this.
     discarded: list[int] = field(default_factory=list)
+    # Updates the boundary journaled itself before writing back (``end_turn(messages=...)``).
+    staged: list[StagedUpdate] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -153,25 +153,34 @@ class ExtractiveCompressor:
         segments = _segments(text)
         if not segments:
             return _truncate_to(text.strip(), target_tokens, count)
-        frequencies = Counter(
-            word
-            for segment in segments
-            for word in {w.lower() for w in _WORD.findall(segment.text)}
-            if word not in _STOPWORDS
-        )
+        # Tool outputs and logs repeat lines: each distinct line is tokenized, scored and
+        # counted once.
+        words_of: dict[str, frozenset[str]] = {}
+        for segment in segments:
+            if segment.text not in words_of:
+                words_of[segment.text] = (
+                    frozenset(w.lower() for w in _WORD.findall(segment.text)) - _STOPWORDS
+                )
+        frequencies = Counter(word for segment in segments for word in words_of[segment.text])
+        base_scores = {
+            line: sum(frequencies[w] for w in words) / (1.0 + len(line) / 80.0)
+            for line, words in words_of.items()
+        }
 
         def score(segment: _Segment) -> float:
-            words = {w.lower() for w in _WORD.findall(segment.text)} - _STOPWORDS
-            value = sum(frequencies[w] for w in words) / (1.0 + len(segment.text) / 80.0)
+            value = base_scores[segment.text]
             if segment.index == 0:
                 value += 1_000.0  # the opening line almost always says what the text is
             return value
 
         ranked = sorted(segments, key=lambda s: (-score(s), s.index))
+        costs: dict[str, int] = {}
         chosen: list[_Segment] = []
         used = 0
         for segment in ranked:
-            cost = count(segment.text) + 1  # +1 for the joining newline
+            cost = costs.get(segment.text)
+            if cost is None:
+                cost = costs[segment.text] = count(segment.text) + 1  # +1: the joining newline
             if used + cost <= target_tokens:
                 chosen.append(segment)
                 used += cost

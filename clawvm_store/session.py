@@ -21,7 +21,6 @@ import os
 import socket
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -33,7 +32,15 @@ from . import schema as t
 from .assembler import Assembler, Assembly, Weights
 from .cache import CachePricing
 from .errors import ClawVMError, InvalidInput, NotFound
-from .journal import Entry, PreparedUpdate, Update, WritebackResult, check_key, row_to_entry
+from .journal import (
+    Entry,
+    PreparedUpdate,
+    StagedUpdate,
+    Update,
+    WritebackResult,
+    check_key,
+    row_to_entry,
+)
 from .mediator import EFFECTS, ToolCallRecord, ToolMediator, ToolResult
 from .messages import PREFIX as MESSAGE_PREFIX
 from .messages import Message, build_envelope, key_seq, message_key
@@ -98,18 +105,6 @@ def owner_alive(owner: str | None) -> bool | None:
         return True
     current = _process_start(pid)
     return not (started and current and current != started)
-
-
-@dataclass(frozen=True)
-class StagedUpdate:
-    """The receipt of :meth:`Session.stage`: the entry's LSN and key.
-
-    ``duplicate`` is True when an idempotency key matched an earlier entry, whose LSN this is.
-    """
-
-    lsn: int
-    key: str
-    duplicate: bool = False
 
 
 class Session:
@@ -250,28 +245,48 @@ class Session:
 
     def _stage_all(self, updates: Sequence[tuple[Update, str, str]]) -> list[StagedUpdate]:
         """Journal checked updates in one transaction: all of them are staged, or none is."""
+        prepared = self._prepare_all(updates)
+        with self.store.db.transaction(sync="normal") as conn:
+            staged = self._journal_all(conn, updates)
+        self._changes += 1
+        return self._acknowledge(updates, prepared, staged, remember=True)
+
+    def _prepare_all(
+        self, updates: Sequence[tuple[Update, str, str]]
+    ) -> list[ContentRepresentations | None]:
         # A set's fidelities do not depend on the page's head, so they are built now, outside
         # any lock, and handed to the boundary; if this process dies they are rebuilt there.
-        prepared = [
+        return [
             self.store._prepare_outside_txn(update_, project, session_id)
             for update_, project, session_id in updates
         ]
-        staged: list[tuple[int, bool]] = []
-        with self.store.db.transaction(sync="normal") as conn:
-            for update_, project, session_id in updates:
-                staged.append(
-                    self.store.journal.stage(
-                        conn,
-                        project=project,
-                        session_id=session_id,
-                        principal=self.principal,
-                        update=update_,
-                    )
-                )
-        self._changes += 1
+
+    def _journal_all(
+        self, conn: Connection, updates: Sequence[tuple[Update, str, str]]
+    ) -> list[tuple[int, bool]]:
+        return [
+            self.store.journal.stage(
+                conn,
+                project=project,
+                session_id=session_id,
+                principal=self.principal,
+                update=update_,
+            )
+            for update_, project, session_id in updates
+        ]
+
+    def _acknowledge(
+        self,
+        updates: Sequence[tuple[Update, str, str]],
+        prepared: Sequence[ContentRepresentations | None],
+        staged: Sequence[tuple[int, bool]],
+        *,
+        remember: bool,
+    ) -> list[StagedUpdate]:
+        """Receipts for journaled updates (their fidelities kept for the boundary if ``remember``)."""
         receipts: list[StagedUpdate] = []
         for (update_, _, _), ready, (lsn, duplicate) in zip(updates, prepared, staged, strict=True):
-            if ready is not None and not duplicate:
+            if remember and ready is not None and not duplicate:
                 self.store._remember_prepared(lsn, PreparedUpdate(ready))
             if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
                 _crashpoints.ack(
@@ -642,6 +657,13 @@ class Session:
         none is, and a batch costs one commit rather than one per message.
         """
         self._require_open()
+        updates = self._message_updates(messages)
+        return self._stage_all(updates) if updates else []
+
+    def _message_updates(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Update, str, str]]:
+        """The checked conversation-page updates of ``messages``, numbered after the last one."""
         envelopes = []
         for fields in messages:
             unknown = set(fields) - _MESSAGE_FIELDS
@@ -663,7 +685,7 @@ class Session:
             )
         if not envelopes:
             return []
-        updates = []
+        updates: list[tuple[Update, str, str]] = []
         for envelope, seq, fields in zip(
             envelopes, self._next_message_seqs(len(envelopes)), messages, strict=True
         ):
@@ -692,7 +714,7 @@ class Session:
                     idempotency_key=None,
                 )
             )
-        return self._stage_all(updates)
+        return updates
 
     def messages(self) -> list[Message]:
         """Every live message of the session (committed and staged), in order.
@@ -904,10 +926,33 @@ class Session:
     # -- boundaries ----------------------------------------------------------------------------
 
     def _boundary(
-        self, boundary: Boundary, *, close: bool = False, writeback: bool = True
+        self,
+        boundary: Boundary,
+        *,
+        close: bool = False,
+        writeback: bool = True,
+        stage: Sequence[tuple[Update, str, str]] = (),
     ) -> WritebackResult:
         self._require_open()
-        result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
+        if stage:
+            prepared = self._prepare_all(stage)
+            journaled: list[tuple[int, bool]] = []
+
+            def stage_first(conn: Connection) -> dict[int, PreparedUpdate]:
+                journaled[:] = self._journal_all(conn, stage)
+                return {
+                    lsn: PreparedUpdate(ready)
+                    for ready, (lsn, duplicate) in zip(prepared, journaled, strict=True)
+                    if ready is not None and not duplicate
+                }
+
+            result = self.store._writeback_session(
+                self, boundary, close=close, writeback=writeback, stage_first=stage_first
+            )
+            self._changes += 1
+            result.staged = self._acknowledge(stage, prepared, journaled, remember=False)
+        else:
+            result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
         if result.rejected or result.discarded:
             self._changes += 1  # what was staged and read back is gone
         if boundary is Boundary.TURN_END:
@@ -927,9 +972,15 @@ class Session:
             )
         return result
 
-    def end_turn(self) -> WritebackResult:
-        """Write back at the end of a turn and advance the turn counter."""
-        return self._boundary(Boundary.TURN_END)
+    def end_turn(self, messages: Sequence[Mapping[str, Any]] = ()) -> WritebackResult:
+        """Write back at the end of a turn and advance the turn counter.
+
+        ``messages`` (each the keyword arguments of :meth:`append_message`) are journaled in the
+        same transaction first, as the turn's last words: one commit instead of two, and their
+        receipts are in the result's ``staged``. Either all of it happens or none of it.
+        """
+        self._require_open()
+        return self._boundary(Boundary.TURN_END, stage=self._message_updates(messages))
 
     def flush(self) -> WritebackResult:
         """Write back now (a memory flush), without ending the turn."""

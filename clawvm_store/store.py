@@ -7,7 +7,7 @@ import os
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -781,16 +781,29 @@ class Store:
         return entries
 
     def _writeback_session(
-        self, sess: Session, boundary: Boundary, *, close: bool = False, writeback: bool = True
+        self,
+        sess: Session,
+        boundary: Boundary,
+        *,
+        close: bool = False,
+        writeback: bool = True,
+        stage_first: Callable[[Connection], Mapping[int, PreparedUpdate]] | None = None,
     ) -> WritebackResult:
+        """Validate, commit and apply the session's staged updates at ``boundary``.
+
+        ``stage_first`` journals more updates in the same transaction before the writeback (it
+        returns the fidelities it built for them, by LSN): a batch that ends a turn then costs
+        one commit, not a stage commit and a boundary commit.
+        """
         with self.db.transaction() as conn:
+            fresh = stage_first(conn) if stage_first is not None else {}
             entries = self._sound_entries(conn, self._staged_rows(conn, sess.id))
             if not writeback:
                 entries = self._discard(conn, sess, boundary, entries)
             prepared = {
-                entry.lsn: self._prepared.pop(entry.lsn)
+                entry.lsn: fresh[entry.lsn] if entry.lsn in fresh else self._prepared.pop(entry.lsn)
                 for entry in entries
-                if entry.lsn in self._prepared
+                if entry.lsn in fresh or entry.lsn in self._prepared
             }
             found = _P_SESSION_TURN.first(conn, {"b_session": sess.id})
             turn = found[0] if found is not None else 0

@@ -769,3 +769,80 @@ def test_recovery_template_is_really_pending(recovery_template: RecoveryFixture)
         assert states == ["staged"] * 5
     finally:
         store.close()
+
+
+# --- Scenario D: end_turn(messages): a turn's last batch and its boundary in one transaction ---
+
+TURN_MESSAGES = [
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call-1", "name": "read_file", "arguments": '{"path": "a.py"}'}],
+    },
+    {"role": "tool", "content": "def charge(order):\n    ...\n" * 8, "tool_call_id": "call-1"},
+    {"role": "assistant", "content": "The check belongs before the ledger write."},
+]
+
+
+@pytest.mark.parametrize(("message", "expected"), FAULTS)
+def test_end_turn_with_messages_is_all_or_nothing_at_every_step(
+    base_template: Path, workdir: Path, message: str, expected: type[ClawVMError]
+) -> None:
+    reference: dict[str, Any] = {}
+
+    def said(sess: Any) -> list[tuple[str, str, str | None]]:
+        return [(m.role, m.content, m.tool_call_id) for m in sess.messages()]
+
+    def run(fail_at: int | None) -> Any:
+        path = fresh_copy(base_template, workdir, f"D-{expected.__name__}-{fail_at}")
+        store = open_store(path)
+        try:
+            sess = store.session("s1", project=PROJECT)
+            first = sess.append_message("user", "Where does the idempotency check go?")
+            before = dump(path)
+            with Injector(store.db.engine, fail_at, message) as injector:
+                try:
+                    result = sess.end_turn(TURN_MESSAGES)
+                except Exception as exc:
+                    failure: BaseException | None = exc
+                else:
+                    failure = None
+            if failure is None:
+                assert not injector.fired, f"fault at {injector.fired_at!r} was swallowed"
+                staged = [receipt.lsn for receipt in result.staged]
+                assert result.committed == [first.lsn, *staged]
+                assert result.rejected == []
+                assert len(staged) == len(TURN_MESSAGES)
+                rows = journal_rows(path, "session_id = 's1'")
+                assert [r["state"] for r in rows] == ["applied"] * 4
+                if fail_at is None:
+                    reference.update(dump=dump(path), said=said(sess))
+                    assert [role for role, _, _ in reference["said"]] == [
+                        "user",
+                        "assistant",
+                        "tool",
+                        "assistant",
+                    ]
+                    return len(injector.steps)
+                assert dump(path) == reference["dump"]
+                return False
+            assert injector.fired, f"failed without an injected fault: {failure!r}"
+            assert_translated(failure, expected, message)
+            # Neither the batch nor the boundary happened: the user message is still staged.
+            assert dump(path) == before
+            rows = journal_rows(path, "session_id = 's1'")
+            assert [(r["lsn"], r["state"]) for r in rows] == [(first.lsn, "staged")]
+            assert store.check().ok
+            # The same session retries; message numbers once handed out are not reused, so
+            # the retried batch says the same things under later keys.
+            retried = sess.end_turn(TURN_MESSAGES)
+            assert retried.rejected == []
+            assert len(retried.committed) == 4
+            assert said(sess) == reference["said"]
+            assert store.check().ok
+            return True
+        finally:
+            store.close()
+
+    swept = sweep(f"end_turn(messages) [{message}]", run)
+    assert swept.failures > 5

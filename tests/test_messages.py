@@ -105,3 +105,43 @@ def test_tool_call_without_call_id_keeps_old_provenance(sess: cvm.Session) -> No
     assert sess.page(result.key).provenance == {"tool_call": 1}
     with pytest.raises(cvm.ClawVMError, match="call_id must be a non-empty string"):
         sess.tool_call("ls", {"path": "x"}, lambda path: "", call_id="")
+
+
+def test_end_turn_journals_the_last_messages_in_its_own_transaction(
+    store: cvm.Store, sess: cvm.Session
+) -> None:
+    first = sess.append_message("user", "hello")
+    commits: list[str] = []
+    from sqlalchemy import event
+
+    def on_commit(conn: object) -> None:
+        commits.append("commit")
+
+    event.listen(store.db.engine, "commit", on_commit)
+    try:
+        result = sess.end_turn(
+            [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}]
+        )
+    finally:
+        event.remove(store.db.engine, "commit", on_commit)
+    assert commits == ["commit"]  # the batch and the boundary: one commit
+    assert [r.key for r in result.staged] == ["conversation/m-00000002", "conversation/m-00000003"]
+    assert result.committed == [first.lsn, *(r.lsn for r in result.staged)]
+    assert [(m.role, m.content) for m in sess.messages()] == [
+        ("user", "hello"),
+        ("assistant", "hi"),
+        ("user", "bye"),
+    ]
+    page = store.page("conversation/m-00000003", project="p", session="s1")
+    assert (page.version, page.content) == (1, "bye")
+    events = store.query("SELECT boundary, committed FROM lifecycle_events WHERE session_id = 's1'")
+    assert events == [{"boundary": "turn_end", "committed": 3}]
+    assert sess.end_turn().staged == []
+
+
+def test_end_turn_refuses_a_bad_message_before_writing_anything(sess: cvm.Session) -> None:
+    sess.append_message("user", "hello")
+    with pytest.raises(cvm.ClawVMError, match="role"):
+        sess.end_turn([{"content": "no role"}])
+    assert [(m.role, m.content) for m in sess.messages()] == [("user", "hello")]
+    assert sess.staged()[0].key == "conversation/m-00000001"

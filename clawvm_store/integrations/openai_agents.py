@@ -315,7 +315,16 @@ class ClawVMSession:
         fields = [message_of(item) for item in items]
         history = self._items()
         answered = self.answered_calls()
-        receipts = self.session.append_messages(fields)
+        last = items[-1]
+        result = None
+        if last.get("role") == "assistant" and last.get("type", "message") == "message":
+            # The SDK saves the assistant's final message last: the turn is over, so the batch
+            # is journaled by the turn's boundary itself, one FULL commit (one fsync per turn)
+            # that also makes the whole turn survive power loss.
+            result = self.session.end_turn(fields)
+            receipts = result.staged
+        else:
+            receipts = self.session.append_messages(fields)
         for receipt, message in zip(receipts, fields, strict=True):
             item = message["metadata"]["item"]
             history.append((receipt.key, message["role"], json.dumps(item)))
@@ -323,11 +332,8 @@ class ClawVMSession:
                 answered.add(str(message["tool_call_id"]))
         self._seen = self.session.changes
         self._dirty = True
-        last = items[-1]
-        if last.get("role") == "assistant" and last.get("type", "message") == "message":
-            # The SDK saves the assistant's final message last: the turn is over, so this is the
-            # boundary (one fsync per turn) that also makes the turn survive power loss.
-            self._writeback(self.session.end_turn())
+        if result is not None:
+            self._writeback(result)
 
     async def pop_item(self) -> Any | None:
         """Remove the most recent item (a journaled delete) and return it; None when empty."""
