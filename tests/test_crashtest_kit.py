@@ -744,15 +744,23 @@ def test_wall_clock_kills_land_in_harness_code_too_and_the_correct_harness_survi
     # A model that thinks longer than the library works, as a real agent's does (a loaded
     # CI machine once landed only one of ten kills in it at 120,000 rounds).
     monkeypatch.setattr(examples, "THINKING_ROUNDS", 200_000)
-    report = run_crashtest(correct_agent, kills=10, seed=1, mode="time", workdir=tmp_path)
-    assert report.ok, report.render()
-    assert (report.kills, report.kill_points, len(report.kill_times)) == (10, [], 10)
-    assert all(0 <= delay <= report.run_s for delay in report.kill_times)
-    landed = [case for case in report.cases if case.where is not None]
-    assert len(landed) == report.time_kills == 10 - report.time_kills_missed
+    # Where a wall-clock instant lands depends on the machine's load: every campaign must be
+    # correct, and one of three seeds must land enough kills to show both places.
+    for seed in (1, 2, 3):
+        report = run_crashtest(
+            correct_agent, kills=10, seed=seed, mode="time", workdir=tmp_path / f"s{seed}"
+        )
+        assert report.ok, report.render()
+        assert (report.kills, report.kill_points, len(report.kill_times)) == (10, [], 10)
+        assert all(0 <= delay <= report.run_s for delay in report.kill_times)
+        landed = [case for case in report.cases if case.where is not None]
+        assert len(landed) == report.time_kills == 10 - report.time_kills_missed
+        in_harness = [case for case in landed if case.where == "harness"]
+        assert len(in_harness) == report.time_kills_in_harness
+        if report.time_kills >= 6 and len(in_harness) >= 2:
+            break
     assert report.time_kills >= 6
-    in_harness = [case for case in landed if case.where == "harness"]
-    assert len(in_harness) == report.time_kills_in_harness >= 2
+    assert len(in_harness) >= 2
     assert any(case.label == f"{EXAMPLES}:fake_model" for case in in_harness)
     assert any(case.where == "library" for case in landed)
     # Exact counts: a missed instant is an uncrashed case (its checks once); a landed one is
@@ -768,7 +776,7 @@ def test_wall_clock_kills_land_in_harness_code_too_and_the_correct_harness_survi
     # The same seed draws the same instants, as shares of the uncrashed run's duration (which
     # varies from campaign to campaign: that is as far as timing allows).
     again = run_crashtest(
-        correct_agent, kills=10, seed=1, mode="time", restart_kills=False, workdir=tmp_path / "b"
+        correct_agent, kills=10, seed=seed, mode="time", restart_kills=False, workdir=tmp_path / "b"
     )
     shares = [delay / report.run_s for delay in report.kill_times]
     assert [delay / again.run_s for delay in again.kill_times] == pytest.approx(shares, abs=1e-3)
