@@ -249,7 +249,9 @@ class Session:
         with self.store.db.transaction(sync="normal") as conn:
             staged = self._journal_all(conn, updates)
         self._changes += 1
-        return self._acknowledge(updates, prepared, staged, remember=True)
+        for lsn, ready in _ready_by_lsn(prepared, staged).items():
+            self.store._remember_prepared(lsn, ready)
+        return self._acknowledge(updates, staged)
 
     def _prepare_all(
         self, updates: Sequence[tuple[Update, str, str]]
@@ -276,18 +278,11 @@ class Session:
         ]
 
     def _acknowledge(
-        self,
-        updates: Sequence[tuple[Update, str, str]],
-        prepared: Sequence[ContentRepresentations | None],
-        staged: Sequence[tuple[int, bool]],
-        *,
-        remember: bool,
+        self, updates: Sequence[tuple[Update, str, str]], staged: Sequence[tuple[int, bool]]
     ) -> list[StagedUpdate]:
-        """Receipts for journaled updates (their fidelities kept for the boundary if ``remember``)."""
+        """Receipts for journaled updates (and the crash-test kit's acknowledgements)."""
         receipts: list[StagedUpdate] = []
-        for (update_, _, _), ready, (lsn, duplicate) in zip(updates, prepared, staged, strict=True):
-            if remember and ready is not None and not duplicate:
-                self.store._remember_prepared(lsn, PreparedUpdate(ready))
+        for (update_, _, _), (lsn, duplicate) in zip(updates, staged, strict=True):
             if _crashpoints.ACTIVE:  # the crash-test kit: acknowledged once this line is written
                 _crashpoints.ack(
                     "stage",
@@ -934,25 +929,23 @@ class Session:
         stage: Sequence[tuple[Update, str, str]] = (),
     ) -> WritebackResult:
         self._require_open()
+        prepared = self._prepare_all(stage)
+        journaled: list[tuple[int, bool]] = []
+
+        def stage_first(conn: Connection) -> dict[int, PreparedUpdate]:
+            journaled.extend(self._journal_all(conn, stage))
+            return _ready_by_lsn(prepared, journaled)
+
+        result = self.store._writeback_session(
+            self,
+            boundary,
+            close=close,
+            writeback=writeback,
+            stage_first=stage_first if stage else None,
+        )
         if stage:
-            prepared = self._prepare_all(stage)
-            journaled: list[tuple[int, bool]] = []
-
-            def stage_first(conn: Connection) -> dict[int, PreparedUpdate]:
-                journaled[:] = self._journal_all(conn, stage)
-                return {
-                    lsn: PreparedUpdate(ready)
-                    for ready, (lsn, duplicate) in zip(prepared, journaled, strict=True)
-                    if ready is not None and not duplicate
-                }
-
-            result = self.store._writeback_session(
-                self, boundary, close=close, writeback=writeback, stage_first=stage_first
-            )
             self._changes += 1
-            result.staged = self._acknowledge(stage, prepared, journaled, remember=False)
-        else:
-            result = self.store._writeback_session(self, boundary, close=close, writeback=writeback)
+            result.staged = self._acknowledge(stage, journaled)
         if result.rejected or result.discarded:
             self._changes += 1  # what was staged and read back is gone
         if boundary is Boundary.TURN_END:
@@ -1075,6 +1068,17 @@ def _message_of(key: str, content: str | None, fields: Any) -> Message | None:
         name=envelope.get("name"),
         metadata=envelope.get("metadata"),
     )
+
+
+def _ready_by_lsn(
+    prepared: Sequence[ContentRepresentations | None], staged: Sequence[tuple[int, bool]]
+) -> dict[int, PreparedUpdate]:
+    """The fidelities built before staging, by the LSN each update got (a duplicate has none)."""
+    return {
+        lsn: PreparedUpdate(ready)
+        for ready, (lsn, duplicate) in zip(prepared, staged, strict=True)
+        if ready is not None and not duplicate
+    }
 
 
 def _overlay_head(head: Any, entry: Entry, reps: ContentRepresentations, version: int) -> Any:

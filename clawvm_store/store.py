@@ -801,10 +801,11 @@ class Store:
             if not writeback:
                 entries = self._discard(conn, sess, boundary, entries)
             prepared = {
-                entry.lsn: fresh[entry.lsn] if entry.lsn in fresh else self._prepared.pop(entry.lsn)
+                entry.lsn: self._prepared.pop(entry.lsn)
                 for entry in entries
-                if entry.lsn in fresh or entry.lsn in self._prepared
+                if entry.lsn in self._prepared
             }
+            prepared.update(fresh)
             found = _P_SESSION_TURN.first(conn, {"b_session": sess.id})
             turn = found[0] if found is not None else 0
             result = self.journal.writeback(
