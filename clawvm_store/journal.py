@@ -77,7 +77,6 @@ _HEAD = (
     select(
         t.pages,
         t.page_versions.c.fields,
-        t.page_versions.c.fold,
         t.page_versions.c.lsn.label("head_lsn"),
         # Where the head's chains start, read fresh every time: gc may re-chain them.
         _FULL_REP.c.chain_start.label("full_chain"),
@@ -158,6 +157,7 @@ _PAGE_UPDATE = (
         provenance=bindparam("b_provenance"),
         deleted=bindparam("b_deleted"),
         updated_at=bindparam("b_at"),
+        fold=bindparam("b_fold"),
     )
 )
 _EVENT_COUNTS = (
@@ -213,6 +213,7 @@ _P_PAGE_INSERT = _insert(
         "deleted",
         "created_at",
         "updated_at",
+        "fold",
     ),
     t.pages.c.id,
 )
@@ -270,15 +271,21 @@ class Update:
     idempotency_key: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        """The JSON-able body written to the journal and covered by its checksum."""
-        return {
-            "content": self.content,
-            "structured": dict(self.structured) if self.structured is not None else None,
-            "pin": self.pin.value if self.pin else None,
-            "priority": self.priority,
-            "provenance": dict(self.provenance) if self.provenance is not None else None,
-            "expected_version": self.expected_version,
-        }
+        """The JSON-able body written to the journal and covered by its checksum.
+
+        Only what the update sets: an absent member means "not given" (readers use ``.get``),
+        so a journal row does not spend bytes on a run of ``null`` members (revision 0011).
+        """
+        return lean_payload(
+            {
+                "content": self.content,
+                "structured": dict(self.structured) if self.structured is not None else None,
+                "pin": self.pin.value if self.pin else None,
+                "priority": self.priority,
+                "provenance": dict(self.provenance) if self.provenance is not None else None,
+                "expected_version": self.expected_version,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -329,16 +336,22 @@ def entry_checksum(
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def lean_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` without its ``None`` members: the form every journal row is written in."""
+    return {name: value for name, value in payload.items() if value is not None}
+
+
 def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The payload an applied entry keeps: its content replaced by the content's SHA-256.
 
     Deterministic, so a retried stage with the same idempotency key still recognizes itself
     (:meth:`JournalEngine.stage`), and the crash kit can check an acknowledged stage's content.
     """
-    content = payload.get("content")
-    if not isinstance(content, str):
-        return dict(payload)
-    return {**payload, "content": None, "content_sha256": text_sha256(content)}
+    lean = lean_payload(payload)
+    content = lean.pop("content", None)
+    if isinstance(content, str):
+        lean["content_sha256"] = text_sha256(content)
+    return lean
 
 
 def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int, at: str) -> None:
@@ -539,7 +552,7 @@ class JournalEngine:
         content = payload.get("content")
         if isinstance(content, str) and _too_large(content, self.max_content_bytes):
             # Keep the journal row small; the rejection reason says what was too large.
-            payload["content"] = None
+            del payload["content"]
             payload["content_bytes"] = len(content.encode("utf-8", "surrogatepass"))
         try:
             payload_json = canonical_json(payload)
@@ -1185,6 +1198,17 @@ class WriteBatch:
             provenance = live.provenance
         provenance_json = canonical_json(provenance) if provenance is not None else None
         deleted = entry.op is Op.DELETE
+        content_hash = None
+        fields_json = None
+        fold_json = None
+        if reps is not None:
+            fields_json = canonical_json(reps.fields)
+            if reps.chained:
+                # The whole text is not at hand (and hashing it would cost the page's size):
+                # each piece carries its own SHA-256, and the fold seeds the next append.
+                fold_json = canonical_json(reps.fold)
+            else:
+                content_hash = text_sha256(reps.levels[0].text)
         values = {
             "type": page_type.value,
             "pin": pin.value,
@@ -1193,6 +1217,7 @@ class WriteBatch:
             "provenance": provenance_json,
             "deleted": int(deleted),
             "updated_at": now,
+            "fold": fold_json,
         }
         if pkey in self.new_pages:
             self.new_pages[pkey].update(values)
@@ -1207,17 +1232,6 @@ class WriteBatch:
             }
         else:
             self.page_updates[head.page_id] = values
-        content_hash = None
-        fields_json = None
-        fold_json = None
-        if reps is not None:
-            fields_json = canonical_json(reps.fields)
-            if reps.chained:
-                # The whole text is not at hand (and hashing it would cost the page's size):
-                # each piece carries its own SHA-256, and the fold seeds the next append.
-                fold_json = canonical_json(reps.fold)
-            else:
-                content_hash = text_sha256(reps.levels[0].text)
         self.versions.append(
             (
                 pkey,
@@ -1235,7 +1249,6 @@ class WriteBatch:
                     "deleted": int(deleted),
                     "lsn": entry.lsn,
                     "committed_at": now,
-                    "fold": fold_json,
                 },
             )
         )
@@ -1312,6 +1325,7 @@ class WriteBatch:
                     "b_provenance": values["provenance"],
                     "b_deleted": values["deleted"],
                     "b_at": values["updated_at"],
+                    "b_fold": values["fold"],
                 }
                 for page_id, values in self.page_updates.items()
             ],
@@ -1353,15 +1367,8 @@ VERSION_ROW_COLUMNS = (
 
 
 def version_row_sha256(row: Mapping[Any, Any]) -> str:
-    """SHA-256 over a page version's columns, so check() notices any of them changing.
-
-    ``fold`` (revision 0006) is covered only when set, so rows sealed before it still verify.
-    """
-    values = [row[name] for name in VERSION_ROW_COLUMNS]
-    fold = row.get("fold")
-    if fold is not None:
-        values.append(fold)
-    return text_sha256(canonical_json(values))
+    """SHA-256 over a page version's columns, so check() notices any of them changing."""
+    return text_sha256(canonical_json([row[name] for name in VERSION_ROW_COLUMNS]))
 
 
 def applied_since(*columns: Any, fidelity: str | None = None) -> Any:

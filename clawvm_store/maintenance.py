@@ -885,6 +885,9 @@ class _Fixer:
         values = {name: getattr(row, name) for name in _CACHED}
         values["version"] = row.version
         values["updated_at"] = row.committed_at
+        if row.version != page.version:
+            # The fold belonged to the old head; the next append derives the new one's.
+            values["fold"] = None
         self.conn.execute(update(t.pages).where(t.pages.c.id == page.id).values(**values))
         self.repairs.append(Repair("head", f"page {page.key!r}", action))
         self.fts_pages.append(int(page.id))

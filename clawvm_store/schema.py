@@ -86,6 +86,12 @@ pages = Table(
     Column("deleted", Integer, nullable=False, server_default=text("0")),
     Column("created_at", String, nullable=False),
     Column("updated_at", String, nullable=False),
+    # The derivation state of the head's structured fields (representations.Fold as JSON) when
+    # the head extends a chain, so that the next append derives its fields from this state plus
+    # its segment instead of re-reading the whole text. Only the head's is ever needed, so it is
+    # kept here, once per page, not on every version (revision 0006 kept it per version; 0011
+    # moved it). NULL: derive it from the head's text when an append first needs it.
+    Column("fold", Text, nullable=True),
     UniqueConstraint("project", "session_id", "key"),
     Index("ix_pages_project_type", "project", "type"),
 )
@@ -109,10 +115,6 @@ page_versions = Table(
     # SHA-256 over the row's other columns (see journal.version_row_sha256); NULL only for rows
     # written before revision 0002.
     Column("row_sha256", String, nullable=True),
-    # The derivation state of the structured fields after this version (representations.Fold as
-    # JSON), kept for versions that extend a chain so that the next append derives its fields
-    # from this state plus its segment instead of re-reading the whole text. Revision 0006.
-    Column("fold", Text, nullable=True),
     Index("ix_page_versions_lsn", "lsn"),
 )
 

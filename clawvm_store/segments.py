@@ -60,10 +60,6 @@ _PIECES = (
 )
 _PIECES_FORWARD = _PIECES.order_by(_R.c.version)
 _PIECES_BACKWARD = _PIECES.order_by(_R.c.version.desc()).limit(bindparam("b_limit"))
-_FOLD = select(t.page_versions.c.fold, t.page_versions.c.fields).where(
-    t.page_versions.c.page_id == bindparam("b_page"),
-    t.page_versions.c.version == bindparam("b_version"),
-)
 
 
 def _row(conn: Connection, page_id: int, version: int, fidelity: str) -> Any:

@@ -278,9 +278,9 @@ def tamper_pointer(store: cvm.Store) -> int:
 def tamper_journal(store: cvm.Store) -> int:
     return raw_write(
         store,
-        # An applied entry keeps its content as a hash: change a field that is still there.
-        'UPDATE journal SET payload = replace(payload, \'"pin":null\', \'"pin":"soft"\') '
-        "WHERE lsn = (SELECT min(lsn) FROM journal)",
+        # An applied entry keeps its content as a hash: give it a pin it was never staged with.
+        'UPDATE journal SET payload = \'{"pin":"soft",\' || substr(payload, 2) '
+        "WHERE lsn = (SELECT min(lsn) FROM journal) AND payload NOT LIKE '%\"pin\"%'",
     )
 
 

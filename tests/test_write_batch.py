@@ -88,11 +88,11 @@ def content_state(store: cvm.Store) -> dict[str, Any]:
         return {
             "pages": rows(
                 "SELECT id, project, session_id, key, type, scope, pin, priority, version, "
-                "provenance, deleted, created_at, updated_at FROM pages ORDER BY id"
+                "provenance, deleted, created_at, updated_at, fold FROM pages ORDER BY id"
             ),
             "versions": rows(
                 "SELECT page_id, version, type, op, pin, priority, scope, provenance, fields, "
-                "content_hash, deleted, lsn, committed_at, row_sha256, fold "
+                "content_hash, deleted, lsn, committed_at, row_sha256 "
                 "FROM page_versions ORDER BY page_id, version"
             ),
             "representations": rows(

@@ -1,0 +1,237 @@
+"""Lean rows (revision 0011): journal payloads leave out null members, and the fold of a chained
+head is kept once, on the page, not on every version.
+
+Covers: rows written now carry no null members and still verify; a store written by revision
+0010 converts in one transaction (payloads re-sealed, the head's fold moved, version rows
+re-sealed without it) and reads, appends, retries and recovers exactly as a store that never
+migrated; a row whose checksum did not verify is left byte-for-byte as it was; the downgrade
+restores revision 0010's rows and a second upgrade gives the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from conftest import run_alembic
+
+import clawvm_store as cvm
+from clawvm_store.pages import POLICIES, PageType
+
+
+def write_history(store: cvm.Store) -> None:
+    """Chains of appends and merges, a set, a rejected update and one left staged."""
+    sess = store.session("s", project="p")
+    sess.stage("conversation/c", type="conversation", content="user: hello")
+    sess.stage("plan/main", type="plan", content="Goal: ship it\n- [ ] step one")
+    sess.end_turn()
+    for n in range(1, 4):
+        sess.stage("conversation/c", content=f"assistant: reply {n}", op="append")
+        sess.stage(
+            "plan/main",
+            content=f"- [ ] step {n + 1}",
+            op="merge",
+            structured={},
+            idempotency_key=f"plan-{n}",
+        )
+        sess.stage(
+            f"evidence/e{n}",
+            type="evidence",
+            content=f"output {n}\n" * 3,
+            provenance={"uri": f"file:///out/{n}"},
+        )
+        sess.end_turn()
+    # A set over an existing page without its version: rejected, and kept with its content.
+    sess.stage("evidence/e1", type="evidence", content="overwritten", provenance={"uri": "x:y"})
+    sess.end_turn()
+    sess.stage("conversation/c", content="user: still staged", op="append")
+
+
+def readback(store: cvm.Store) -> dict[tuple[str, int, str], tuple[str, int]]:
+    """Every version of every page at every rung of its ladder: (text, tokens)."""
+    pages = {}
+    for key in ("conversation/c", "plan/main", "evidence/e1", "evidence/e2", "evidence/e3"):
+        kind = PageType(key.split("/")[0])
+        for page in store.history(key, project="p", session="s"):
+            for fidelity in POLICIES[kind].ladder:
+                got = store.page(
+                    key, project="p", session="s", version=page.version, fidelity=fidelity
+                )
+                pages[(key, page.version, fidelity.value)] = (got.content, got.tokens)
+    return pages
+
+
+def journal_rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as raw:
+        return raw.execute(
+            "SELECT lsn, state, reason, payload, checksum FROM journal ORDER BY lsn"
+        ).fetchall()
+
+
+def columns(path: Path, table: str) -> set[str]:
+    with sqlite3.connect(path) as raw:
+        return {row[1] for row in raw.execute(f"PRAGMA table_info({table})")}
+
+
+def test_rows_written_now_leave_out_null_members(tmp_path: Path) -> None:
+    with cvm.Store.open(tmp_path / "a.db") as store:
+        write_history(store)
+        assert store.check().ok
+    rows = journal_rows(tmp_path / "a.db")
+    assert len(rows) == 13
+    assert [json.loads(payload) for _, _, _, payload, _ in rows][:2] == [
+        {"content_sha256": cvm_sha("user: hello")},
+        {"content_sha256": cvm_sha("Goal: ship it\n- [ ] step one")},
+    ]
+    assert not any("null" in payload for _, _, _, payload, _ in rows)
+    # The rejected entry and the staged one keep their content; applied ones keep its hash.
+    states = {lsn: (state, json.loads(payload)) for lsn, state, _, payload, _ in rows}
+    assert states[12] == (
+        "rejected",
+        {"content": "overwritten", "provenance": {"uri": "x:y"}},
+    )
+    assert states[13] == ("staged", {"content": "user: still staged"})
+    assert states[4][1] == {
+        "content_sha256": cvm_sha("- [ ] step 2"),
+        "structured": {},
+    }
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        folds = dict(raw.execute("SELECT key, fold IS NOT NULL FROM pages").fetchall())
+    assert folds == {
+        "conversation/c": 1,
+        "plan/main": 1,
+        "evidence/e1": 0,
+        "evidence/e2": 0,
+        "evidence/e3": 0,
+    }
+    assert "fold" not in columns(tmp_path / "a.db", "page_versions")
+
+
+def cvm_sha(text: str) -> str:
+    from clawvm_store.representations import text_sha256
+
+    return text_sha256(text)
+
+
+def test_revision_0011_converts_a_store_written_by_0010(tmp_path: Path) -> None:
+    path, control = tmp_path / "old.db", tmp_path / "control.db"
+    for target in (path, control):
+        with cvm.Store.open(target) as store:
+            write_history(store)
+    with cvm.Store.open(control) as store:
+        expected = readback(store)
+    run_alembic(path, "downgrade", "0010_eviction_winner")
+    assert "fold" in columns(path, "page_versions")
+    assert "fold" not in columns(path, "pages")
+    old_rows = journal_rows(path)
+    # Revision 0010's form: every member present, null when not given.
+    assert all('"pin":null' in payload for _, _, _, payload, _ in old_rows)
+    with sqlite3.connect(path) as raw:
+        head_folds = raw.execute(
+            "SELECT p.key, v.fold FROM pages p JOIN page_versions v ON v.page_id = p.id "
+            "AND v.version = p.version WHERE v.fold IS NOT NULL ORDER BY p.key"
+        ).fetchall()
+        assert [key for key, _ in head_folds] == ["conversation/c", "plan/main"]
+        # Damage one row: the migration must leave it exactly as it found it.
+        raw.execute("UPDATE journal SET checksum = 'bad' || substr(checksum, 4) WHERE lsn = 5")
+    damaged = journal_rows(path)[4]
+
+    with cvm.Store.open(path) as store:
+        report = store.check()
+        assert [(f.code, f.message) for f in report.findings] == [
+            ("journal_checksum", "journal lsn 5: checksum mismatch")
+        ], report.findings
+        assert readback(store) == expected
+    rows = journal_rows(path)
+    assert rows[4] == damaged
+    assert not any("null" in payload for lsn, _, _, payload, _ in rows if lsn != 5)
+    # Each row now is what a store that never migrated wrote, the damaged one aside.
+    assert [row for row in rows if row[0] != 5] == [
+        row for row in journal_rows(control) if row[0] != 5
+    ]
+    assert [json.loads(row[3]) for row in rows if row[0] != 5] == [
+        {k: v for k, v in json.loads(row[3]).items() if v is not None}
+        for row in old_rows
+        if row[0] not in (5, 13)  # 13 was staged, and recovery applied it on open
+    ] + [{"content_sha256": cvm_sha("user: still staged")}]
+    with sqlite3.connect(path) as raw:
+        moved = raw.execute(
+            "SELECT key, fold FROM pages WHERE fold IS NOT NULL ORDER BY key"
+        ).fetchall()
+    # The plan's head is the one 0010 left (its fold moved as it was); the conversation's
+    # staged append was applied on open, building on the moved fold, as the control's was.
+    assert moved[1] == head_folds[1]
+    with sqlite3.connect(control) as raw:
+        (control_fold,) = raw.execute(
+            "SELECT fold FROM pages WHERE key = 'conversation/c'"
+        ).fetchone()
+    unstamped = [
+        {k: v for k, v in json.loads(fold).items() if k != "ended"}
+        for fold in (moved[0][1], control_fold)
+    ]
+    assert unstamped[0] == unstamped[1]
+    assert "fold" not in columns(path, "page_versions")
+
+
+def test_a_migrated_store_goes_on_as_one_that_never_migrated(tmp_path: Path) -> None:
+    path, control = tmp_path / "old.db", tmp_path / "control.db"
+    for target in (path, control):
+        with cvm.Store.open(target) as store:
+            write_history(store)
+    run_alembic(path, "downgrade", "0010_eviction_winner")
+    results = []
+    for target in (path, control):
+        with cvm.Store.open(target) as store:
+            sess = store.session("s", project="p")
+            # A retry of an applied stage is recognized (not refused as another update).
+            retried = sess.stage(
+                "plan/main",
+                content="- [ ] step 2",
+                op="merge",
+                structured={},
+                idempotency_key="plan-1",
+            )
+            sess.stage("plan/main", content="- [ ] step 5", op="merge", structured={})
+            outcome = sess.end_turn()
+            plan = {
+                fidelity.value: store.page(
+                    "plan/main", project="p", session="s", fidelity=fidelity
+                ).content
+                for fidelity in POLICIES[PageType.PLAN].ladder
+            }
+            conversation = store.page("conversation/c", project="p", session="s")
+            results.append(
+                (
+                    retried.lsn,
+                    len(outcome.committed),
+                    outcome.rejected,
+                    plan,
+                    conversation.content,
+                    conversation.tokens,
+                )
+            )
+            assert store.check().ok
+    assert results[0] == results[1]
+    assert results[0][0] == 4
+    assert results[0][4].endswith("assistant: reply 3\nuser: still staged")
+
+
+def test_downgrade_and_upgrade_again_give_the_same_store(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with cvm.Store.open(path) as store:
+        write_history(store)
+    with cvm.Store.open(path) as store:  # recovery applies what was left staged
+        expected = readback(store)
+    rows = journal_rows(path)
+    with sqlite3.connect(path) as raw:
+        folds = raw.execute("SELECT id, fold FROM pages ORDER BY id").fetchall()
+    run_alembic(path, "downgrade", "0010_eviction_winner")
+    run_alembic(path, "upgrade", "head")
+    assert journal_rows(path) == rows
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT id, fold FROM pages ORDER BY id").fetchall() == folds
+    with cvm.Store.open(path) as store:
+        assert store.check().ok
+        assert readback(store) == expected
