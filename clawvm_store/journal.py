@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from . import schema as t
 from .db import Prepared
@@ -133,7 +133,8 @@ _RESOLVE = (
     )
 )
 # An applied entry gives its content up: the version it made holds it (with its own SHA-256),
-# and the journal keeps the content's hash in its place, re-sealed under a new checksum.
+# and the journal row has only ever held the content's hash (journal_content holds the text
+# until then), so the row and its checksum stay as they were staged.
 _APPLIED = (
     update(t.journal)
     .where(t.journal.c.lsn == bindparam("b_lsn"))
@@ -142,10 +143,14 @@ _APPLIED = (
         event_id=bindparam("b_event"),
         version=bindparam("b_version"),
         resolved_at=bindparam("b_at"),
-        payload=bindparam("b_payload"),
-        checksum=bindparam("b_checksum"),
     )
 )
+_CONTENT_DROP = delete(t.journal_content).where(t.journal_content.c.lsn == bindparam("b_lsn"))
+JOURNAL_ROWS = select(t.journal, t.journal_content.c.content).select_from(
+    t.journal.outerjoin(t.journal_content, t.journal_content.c.lsn == t.journal.c.lsn)
+)
+"""Journal rows with the content of those not applied yet (``content``; NULL once applied):
+what :func:`row_to_entry` and :func:`verify_row` read. Filter and order it like ``t.journal``."""
 _PAGE_UPDATE = (
     update(t.pages)
     .where(t.pages.c.id == bindparam("b_id"))
@@ -178,6 +183,7 @@ _P_IDEMPOTENT = Prepared(_IDEMPOTENT)
 _P_WRITERS = Prepared(_WRITERS)
 _P_RESOLVE = Prepared(_RESOLVE)
 _P_APPLIED = Prepared(_APPLIED)
+_P_CONTENT_DROP = Prepared(_CONTENT_DROP)
 _P_PAGE_UPDATE = Prepared(_PAGE_UPDATE)
 _P_EVENT_COUNTS = Prepared(_EVENT_COUNTS)
 _P_STAGE = _insert(
@@ -198,6 +204,7 @@ _P_STAGE = _insert(
     ),
     t.journal.c.lsn,
 )
+_P_CONTENT_INSERT = _insert(t.journal_content, ("lsn", "content"))
 _P_PAGE_INSERT = _insert(
     t.pages,
     (
@@ -342,7 +349,7 @@ def lean_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The payload an applied entry keeps: its content replaced by the content's SHA-256.
+    """The payload a journal row holds: its content replaced by the content's SHA-256.
 
     Deterministic, so a retried stage with the same idempotency key still recognizes itself
     (:meth:`JournalEngine.stage`), and the crash kit can check an acknowledged stage's content.
@@ -355,12 +362,20 @@ def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def mark_applied(conn: Connection, entry: Entry, *, event_id: int, version: int, at: str) -> None:
-    """Set ``entry`` applied as ``version``, keeping its content only as a hash (it is applied)."""
+    """Set ``entry`` applied as ``version``; its content now lives in the version it made."""
     _P_APPLIED.execute(conn, applied_params(entry, event_id=event_id, version=version, at=at))
+    _P_CONTENT_DROP.execute(conn, {"b_lsn": entry.lsn})
 
 
 def row_to_entry(row: Any) -> Entry:
-    """Decode a journal row; raises ``ValueError`` when its payload is not valid JSON."""
+    """Decode a row of :data:`JOURNAL_ROWS`; raises ``ValueError`` when its payload is not JSON.
+
+    The entry's payload holds its content again (``content``) while the entry is not applied.
+    """
+    payload = json.loads(row.payload)
+    content = getattr(row, "content", None)
+    if isinstance(content, str) and isinstance(payload, dict):
+        payload["content"] = content
     return Entry(
         lsn=row.lsn,
         session_id=row.session_id,
@@ -370,7 +385,7 @@ def row_to_entry(row: Any) -> Entry:
         op=Op(row.op),
         page_type=PageType(row.page_type) if row.page_type else None,
         scope=Scope(row.scope),
-        payload=json.loads(row.payload),
+        payload=payload,
         checksum=row.checksum,
         state=row.state,
         idempotency_key=row.idempotency_key,
@@ -420,7 +435,33 @@ def verify_row(row: Any) -> str | None:
         return f"undecodable entry: {exc}"
     if not isinstance(decoded, dict):
         return "undecodable entry: payload is not an object"
-    return None
+    return _content_problem(row, decoded)
+
+
+def content_missing(entry: Entry) -> bool:
+    """Whether ``entry`` names content (by its hash) that is no longer kept for it."""
+    return "content_sha256" in entry.payload and not isinstance(entry.payload.get("content"), str)
+
+
+def _content_problem(row: Any, payload: Mapping[str, Any]) -> str | None:
+    """Why the content a row of :data:`JOURNAL_ROWS` names is not sound (``None`` if it is)."""
+    digest = payload.get("content_sha256")
+    content = getattr(row, "content", None)
+    if content is None:
+        # A committed entry whose version is already in place needs no content: re-applying
+        # it only marks it applied (recovery checks the others before it builds them).
+        if digest is not None and row.state == "staged":
+            return "content missing: the entry is not applied and its content is gone"
+        return None
+    if not isinstance(content, str):
+        return "undecodable entry: its content is not text"
+    if digest is None or "content" in payload:
+        return "content row without a content hash in the payload"
+    try:
+        actual = text_sha256(content)
+    except (UnicodeError, TypeError, ValueError) as exc:
+        return f"undecodable entry: {type(exc).__name__}"
+    return None if actual == digest else "content does not match its hash"
 
 
 @dataclass(frozen=True)
@@ -549,12 +590,15 @@ class JournalEngine:
         whether the first attempt landed) returns the original entry instead of writing twice.
         """
         payload = update.payload()
-        content = payload.get("content")
+        content = payload.pop("content", None)
         if isinstance(content, str) and _too_large(content, self.max_content_bytes):
-            # Keep the journal row small; the rejection reason says what was too large.
-            del payload["content"]
+            # Keep the journal small; the rejection reason says what was too large.
             payload["content_bytes"] = len(content.encode("utf-8", "surrogatepass"))
+            content = None
         try:
+            if isinstance(content, str):
+                content.encode("utf-8")
+                payload["content_sha256"] = text_sha256(content)
             payload_json = canonical_json(payload)
             payload_json.encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
@@ -579,18 +623,9 @@ class JournalEngine:
                 },
             )
             if existing is not None:
-                if existing.checksum not in (
-                    checksum,
-                    entry_checksum(  # the original was applied, and keeps a content hash
-                        project=project,
-                        session_id=session_id,
-                        key=update.key,
-                        op=update.op.value,
-                        page_type=page_type,
-                        scope=update.scope.value,
-                        payload_json=canonical_json(compact_payload(payload)),
-                    ),
-                ):
+                # Staged or applied, the row is as it was written: the same update has the
+                # same checksum.
+                if existing.checksum != checksum:
                     raise InvalidInput(
                         f"idempotency key {update.idempotency_key!r} was already used for a "
                         f"different update (lsn {existing.lsn})"
@@ -613,7 +648,10 @@ class JournalEngine:
                 "staged_at": self.clock(),
             },
         )
-        return int(inserted.lsn), False
+        lsn = int(inserted.lsn)
+        if content is not None:
+            _P_CONTENT_INSERT.execute(conn, {"lsn": lsn, "content": content})
+        return lsn, False
 
     # -- reading heads ---------------------------------------------------------------------------
 
@@ -978,7 +1016,7 @@ class JournalEngine:
     def load_entries(self, conn: Connection, lsns: Sequence[int]) -> list[Entry]:
         """Journal entries by LSN, in LSN order."""
         rows = conn.execute(
-            select(t.journal).where(t.journal.c.lsn.in_(list(lsns))).order_by(t.journal.c.lsn)
+            JOURNAL_ROWS.where(t.journal.c.lsn.in_(list(lsns))).order_by(t.journal.c.lsn)
         ).all()
         return [row_to_entry(row) for row in rows]
 
@@ -1088,25 +1126,8 @@ class PreparedUpdate:
 
 
 def applied_params(entry: Entry, *, event_id: int, version: int, at: str) -> dict[str, Any]:
-    """The parameters that set ``entry`` applied as ``version`` (its content kept as a hash)."""
-    payload_json = canonical_json(compact_payload(entry.payload))
-    checksum = entry_checksum(
-        project=entry.project,
-        session_id=entry.session_id,
-        key=entry.key,
-        op=entry.op.value,
-        page_type=entry.page_type.value if entry.page_type else None,
-        scope=entry.scope.value,
-        payload_json=payload_json,
-    )
-    return {
-        "b_lsn": entry.lsn,
-        "b_event": event_id,
-        "b_version": version,
-        "b_at": at,
-        "b_payload": payload_json,
-        "b_checksum": checksum,
-    }
+    """The parameters that set ``entry`` applied as ``version``."""
+    return {"b_lsn": entry.lsn, "b_event": event_id, "b_version": version, "b_at": at}
 
 
 class WriteBatch:
@@ -1344,6 +1365,7 @@ class WriteBatch:
         for pkey, version, lsn, basis in self.bases:
             self.engine._remember_basis((ids[pkey], version, lsn), basis)
         _P_APPLIED.executemany(conn, self.applied)
+        _P_CONTENT_DROP.executemany(conn, [{"b_lsn": row["b_lsn"]} for row in self.applied])
         _P_RESOLVE.executemany(conn, self.rejected)
         self._reset()
         return ids
@@ -1413,7 +1435,7 @@ def inserted_id(result: Any) -> int:
 
 def require_entry(conn: Connection, lsn: int) -> Any:
     """The journal row ``lsn`` or :class:`NotFound`."""
-    row = conn.execute(select(t.journal).where(t.journal.c.lsn == lsn)).first()
+    row = conn.execute(JOURNAL_ROWS.where(t.journal.c.lsn == lsn)).first()
     if row is None:
         raise NotFound(f"no journal entry with lsn {lsn}")
     return row

@@ -343,23 +343,33 @@ def _refs_from_tool_calls(conn: Connection, refs: _References) -> None:
 
 def _refs_from_journal(conn: Connection, refs: _References) -> None:
     """4. Provenance and pointers in payloads; a pending entry's expected_version and version."""
-    query = select(
-        t.journal.c.lsn,
-        t.journal.c.project,
-        t.journal.c.key,
-        t.journal.c.state,
-        t.journal.c.payload,
-        t.journal.c.version,
-    ).where(
-        or_(
-            t.journal.c.state.in_(_PENDING),
-            t.journal.c.payload.contains('"page"'),
-            t.journal.c.payload.contains("[ptr "),
+    query = (
+        select(
+            t.journal.c.lsn,
+            t.journal.c.project,
+            t.journal.c.key,
+            t.journal.c.state,
+            t.journal.c.payload,
+            t.journal.c.version,
+            t.journal_content.c.content,
+        )
+        .select_from(
+            t.journal.outerjoin(t.journal_content, t.journal_content.c.lsn == t.journal.c.lsn)
+        )
+        .where(
+            or_(
+                t.journal.c.state.in_(_PENDING),
+                t.journal.c.payload.contains('"page"'),
+                t.journal.c.payload.contains("[ptr "),
+                t.journal_content.c.content.contains("[ptr "),
+            )
         )
     )
     for entry in conn.execute(query):
         reason = f"journal lsn {entry.lsn}"
         payload = _json_or_text(entry.payload)
+        if isinstance(payload, dict) and entry.content is not None:
+            payload["content"] = entry.content  # not applied yet: its text is kept aside
         if isinstance(payload, dict):
             found = _provenance_ref(payload.get("provenance"))
             if found is not None:

@@ -199,6 +199,19 @@ journal = Table(
     ),
 )
 
+# The content of a journal entry that is not applied yet (staged, committed, rejected or set
+# aside), one row per entry, deleted in the transaction that applies the entry: the version it
+# made holds the content then. The journal row itself only ever holds the content's SHA-256
+# (``content_sha256`` in its payload, under its checksum), so it never shrinks after it is
+# written, and the B-tree pages of a long journal stay full instead of keeping the holes that
+# shrinking rows leave; this table stays as small as what is pending (revision 0012).
+journal_content = Table(
+    "journal_content",
+    metadata,
+    Column("lsn", Integer, ForeignKey("journal.lsn"), primary_key=True, autoincrement=False),
+    Column("content", Text, nullable=False),
+)
+
 # Assembly records cost the change (issue 14): each assembly records only what changed since
 # the session's previous one, and every SNAPSHOT_EVERY-th (and the first of a session) records
 # the whole prompt. The resident_by_turn view reconstructs every assembly's full record.

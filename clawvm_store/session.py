@@ -33,6 +33,7 @@ from .assembler import Assembler, Assembly, Weights
 from .cache import CachePricing
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import (
+    JOURNAL_ROWS,
     Entry,
     PreparedUpdate,
     StagedUpdate,
@@ -315,9 +316,9 @@ class Session:
         """This session's entries still waiting for a boundary, oldest first."""
         with self.store.db.transaction(write=False) as conn:
             rows = conn.execute(
-                select(t.journal)
-                .where(t.journal.c.session_id == self.id, t.journal.c.state == "staged")
-                .order_by(t.journal.c.lsn)
+                JOURNAL_ROWS.where(
+                    t.journal.c.session_id == self.id, t.journal.c.state == "staged"
+                ).order_by(t.journal.c.lsn)
             ).all()
         return [row_to_entry(row) for row in rows]
 
@@ -338,14 +339,12 @@ class Session:
             pending = [
                 row_to_entry(row)
                 for row in conn.execute(
-                    select(t.journal)
-                    .where(
+                    JOURNAL_ROWS.where(
                         t.journal.c.session_id == self.id,
                         t.journal.c.state == "staged",
                         t.journal.c.key == key,
                         t.journal.c.project == self.project,
-                    )
-                    .order_by(t.journal.c.lsn)
+                    ).order_by(t.journal.c.lsn)
                 ).all()
             ]
             if not pending:

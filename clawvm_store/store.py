@@ -42,6 +42,7 @@ from .errors import (
 from .faults import FaultReport
 from .journal import (
     DEFAULT_MAX_CONTENT_BYTES,
+    JOURNAL_ROWS,
     Entry,
     JournalEngine,
     PreparedUpdate,
@@ -50,6 +51,7 @@ from .journal import (
     WriteBatch,
     applied_params,
     check_key,
+    content_missing,
     inserted_id,
     row_to_entry,
     verify_row,
@@ -94,11 +96,9 @@ from .tokens import DEFAULT_ENCODING, TokenCounter
 DEFAULT_PROJECT = "default"
 _PREPARED_CACHE_ENTRIES = 4096
 
-_STAGED_ROWS = (
-    select(t.journal)
-    .where(t.journal.c.session_id == bindparam("b_session"), t.journal.c.state == "staged")
-    .order_by(t.journal.c.lsn)
-)
+_STAGED_ROWS = JOURNAL_ROWS.where(
+    t.journal.c.session_id == bindparam("b_session"), t.journal.c.state == "staged"
+).order_by(t.journal.c.lsn)
 _SESSION_TURN = select(t.sessions.c.turn).where(t.sessions.c.id == bindparam("b_session"))
 # A boundary's own statements, compiled once (db.Prepared), as the journal's are.
 _P_STAGED_ROWS = Prepared(_STAGED_ROWS)
@@ -893,7 +893,7 @@ class Store:
             if not self._recovery_needed(conn, verify):
                 return report
         with self.db.transaction() as conn:
-            query = select(t.journal).where(t.journal.c.state != "quarantined")
+            query = JOURNAL_ROWS.where(t.journal.c.state != "quarantined")
             if verify == "pending":
                 query = query.where(t.journal.c.state.in_(("staged", "committed")))
             for row in conn.execute(query.order_by(t.journal.c.lsn)).all():
@@ -930,7 +930,7 @@ class Store:
 
     def _reapply_committed(self, conn: Connection, report: RecoveryReport) -> None:
         rows = conn.execute(
-            select(t.journal).where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
+            JOURNAL_ROWS.where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
         ).all()
         if not rows:
             return
@@ -964,6 +964,10 @@ class Store:
                 report.quarantined.append((row.lsn, "version gap"))
                 continue
             if row.version == current + 1:
+                if content_missing(entry):
+                    self._quarantine(conn, row, "content missing: nothing to apply the entry from")
+                    report.quarantined.append((row.lsn, "content missing"))
+                    continue
                 if batch.needs_text(entry, head):
                     batch.flush()
                     head = batch.head(entry)
@@ -1587,7 +1591,7 @@ class Store:
 
     def _check_journal(self, conn: Connection, checked: dict[str, int]) -> Iterator[Finding]:
         count = 0
-        for row in conn.execute(select(t.journal).where(t.journal.c.state != "quarantined")):
+        for row in conn.execute(JOURNAL_ROWS.where(t.journal.c.state != "quarantined")):
             count += 1
             problem = verify_row(row)
             if problem:

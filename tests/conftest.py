@@ -8,10 +8,12 @@ unreachable, they fail: CI must never pass by skipping its second backend.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +103,40 @@ def store(db_target: str) -> Iterator[cvm.Store]:
     """A store on this test's backend (a module may define its own ``store`` instead)."""
     with cvm.Store.open(db_target) as opened:
         yield opened
+
+
+def unapply_to_committed(conn: Any) -> None:
+    """What a crash between commit and apply leaves: every applied entry back to committed,
+    its content back in journal_content, and nothing materialized.
+
+    The content is worked out from the version each entry made: its whole text, or what it
+    added to the version before; the one whose SHA-256 the entry holds is the content.
+    """
+    from clawvm_store.representations import text_sha256
+    from clawvm_store.segments import whole_texts
+
+    texts = whole_texts(conn, "full")
+    rows = conn.exec_driver_sql(
+        "SELECT j.lsn, j.payload, v.page_id, v.version FROM journal j "
+        "JOIN page_versions v ON v.lsn = j.lsn WHERE j.state = 'applied' ORDER BY j.lsn"
+    ).all()
+    for lsn, payload, page_id, version in rows:
+        digest = json.loads(payload).get("content_sha256")
+        if digest is None:
+            continue
+        whole, before = texts[(page_id, version)], texts.get((page_id, version - 1))
+        candidates = [whole]
+        if before is not None and whole.startswith(before + "\n"):
+            candidates.append(whole[len(before) + 1 :])
+        found = [text for text in candidates if text_sha256(text) == digest]
+        assert found, f"lsn {lsn}: no text of version {version} has the entry's content hash"
+        conn.exec_driver_sql(
+            "INSERT INTO journal_content (lsn, content) VALUES (?, ?)", (lsn, found[0])
+        )
+    conn.exec_driver_sql("DELETE FROM representations")
+    conn.exec_driver_sql("DELETE FROM page_versions")
+    conn.exec_driver_sql("DELETE FROM pages")
+    conn.exec_driver_sql("UPDATE journal SET state = 'committed' WHERE state = 'applied'")
 
 
 def run_alembic(target: str | Path, action: str, revision: str) -> None:

@@ -39,6 +39,7 @@ from clawvm_store import (
     Store,
     WritebackResult,
 )
+from clawvm_store.representations import text_sha256
 
 PROJECT = "proj"
 FIXED_NOW = "2025-01-02T03:04:05.000006+00:00"
@@ -177,7 +178,13 @@ def query(path: Path, statement: str, params: tuple[Any, ...] = ()) -> list[Any]
 
 
 def journal_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[Any]:
-    return query(path, f"SELECT * FROM journal WHERE {where} ORDER BY lsn", params)
+    # With the content an entry keeps aside until it is applied (NULL once applied).
+    return query(
+        path,
+        "SELECT j.*, c.content AS content FROM journal j LEFT JOIN journal_content c "
+        f"ON c.lsn = j.lsn WHERE {where} ORDER BY j.lsn",
+        params,
+    )
 
 
 def page_exists(path: Path, key: str) -> bool:
@@ -576,8 +583,9 @@ def test_stage_is_all_or_nothing_at_every_step(
         ]
         for row, spec in zip(rows, STAGE_SEQUENCE, strict=False):
             payload = json.loads(row["payload"])
-            assert payload["content"] == spec["content"]
-            assert payload["expected_version"] == spec.get("expected_version")
+            assert row["content"] == spec["content"]
+            assert payload["content_sha256"] == text_sha256(spec["content"])
+            assert payload.get("expected_version") == spec.get("expected_version")
         assert not any(receipt.duplicate for receipt in receipts)
 
     def run(fail_at: int | None) -> Any:
@@ -611,8 +619,10 @@ def test_stage_is_all_or_nothing_at_every_step(
             # The failed stage left no row; each acknowledged one left exactly one.
             assert_staged(path, receipts)
             after = dump(path)
-            assert {k: v for k, v in after.items() if k != "journal"} == {
-                k: v for k, v in before.items() if k != "journal"
+            # A stage writes its journal row and the content it keeps aside, nothing else.
+            staging = ("journal", "journal_content")
+            assert {k: v for k, v in after.items() if k not in staging} == {
+                k: v for k, v in before.items() if k not in staging
             }
             assert store.check().ok
             for index in range(len(receipts), len(STAGE_SEQUENCE)):
@@ -634,7 +644,7 @@ class RecoveryFixture:
     path: Path
     valid: list[int]  # staged entries of the dead session that will commit
     stale: int  # staged entry of the dead session that will be rejected (DESTRUCTIVE_OP)
-    corrupt: int  # staged entry of the dead session whose payload no longer matches
+    corrupt: int  # staged entry of the dead session whose content no longer matches its hash
     unapplied: int  # committed-but-unapplied entry of another dead session
 
 
@@ -661,7 +671,8 @@ def recovery_template(base_template: Path, workdir: Path) -> RecoveryFixture:
     with con:
         con.execute("UPDATE sessions SET owner = NULL")
         con.execute(
-            "UPDATE journal SET payload = replace(payload, 'harmless', 'malicious') WHERE lsn = ?",
+            "UPDATE journal_content SET content = replace(content, 'harmless', 'malicious') "
+            "WHERE lsn = ?",
             (corrupt,),
         )
         con.execute(
@@ -672,7 +683,7 @@ def recovery_template(base_template: Path, workdir: Path) -> RecoveryFixture:
 
 
 def assert_recovered(store: Store, path: Path, fx: RecoveryFixture, report: RecoveryReport) -> None:
-    assert report.quarantined == [(fx.corrupt, "checksum mismatch")]
+    assert report.quarantined == [(fx.corrupt, "content does not match its hash")]
     assert report.reapplied == [fx.unapplied]
     assert list(report.recovered) == ["dead"]
     result = report.recovered["dead"]
@@ -762,7 +773,7 @@ def test_recovery_template_is_really_pending(recovery_template: RecoveryFixture)
     try:
         codes = sorted((f.code, f.message) for f in store.check().findings)
         assert codes == [
-            ("journal_checksum", f"journal lsn {fx.corrupt}: checksum mismatch"),
+            ("journal_checksum", f"journal lsn {fx.corrupt}: content does not match its hash"),
             ("journal_unapplied", f"journal lsn {fx.unapplied} is committed but not applied"),
         ]
         states = [r["state"] for r in journal_rows(path, "session_id = 'dead'")]

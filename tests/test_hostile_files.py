@@ -209,10 +209,11 @@ def assert_note_quarantined_rest_recovered(
 @pytest.mark.parametrize("how", ["recover", "open"])
 def test_checksum_mismatch_is_quarantined_never_applied(crashed: Crashed, how: str) -> None:
     fx = crashed
-    original = journal_row(fx.path, fx.note)["payload"]
-    evil = original.replace("original words", "rm -rf / and other words")
-    assert evil != original and json.loads(evil)["content"].startswith("rm -rf")
-    set_payload(fx.path, fx.note, evil, checksummed=False)
+    # The content waits beside the row (journal_content); the row holds its SHA-256.
+    (original,) = rows(fx.path, "SELECT content FROM journal_content WHERE lsn = ?", (fx.note,))
+    evil = original["content"].replace("original words", "rm -rf / and other words")
+    assert evil != original["content"] and evil.startswith("rm -rf")
+    sql(fx.path, "UPDATE journal_content SET content = ? WHERE lsn = ?", (evil, fx.note))
 
     if how == "open":  # recovery on open (verify="pending")
         store = Store.open(fx.path)
@@ -221,10 +222,11 @@ def test_checksum_mismatch_is_quarantined_never_applied(crashed: Crashed, how: s
         store = Store.open(fx.path, recover=False)
         report = store.recover()
     try:
-        assert journal_row(fx.path, fx.note)["detail"] == "checksum mismatch (was staged)"
+        problem = "content does not match its hash"
+        assert journal_row(fx.path, fx.note)["detail"] == f"{problem} (was staged)"
         stored = json.dumps([tuple(r) for r in rows(fx.path, "SELECT * FROM representations")])
         assert "rm -rf" not in stored
-        assert_note_quarantined_rest_recovered(fx, store, report, "checksum mismatch")
+        assert_note_quarantined_rest_recovered(fx, store, report, problem)
     finally:
         store.close()
 
@@ -291,7 +293,9 @@ def test_checksummed_but_invalid_payload_is_rejected_not_applied(crashed: Crashe
     """A payload that verifies but breaks the schema goes through validation: SCHEMA_INVALID."""
     fx = crashed
     payload = json.loads(journal_row(fx.path, fx.note)["payload"])
+    del payload["content_sha256"]
     payload["content"] = 42
+    sql(fx.path, "DELETE FROM journal_content WHERE lsn = ?", (fx.note,))
     set_payload(fx.path, fx.note, json.dumps(payload), checksummed=True)
     store = Store.open(fx.path, recover=False)
     try:

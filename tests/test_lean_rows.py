@@ -90,9 +90,13 @@ def test_rows_written_now_leave_out_null_members(tmp_path: Path) -> None:
     states = {lsn: (state, json.loads(payload)) for lsn, state, _, payload, _ in rows}
     assert states[12] == (
         "rejected",
-        {"content": "overwritten", "provenance": {"uri": "x:y"}},
+        {"content_sha256": cvm_sha("overwritten"), "provenance": {"uri": "x:y"}},
     )
-    assert states[13] == ("staged", {"content": "user: still staged"})
+    assert states[13] == ("staged", {"content_sha256": cvm_sha("user: still staged")})
+    # Their texts wait in journal_content; an applied entry's is in the version it made.
+    with sqlite3.connect(tmp_path / "a.db") as raw:
+        kept = raw.execute("SELECT lsn, content FROM journal_content ORDER BY lsn").fetchall()
+    assert kept == [(12, "overwritten"), (13, "user: still staged")]
     assert states[4][1] == {
         "content_sha256": cvm_sha("- [ ] step 2"),
         "structured": {},
@@ -107,6 +111,14 @@ def test_rows_written_now_leave_out_null_members(tmp_path: Path) -> None:
         "evidence/e3": 0,
     }
     assert "fold" not in columns(tmp_path / "a.db", "page_versions")
+
+
+def current_form(payload: dict[str, Any]) -> dict[str, Any]:
+    """A revision 0010 payload as the head writes it: no null members, the content hashed."""
+    lean = {k: v for k, v in payload.items() if v is not None}
+    if isinstance(lean.get("content"), str):
+        lean["content_sha256"] = cvm_sha(lean.pop("content"))
+    return lean
 
 
 def cvm_sha(text: str) -> str:
@@ -152,7 +164,7 @@ def test_revision_0011_converts_a_store_written_by_0010(tmp_path: Path) -> None:
         row for row in journal_rows(control) if row[0] != 5
     ]
     assert [json.loads(row[3]) for row in rows if row[0] != 5] == [
-        {k: v for k, v in json.loads(row[3]).items() if v is not None}
+        current_form(json.loads(row[3]))
         for row in old_rows
         if row[0] not in (5, 13)  # 13 was staged, and recovery applied it on open
     ] + [{"content_sha256": cvm_sha("user: still staged")}]

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import unapply_to_committed
 
 import clawvm_store as cvm
-from clawvm_store.journal import mark_applied, row_to_entry
+from clawvm_store import schema as t
+from clawvm_store.journal import JOURNAL_ROWS, mark_applied, row_to_entry
 from clawvm_store.segments import whole_texts
 
 FIXED_NOW = "2025-01-02T03:04:05.000006+00:00"
@@ -215,17 +217,14 @@ def test_recovery_in_batches_equals_one_entry_at_a_time(tmp_path: Path, entries:
 def reset_to_committed(store: cvm.Store) -> None:
     """What a crash between commit and apply leaves: committed entries, nothing materialized."""
     with store.db.transaction() as conn:
-        conn.exec_driver_sql("DELETE FROM representations")
-        conn.exec_driver_sql("DELETE FROM page_versions")
-        conn.exec_driver_sql("DELETE FROM pages")
-        conn.exec_driver_sql("UPDATE journal SET state = 'committed' WHERE state = 'applied'")
+        unapply_to_committed(conn)
 
 
 def reapply_one_at_a_time(store: cvm.Store) -> None:
     """The oracle: each committed entry read, built and applied alone, as recovery once did."""
     with store.db.transaction() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT * FROM journal WHERE state = 'committed' ORDER BY lsn"
+        rows = conn.execute(
+            JOURNAL_ROWS.where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
         ).all()
         event_id = conn.exec_driver_sql(
             "INSERT INTO lifecycle_events (project, boundary, turn, at) "

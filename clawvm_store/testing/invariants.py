@@ -89,6 +89,7 @@ _DIGEST_TABLES = (
     ("page_versions", "page_id, version"),
     ("representations", "page_id, version, fidelity"),
     ("journal", "lsn"),
+    ("journal_content", "lsn"),
     ("lifecycle_events", "id"),
     ("sessions", "id"),
     ("tool_calls", "id"),
