@@ -247,3 +247,86 @@ def test_downgrade_and_upgrade_again_give_the_same_store(tmp_path: Path) -> None
     with cvm.Store.open(path) as store:
         assert store.check().ok
         assert readback(store) == expected
+
+
+# -- journal_content (revision 0012): the content of a pending entry waits beside its row -------
+
+
+def test_the_journal_stays_dense_over_a_long_session(tmp_path: Path) -> None:
+    """Rows never shrink after they are written, so the journal's pages stay full, and the
+    content kept aside is only what is pending: its freed pages are reused turn after turn."""
+    path = tmp_path / "long.db"
+    with cvm.Store.open(path, durability="normal") as store:
+        sess = store.session("s", project="p")
+        for turn in range(300):
+            sess.stage(
+                "conversation/c", type="conversation", content=f"user: turn {turn}", op="append"
+            )
+            sess.stage(
+                f"evidence/t{turn}",
+                type="evidence",
+                content="\n".join(f"line {turn}.{n}: " + "x" * 60 for n in range(16)),
+                provenance={"uri": f"file:///t/{turn}"},
+            )
+            sess.end_turn()
+        assert store.check().ok
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        stats = {
+            name: (size, unused, pages)
+            for name, size, unused, pages in raw.execute(
+                "SELECT name, SUM(pgsize), SUM(unused), COUNT(*) FROM dbstat "
+                "WHERE name IN ('journal', 'journal_content') GROUP BY name"
+            )
+        }
+        assert raw.execute("SELECT COUNT(*) FROM journal_content").fetchone() == (0,)
+        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+    journal_size, journal_unused, _ = stats["journal"]
+    # Revision 0011 left about 30% of this journal's pages empty (content shrunk out of rows).
+    assert journal_unused / journal_size < 0.15, stats
+    # 300 turns staged about 330 KB of content; at most a few pages of it are ever in use.
+    assert stats["journal_content"][2] <= 2, stats
+    assert free <= 8, free
+
+
+def test_revision_0012_moves_pending_content_aside(tmp_path: Path) -> None:
+    path, control = tmp_path / "old.db", tmp_path / "control.db"
+    for target in (path, control):
+        with cvm.Store.open(target) as store:
+            write_history(store)
+    run_alembic(path, "downgrade", "0011_lean_rows")
+    assert "journal_content" not in tables(path)
+    old = {row[0]: row for row in journal_rows(path)}
+    # In revision 0011 a pending entry holds its content in its row, an applied one its hash.
+    assert json.loads(old[12][3]) == {"content": "overwritten", "provenance": {"uri": "x:y"}}
+    assert json.loads(old[13][3]) == {"content": "user: still staged"}
+    assert json.loads(old[4][3]) == {"content_sha256": cvm_sha("- [ ] step 2"), "structured": {}}
+    with sqlite3.connect(path) as raw:  # damage the rejected row: it must stay as it is
+        raw.execute("UPDATE journal SET checksum = 'bad' || substr(checksum, 4) WHERE lsn = 12")
+    damaged = journal_rows(path)[11]
+    run_alembic(path, "upgrade", "head")
+    rows = {row[0]: row for row in journal_rows(path)}
+    assert rows[12] == damaged
+    assert json.loads(rows[13][3]) == {"content_sha256": cvm_sha("user: still staged")}
+    assert rows[4] == old[4]  # applied: already in the new form, untouched
+    assert {lsn: row for lsn, row in rows.items() if lsn != 12} == {
+        row[0]: row for row in journal_rows(control) if row[0] != 12
+    }
+    with sqlite3.connect(path) as raw:
+        kept = raw.execute("SELECT lsn, content FROM journal_content ORDER BY lsn").fetchall()
+    assert kept == [(13, "user: still staged")]
+    with cvm.Store.open(path) as store:  # recovery applies 13 from its content kept aside
+        assert [(f.code, f.message) for f in store.check().findings] == [
+            ("journal_checksum", "journal lsn 12: checksum mismatch")
+        ]
+        page = store.page("conversation/c", project="p", session="s")
+        assert page.content.endswith("assistant: reply 3\nuser: still staged")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM journal_content").fetchone() == (0,)
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as raw:
+        return {
+            row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
