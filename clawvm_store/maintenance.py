@@ -56,7 +56,7 @@ from sqlalchemy import Connection, delete, func, inspect, or_, select, update
 
 from . import schema as t
 from .errors import InvalidInput, SchemaInvalid
-from .journal import version_row_sha256
+from .journal import COMMITTED, STAGED, version_row_sha256
 from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope, check_retention
 from .representations import (
     build_content_representations,
@@ -358,7 +358,8 @@ def _refs_from_journal(conn: Connection, refs: _References) -> None:
         )
         .where(
             or_(
-                t.journal.c.state.in_(_PENDING),
+                STAGED,
+                COMMITTED,
                 t.journal.c.payload.contains('"page"'),
                 t.journal.c.payload.contains("[ptr "),
                 t.journal_content.c.content.contains("[ptr "),
@@ -967,9 +968,7 @@ def check_fix(store: Store) -> FixReport:
             committed = [
                 int(lsn)
                 for lsn in conn.execute(
-                    select(t.journal.c.lsn)
-                    .where(t.journal.c.state == "committed")
-                    .order_by(t.journal.c.lsn)
+                    select(t.journal.c.lsn).where(COMMITTED).order_by(t.journal.c.lsn)
                 ).scalars()
             ]
         recovery = store.recover(verify="pending")

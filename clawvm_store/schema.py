@@ -185,9 +185,29 @@ journal = Table(
     CheckConstraint(
         "state IN ('staged', 'committed', 'rejected', 'applied', 'quarantined')", name="state"
     ),
-    Index("ix_journal_session_id_state", "session_id", "state"),
-    Index("ix_journal_state", "state"),
-    Index("ix_journal_event_id", "event_id"),
+    # Partial indexes (revision 0013): only pending entries are looked up by state, and a row
+    # is looked up by its event only once it has one. So a stage touches one index besides the
+    # table, a boundary takes each entry it resolves out of it, and the indexes stay as small
+    # as what is pending instead of growing with the whole history.
+    Index(
+        "ix_journal_staged",
+        "session_id",
+        "lsn",
+        sqlite_where=text("state = 'staged'"),
+        postgresql_where=text("state = 'staged'"),
+    ),
+    Index(
+        "ix_journal_committed",
+        "lsn",
+        sqlite_where=text("state = 'committed'"),
+        postgresql_where=text("state = 'committed'"),
+    ),
+    Index(
+        "ix_journal_event_id",
+        "event_id",
+        sqlite_where=text("event_id IS NOT NULL"),
+        postgresql_where=text("event_id IS NOT NULL"),
+    ),
     Index(
         "uq_journal_idempotency",
         "project",

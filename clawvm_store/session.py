@@ -34,6 +34,7 @@ from .cache import CachePricing
 from .errors import ClawVMError, InvalidInput, NotFound
 from .journal import (
     JOURNAL_ROWS,
+    STAGED,
     Entry,
     PreparedUpdate,
     StagedUpdate,
@@ -316,9 +317,9 @@ class Session:
         """This session's entries still waiting for a boundary, oldest first."""
         with self.store.db.transaction(write=False) as conn:
             rows = conn.execute(
-                JOURNAL_ROWS.where(
-                    t.journal.c.session_id == self.id, t.journal.c.state == "staged"
-                ).order_by(t.journal.c.lsn)
+                JOURNAL_ROWS.where(t.journal.c.session_id == self.id, STAGED).order_by(
+                    t.journal.c.lsn
+                )
             ).all()
         return [row_to_entry(row) for row in rows]
 
@@ -341,7 +342,7 @@ class Session:
                 for row in conn.execute(
                     JOURNAL_ROWS.where(
                         t.journal.c.session_id == self.id,
-                        t.journal.c.state == "staged",
+                        STAGED,
                         t.journal.c.key == key,
                         t.journal.c.project == self.project,
                     ).order_by(t.journal.c.lsn)

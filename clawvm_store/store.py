@@ -41,8 +41,10 @@ from .errors import (
 )
 from .faults import FaultReport
 from .journal import (
+    COMMITTED,
     DEFAULT_MAX_CONTENT_BYTES,
     JOURNAL_ROWS,
+    STAGED,
     Entry,
     JournalEngine,
     PreparedUpdate,
@@ -97,7 +99,7 @@ DEFAULT_PROJECT = "default"
 _PREPARED_CACHE_ENTRIES = 4096
 
 _STAGED_ROWS = JOURNAL_ROWS.where(
-    t.journal.c.session_id == bindparam("b_session"), t.journal.c.state == "staged"
+    t.journal.c.session_id == bindparam("b_session"), STAGED
 ).order_by(t.journal.c.lsn)
 _SESSION_TURN = select(t.sessions.c.turn).where(t.sessions.c.id == bindparam("b_session"))
 # A boundary's own statements, compiled once (db.Prepared), as the journal's are.
@@ -893,10 +895,12 @@ class Store:
             if not self._recovery_needed(conn, verify):
                 return report
         with self.db.transaction() as conn:
-            query = JOURNAL_ROWS.where(t.journal.c.state != "quarantined")
             if verify == "pending":
-                query = query.where(t.journal.c.state.in_(("staged", "committed")))
-            for row in conn.execute(query.order_by(t.journal.c.lsn)).all():
+                rows = [row for state in (STAGED, COMMITTED) for row in self._rows(conn, state)]
+                rows.sort(key=lambda row: int(row.lsn))
+            else:
+                rows = self._rows(conn, t.journal.c.state != "quarantined")
+            for row in rows:
                 problem = verify_row(row)
                 if problem:
                     self._quarantine(conn, row, problem)
@@ -905,6 +909,11 @@ class Store:
             self._recover_staged(conn, report, force=force)
             self._recover_tool_calls(conn, report, force=force)
         return report
+
+    @staticmethod
+    def _rows(conn: Connection, condition: Any) -> list[Any]:
+        """The journal rows (with pending content) that meet ``condition``, by LSN."""
+        return list(conn.execute(JOURNAL_ROWS.where(condition).order_by(t.journal.c.lsn)).all())
 
     def _recover_tool_calls(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
         """Close the calls of dead sessions that started and never finished, as interrupted."""
@@ -918,20 +927,17 @@ class Store:
     def _recovery_needed(self, conn: Connection, verify: str) -> bool:
         if verify == "all":
             return True
-        pending = conn.execute(
-            select(func.count())
-            .select_from(t.journal)
-            .where(t.journal.c.state.in_(("staged", "committed")))
-        ).scalar()
+        pending = any(
+            conn.execute(select(t.journal.c.lsn).where(state).limit(1)).first()
+            for state in (STAGED, COMMITTED)
+        )
         unfinished = conn.execute(
             select(func.count()).select_from(t.tool_calls).where(t.tool_calls.c.state == "started")
         ).scalar()
         return bool(pending or unfinished)
 
     def _reapply_committed(self, conn: Connection, report: RecoveryReport) -> None:
-        rows = conn.execute(
-            JOURNAL_ROWS.where(t.journal.c.state == "committed").order_by(t.journal.c.lsn)
-        ).all()
+        rows = conn.execute(JOURNAL_ROWS.where(COMMITTED).order_by(t.journal.c.lsn)).all()
         if not rows:
             return
         # Re-applied versions belong to a recovery boundary event of their own project, so
@@ -1011,7 +1017,7 @@ class Store:
     def _recover_staged(self, conn: Connection, report: RecoveryReport, *, force: bool) -> None:
         column = t.journal.c.session_id
         for session_id, session_row in self._dead_sessions(
-            conn, column, t.journal.c.state == "staged", report, force=force
+            conn, column, STAGED, report, force=force
         ):
             entries = [row_to_entry(row) for row in self._staged_rows(conn, session_id)]
             project = session_row.project if session_row is not None else entries[0].project

@@ -867,7 +867,7 @@ def test_acked_stages_commit_at_recovery_after_self_kill(
             assert held.get("content") == ack["content"] or held.get(
                 "content_sha256"
             ) == text_sha256(ack["content"])
-            assert payloads[ack["lsn"]]["structured"] == ack.get("structured")
+            assert payloads[ack["lsn"]].get("structured") == ack.get("structured")
 
         def content(key: str, version: int | None = None) -> str:
             return store.page(key, project=PROJECT, session="s-main", version=version).content

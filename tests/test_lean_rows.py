@@ -180,7 +180,7 @@ def test_revision_0011_converts_a_store_written_by_0010(tmp_path: Path) -> None:
             "SELECT fold FROM pages WHERE key = 'conversation/c'"
         ).fetchone()
     unstamped = [
-        {k: v for k, v in json.loads(fold).items() if k != "ended"}
+        {k: v for k, v in json.loads(fold).items() if k not in ("started", "ended")}
         for fold in (moved[0][1], control_fold)
     ]
     assert unstamped[0] == unstamped[1]

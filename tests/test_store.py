@@ -280,7 +280,7 @@ def tamper_journal(store: cvm.Store) -> int:
         store,
         # An applied entry keeps its content as a hash: give it a pin it was never staged with.
         'UPDATE journal SET payload = \'{"pin":"soft",\' || substr(payload, 2) '
-        "WHERE lsn = (SELECT min(lsn) FROM journal) AND payload NOT LIKE '%\"pin\"%'",
+        "WHERE lsn = (SELECT min(lsn) FROM journal)",
     )
 
 
