@@ -330,3 +330,100 @@ def tables(path: Path) -> set[str]:
         return {
             row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
+
+
+# -- partial journal indexes (revision 0013): only what is pending is indexed by state --------
+
+
+def index_rows(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as raw:
+        return {
+            name: raw.execute(
+                f"SELECT COUNT(*) FROM journal INDEXED BY {name} WHERE {where}"
+            ).fetchone()[0]
+            for name, where in (
+                ("ix_journal_staged", "state = 'staged'"),
+                ("ix_journal_committed", "state = 'committed'"),
+                ("ix_journal_event_id", "event_id IS NOT NULL"),
+            )
+        }
+
+
+def test_the_state_indexes_hold_only_pending_entries(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with cvm.Store.open(path) as store:
+        write_history(store)  # 12 entries resolved at 5 boundaries, the 13th left staged
+    assert index_rows(path) == {
+        "ix_journal_staged": 1,
+        "ix_journal_committed": 0,
+        "ix_journal_event_id": 12,
+    }
+    with sqlite3.connect(path) as raw:
+        indexes = {
+            name: sql
+            for name, sql in raw.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal'"
+            )
+        }
+    assert sorted(indexes) == [
+        "ix_journal_committed",
+        "ix_journal_event_id",
+        "ix_journal_staged",
+        "uq_journal_idempotency",
+    ]
+    assert indexes["ix_journal_staged"].endswith("WHERE state = 'staged'")
+
+
+def test_pending_lookups_use_the_partial_indexes(tmp_path: Path) -> None:
+    """A planner uses a partial index only for a query that states its condition as written:
+    the boundary's, recovery's and the page table's lookups must, or each would scan the
+    whole journal, whose size is the agent's history."""
+    from clawvm_store import schema as t
+    from clawvm_store.journal import COMMITTED, JOURNAL_ROWS, STAGED
+    from clawvm_store.store import _STAGED_ROWS
+
+    path = tmp_path / "a.db"
+    with cvm.Store.open(path) as store:
+        write_history(store)
+        queries = {
+            "ix_journal_staged": _STAGED_ROWS,
+            "ix_journal_committed": JOURNAL_ROWS.where(COMMITTED).order_by(t.journal.c.lsn),
+        }
+        with store.db.transaction(write=False) as conn:
+            for index, query in queries.items():
+                sql = str(query.compile(dialect=conn.dialect))
+                plan = " | ".join(
+                    row[-1]
+                    for row in conn.exec_driver_sql(
+                        f"EXPLAIN QUERY PLAN {sql}", ("s",) if "?" in sql else ()
+                    ).all()
+                )
+                assert f"USING INDEX {index}" in plan, plan
+            staged = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN "
+                + str(STAGED.compile(dialect=conn.dialect)).join(
+                    ("SELECT lsn FROM journal WHERE ", "")
+                )
+            ).all()
+            assert "ix_journal_staged" in staged[0][-1]
+
+
+def test_revision_0013_swaps_the_indexes_and_back(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with cvm.Store.open(path) as store:
+        write_history(store)
+    rows = journal_rows(path)
+    run_alembic(path, "downgrade", "0012_journal_content")
+    with sqlite3.connect(path) as raw:
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"ix_journal_session_id_state", "ix_journal_state", "ix_journal_event_id"} <= names
+    assert "ix_journal_staged" not in names
+    run_alembic(path, "upgrade", "head")
+    assert index_rows(path) == {
+        "ix_journal_staged": 1,
+        "ix_journal_committed": 0,
+        "ix_journal_event_id": 12,
+    }
+    assert journal_rows(path) == rows
+    with cvm.Store.open(path) as store:
+        assert store.check().ok
