@@ -1308,7 +1308,6 @@ class WriteBatch:
                             "fidelity": level.fidelity.value,
                             "content": level.text,
                             "tokens": level.tokens,
-                            "encoding": engine.counter.encoding_name,
                             "source": level.source.value,
                             # What the row stores: its piece when chained, the shared text's
                             # hash when the text lives in another row of this version.

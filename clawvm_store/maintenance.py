@@ -733,7 +733,7 @@ class _Fixer:
                     t.representations.c.version == row.version,
                     t.representations.c.fidelity == fidelity,
                 )
-                .values(tokens=actual, encoding=counter.encoding_name)
+                .values(tokens=actual)
             )
             tokens[fidelity] = actual
             self.repairs.append(
@@ -822,7 +822,6 @@ class _Fixer:
                     "fidelity": fidelity.value,
                     "content": levels[fidelity].text,
                     "tokens": levels[fidelity].tokens,
-                    "encoding": counter.encoding_name,
                     "source": levels[fidelity].source.value,
                     "sha256": text_sha256(levels[fidelity].text),
                 }

@@ -125,8 +125,9 @@ representations = Table(
     Column("version", Integer, primary_key=True),
     Column("fidelity", String, primary_key=True),
     Column("content", Text, nullable=False),
+    # Counted with the store's encoding (meta.encoding; one per store, revision 0014 dropped the
+    # copy every row kept).
     Column("tokens", Integer, nullable=False),
-    Column("encoding", String, nullable=False),
     Column("source", String, nullable=False),
     # SHA-256 of ``content``; NULL only for rows written before revision 0002.
     Column("sha256", String, nullable=True),

@@ -427,3 +427,33 @@ def test_revision_0013_swaps_the_indexes_and_back(tmp_path: Path) -> None:
     assert journal_rows(path) == rows
     with cvm.Store.open(path) as store:
         assert store.check().ok
+
+
+# -- representations without a per-row encoding (revision 0014) ---------------------------------
+
+
+def test_revision_0014_drops_the_per_row_encoding_and_back(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with cvm.Store.open(path) as store:
+        write_history(store)
+    with cvm.Store.open(path) as store:
+        expected = readback(store)
+    assert "encoding" not in columns(path, "representations")
+    run_alembic(path, "downgrade", "0013_pending_indexes")
+    with sqlite3.connect(path) as raw:
+        encodings = raw.execute(
+            "SELECT encoding, COUNT(*) FROM representations GROUP BY encoding"
+        ).fetchall()
+        total = raw.execute("SELECT COUNT(*) FROM representations").fetchone()[0]
+        views = raw.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'").fetchone()
+    assert encodings == [("cl100k_base", total)]
+    run_alembic(path, "upgrade", "head")
+    assert "encoding" not in columns(path, "representations")
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'").fetchone() == (
+            views
+        )
+        assert raw.execute("SELECT COUNT(*) FROM page_history").fetchone()[0] > 0
+    with cvm.Store.open(path) as store:
+        assert store.check().ok
+        assert readback(store) == expected

@@ -373,8 +373,8 @@ def test_table_rebuild_revision_applies_to_a_populated_database(
         " committed_at) VALUES (1, 1, 'plan', 'set', 'none', 0.5, 'project', 1, 't0')"
     )
     con.execute(
-        "INSERT INTO representations (page_id, version, fidelity, content, tokens, encoding,"
-        " source) VALUES (1, 1, 'full', 'ship it', 2, 'cl100k_base', 'write')"
+        "INSERT INTO representations (page_id, version, fidelity, content, tokens, source)"
+        " VALUES (1, 1, 'full', 'ship it', 2, 'write')"
     )
     con.commit()
     con.close()
