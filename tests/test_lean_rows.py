@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import run_alembic
 
 import clawvm_store as cvm
@@ -457,3 +458,23 @@ def test_revision_0014_drops_the_per_row_encoding_and_back(tmp_path: Path) -> No
     with cvm.Store.open(path) as store:
         assert store.check().ok
         assert readback(store) == expected
+
+
+def test_content_a_backend_cannot_store_is_refused_at_stage(backend: str, store: cvm.Store) -> None:
+    """PostgreSQL's text cannot hold NUL. The content is written at stage() now (beside its
+    row), so the stage is refused with one clear error and the session goes on; before, the
+    stage succeeded and every later boundary of the session failed on it."""
+    sess = store.session("s", project="p")
+    if backend == "postgresql":
+        with pytest.raises(cvm.InvalidInput, match="cannot contain NUL"):
+            sess.stage("conversation/c", type="conversation", content="a\x00b")
+        assert sess.staged() == []
+    else:  # SQLite stores any text
+        sess.stage("conversation/c", type="conversation", content="a\x00b")
+    sess.stage("conversation/d", type="conversation", content="fine")
+    result = sess.end_turn()
+    assert (len(result.committed), result.rejected) == (1 if backend == "postgresql" else 2, [])
+    assert store.page("conversation/d", project="p", session="s").content == "fine"
+    if backend == "sqlite":
+        assert store.page("conversation/c", project="p", session="s").content == "a\x00b"
+    assert store.check().ok
