@@ -161,9 +161,11 @@ _CONTENT_DROP = delete(t.journal_content).where(t.journal_content.c.lsn == bindp
 # for an IN list or an OR of the two.
 STAGED = t.journal.c.state == literal_column("'staged'")
 COMMITTED = t.journal.c.state == literal_column("'committed'")
-JOURNAL_ROWS = select(t.journal, t.journal_content.c.content).select_from(
-    t.journal.outerjoin(t.journal_content, t.journal_content.c.lsn == t.journal.c.lsn)
+JOURNAL_WITH_CONTENT = t.journal.outerjoin(
+    t.journal_content, t.journal_content.c.lsn == t.journal.c.lsn
 )
+"""The journal beside the content its pending entries keep aside: select from this."""
+JOURNAL_ROWS = select(t.journal, t.journal_content.c.content).select_from(JOURNAL_WITH_CONTENT)
 """Journal rows with the content of those not applied yet (``content``; NULL once applied):
 what :func:`row_to_entry` and :func:`verify_row` read. Filter and order it like ``t.journal``."""
 _PAGE_UPDATE = (
@@ -370,8 +372,9 @@ def compact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     (:meth:`JournalEngine.stage`), and the crash kit can check an acknowledged stage's content.
     """
     lean = lean_payload(payload)
-    content = lean.pop("content", None)
+    content = lean.get("content")
     if isinstance(content, str):
+        del lean["content"]
         lean["content_sha256"] = text_sha256(content)
     return lean
 
@@ -605,16 +608,16 @@ class JournalEngine:
         whether the first attempt landed) returns the original entry instead of writing twice.
         """
         payload = update.payload()
-        content = payload.pop("content", None)
+        content = payload.get("content")
         if isinstance(content, str) and _too_large(content, self.max_content_bytes):
             # Keep the journal small; the rejection reason says what was too large.
+            del payload["content"]
             payload["content_bytes"] = len(content.encode("utf-8", "surrogatepass"))
             content = None
         try:
             if isinstance(content, str):
-                content.encode("utf-8")
-                payload["content_sha256"] = text_sha256(content)
-            payload_json = canonical_json(payload)
+                content.encode("utf-8")  # the hash below would take a lone surrogate
+            payload_json = canonical_json(compact_payload(payload))
             payload_json.encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             raise InvalidInput(f"the update cannot be journaled: {exc}") from None

@@ -56,7 +56,7 @@ from sqlalchemy import Connection, delete, func, inspect, or_, select, update
 
 from . import schema as t
 from .errors import InvalidInput, SchemaInvalid
-from .journal import COMMITTED, STAGED, version_row_sha256
+from .journal import COMMITTED, JOURNAL_WITH_CONTENT, STAGED, version_row_sha256
 from .pages import POLICIES, Fidelity, Op, PageType, Pin, Scope, check_retention
 from .representations import (
     build_content_representations,
@@ -353,9 +353,7 @@ def _refs_from_journal(conn: Connection, refs: _References) -> None:
             t.journal.c.version,
             t.journal_content.c.content,
         )
-        .select_from(
-            t.journal.outerjoin(t.journal_content, t.journal_content.c.lsn == t.journal.c.lsn)
-        )
+        .select_from(JOURNAL_WITH_CONTENT)
         .where(
             or_(
                 STAGED,

@@ -350,15 +350,15 @@ def index_rows(path: Path) -> dict[str, int]:
         }
 
 
+# write_history resolves 12 entries at 5 boundaries and leaves the 13th staged.
+HISTORY_INDEX_ROWS = {"ix_journal_staged": 1, "ix_journal_committed": 0, "ix_journal_event_id": 12}
+
+
 def test_the_state_indexes_hold_only_pending_entries(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     with cvm.Store.open(path) as store:
-        write_history(store)  # 12 entries resolved at 5 boundaries, the 13th left staged
-    assert index_rows(path) == {
-        "ix_journal_staged": 1,
-        "ix_journal_committed": 0,
-        "ix_journal_event_id": 12,
-    }
+        write_history(store)
+    assert index_rows(path) == HISTORY_INDEX_ROWS
     with sqlite3.connect(path) as raw:
         indexes = {
             name: sql
@@ -420,11 +420,7 @@ def test_revision_0013_swaps_the_indexes_and_back(tmp_path: Path) -> None:
     assert {"ix_journal_session_id_state", "ix_journal_state", "ix_journal_event_id"} <= names
     assert "ix_journal_staged" not in names
     run_alembic(path, "upgrade", "head")
-    assert index_rows(path) == {
-        "ix_journal_staged": 1,
-        "ix_journal_committed": 0,
-        "ix_journal_event_id": 12,
-    }
+    assert index_rows(path) == HISTORY_INDEX_ROWS
     assert journal_rows(path) == rows
     with cvm.Store.open(path) as store:
         assert store.check().ok
